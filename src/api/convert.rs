@@ -1,0 +1,83 @@
+//! Conversions between domain types and protobuf messages, and parsing of
+//! optional request fields.
+
+use super::pb;
+use crate::error::{Error, Result};
+use crate::ids::SubjectId;
+use crate::store::TenantState;
+use crate::vault::{DeletionReceipt, RecordValue, TenantInfo};
+
+/// An empty subject field means a tenant-level record.
+pub(super) fn opt_subject(s: &str) -> Result<Option<SubjectId>> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        SubjectId::parse(s).map(Some)
+    }
+}
+
+/// A subject field that must be present.
+pub(super) fn subject(s: &str) -> Result<SubjectId> {
+    if s.is_empty() {
+        return Err(Error::invalid("subject", "is required"));
+    }
+    SubjectId::parse(s)
+}
+
+pub(super) fn tenant(t: TenantInfo) -> pb::Tenant {
+    pb::Tenant {
+        id: t.id,
+        name: t.name,
+        state: match t.state {
+            TenantState::Active => pb::TenantState::Active,
+            TenantState::ShredScheduled => pb::TenantState::ShredScheduled,
+            TenantState::Shredded => pb::TenantState::Shredded,
+        } as i32,
+        created_at_unix_ms: t.created_at,
+        shred_at_unix_ms: t.shred_at.unwrap_or(0),
+        kek_version: t.kek_version,
+    }
+}
+
+pub(super) fn record(tenant: &str, subject: &str, v: RecordValue) -> pb::Record {
+    pb::Record {
+        tenant: tenant.to_owned(),
+        subject: subject.to_owned(),
+        category: v.category,
+        key: v.key,
+        // The response buffer leaves the zeroizing wrapper here: tonic
+        // encodes and drops it right after.
+        value: v.value.to_vec(),
+        content_type: v.content_type,
+        version: v.version,
+        created_at_unix_ms: v.created_at,
+        updated_at_unix_ms: v.updated_at,
+    }
+}
+
+pub(super) fn receipt_to_pb(r: DeletionReceipt) -> pb::DeletionReceipt {
+    pb::DeletionReceipt {
+        receipt_id: r.receipt_id,
+        tenant: r.tenant,
+        subject_blind_id: hex::encode(r.subject_blind_id),
+        destroyed_key_ids: r.destroyed_key_ids,
+        records_made_unreadable: r.records_made_unreadable,
+        shredded_at_unix_ms: r.shredded_at,
+        mac: hex::encode(r.mac),
+    }
+}
+
+pub(super) fn receipt_from_pb(r: pb::DeletionReceipt) -> Result<DeletionReceipt> {
+    let hex_field = |field: &'static str, s: &str| {
+        hex::decode(s).map_err(|_| Error::invalid(field, "must be hex"))
+    };
+    Ok(DeletionReceipt {
+        subject_blind_id: hex_field("receipt.subject_blind_id", &r.subject_blind_id)?,
+        mac: hex_field("receipt.mac", &r.mac)?,
+        receipt_id: r.receipt_id,
+        tenant: r.tenant,
+        destroyed_key_ids: r.destroyed_key_ids,
+        records_made_unreadable: r.records_made_unreadable,
+        shredded_at: r.shredded_at_unix_ms,
+    })
+}

@@ -1,0 +1,303 @@
+//! Authorization: roles, actions, the one permission table, and the
+//! [`Permit`] that proves a check passed. Deny by default: an action is
+//! allowed only if the table lists it for one of the caller's roles. Use
+//! cases that touch tenant data take a `&Permit`, and only this module can
+//! make one.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+
+/// A role a principal holds. `Operator` is a platform role; the others are
+/// held within one tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Operator,
+    Admin,
+    Writer,
+    Reader,
+    PrivacyOfficer,
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Operator,
+        Role::Admin,
+        Role::Writer,
+        Role::Reader,
+        Role::PrivacyOfficer,
+        Role::Auditor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+            Role::PrivacyOfficer => "privacy-officer",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "roles",
+                    format!(
+                        "unknown role '{s}'; roles are {}",
+                        Role::ALL.map(Role::as_str).join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// Whether the role is held across tenants.
+    pub fn is_platform(self) -> bool {
+        self == Role::Operator
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a caller can ask of the vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    TenantCreate,
+    TenantList,
+    TenantGet,
+    TenantShred,
+    TenantCancelShred,
+    /// Create an admin in a tenant that has none (the operator's one way in).
+    TenantBootstrapAdmin,
+    PrincipalCreate,
+    RecordPut,
+    RecordDelete,
+    RecordGet,
+    RecordList,
+    SubjectExport,
+    SubjectShred,
+    ReceiptVerify,
+}
+
+impl Action {
+    pub const ALL: [Action; 14] = [
+        Action::TenantCreate,
+        Action::TenantList,
+        Action::TenantGet,
+        Action::TenantShred,
+        Action::TenantCancelShred,
+        Action::TenantBootstrapAdmin,
+        Action::PrincipalCreate,
+        Action::RecordPut,
+        Action::RecordDelete,
+        Action::RecordGet,
+        Action::RecordList,
+        Action::SubjectExport,
+        Action::SubjectShred,
+        Action::ReceiptVerify,
+    ];
+
+    /// The name used in messages and (later) the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::TenantCreate => "tenant.create",
+            Action::TenantList => "tenant.list",
+            Action::TenantGet => "tenant.get",
+            Action::TenantShred => "tenant.shred",
+            Action::TenantCancelShred => "tenant.cancel-shred",
+            Action::TenantBootstrapAdmin => "tenant.bootstrap-admin",
+            Action::PrincipalCreate => "principal.create",
+            Action::RecordPut => "record.put",
+            Action::RecordDelete => "record.delete",
+            Action::RecordGet => "record.get",
+            Action::RecordList => "record.list",
+            Action::SubjectExport => "subject.export",
+            Action::SubjectShred => "subject.shred",
+            Action::ReceiptVerify => "receipt.verify",
+        }
+    }
+
+    /// Whether the action is aimed at one tenant (as opposed to the platform).
+    pub fn is_tenant_scoped(self) -> bool {
+        !matches!(self, Action::TenantCreate | Action::TenantList)
+    }
+}
+
+use Action as A;
+
+/// The permission table: SPEC.md's role table as data. README.md and
+/// ARCHITECTURE.md show the same table; a test checks every cell over gRPC.
+pub const PERMISSIONS: &[(Role, &[Action])] = &[
+    (
+        Role::Operator,
+        &[
+            A::TenantCreate,
+            A::TenantList,
+            A::TenantGet,
+            A::TenantShred,
+            A::TenantCancelShred,
+            A::TenantBootstrapAdmin,
+            A::ReceiptVerify,
+        ],
+    ),
+    (Role::Admin, &[A::TenantGet, A::PrincipalCreate]),
+    (Role::Writer, &[A::RecordPut, A::RecordDelete]),
+    (Role::Reader, &[A::RecordGet, A::RecordList]),
+    (
+        Role::PrivacyOfficer,
+        &[A::SubjectExport, A::SubjectShred, A::ReceiptVerify],
+    ),
+    (Role::Auditor, &[A::ReceiptVerify]),
+];
+
+/// Whether `role` may perform `action`.
+pub fn allows(role: Role, action: Action) -> bool {
+    PERMISSIONS
+        .iter()
+        .any(|(r, actions)| *r == role && actions.contains(&action))
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub id: String,
+    pub name: String,
+    /// `None` for platform principals.
+    pub tenant: Option<TenantId>,
+    pub roles: Vec<Role>,
+}
+
+/// Proof that `principal` may perform `action` (on `tenant`). Only
+/// [`authorize`] constructs one.
+#[derive(Debug)]
+pub struct Permit {
+    principal_id: String,
+    action: Action,
+    tenant: Option<TenantId>,
+}
+
+impl Permit {
+    pub fn principal_id(&self) -> &str {
+        &self.principal_id
+    }
+
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The tenant the permit covers. Tenant-scoped actions always have one.
+    pub fn tenant(&self) -> Result<&TenantId> {
+        self.tenant.as_ref().ok_or_else(|| {
+            Error::Internal(format!("{} permit without a tenant", self.action.as_str()))
+        })
+    }
+}
+
+/// The message for a tenant the caller cannot see: the same whether it
+/// exists in another scope or not at all.
+pub fn tenant_not_found(tenant: &TenantId) -> Error {
+    Error::NotFound(format!("tenant '{tenant}' not found"))
+}
+
+/// Decides whether `principal` may perform `action` on `tenant`.
+///
+/// A tenant principal naming another tenant gets `NotFound`, exactly as for
+/// a tenant that does not exist; a missing role gets `PermissionDenied`.
+pub fn authorize(
+    principal: &Principal,
+    action: Action,
+    tenant: Option<&TenantId>,
+) -> Result<Permit> {
+    if action.is_tenant_scoped() && tenant.is_none() {
+        return Err(Error::invalid("tenant", "is required"));
+    }
+    if let (Some(home), Some(target)) = (&principal.tenant, tenant)
+        && home != target
+    {
+        return Err(tenant_not_found(target));
+    }
+    if !principal.roles.iter().any(|r| allows(*r, action)) {
+        let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+        return Err(Error::PermissionDenied(format!(
+            "role {} may not {}",
+            roles.join("+"),
+            action.as_str()
+        )));
+    }
+    Ok(Permit {
+        principal_id: principal.id.clone(),
+        action,
+        tenant: tenant.cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(tenant: Option<&str>, roles: &[Role]) -> Principal {
+        Principal {
+            id: "p".into(),
+            name: "p".into(),
+            tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+            roles: roles.to_vec(),
+        }
+    }
+
+    #[test]
+    fn operator_never_touches_record_data() {
+        for a in [A::RecordGet, A::RecordList, A::RecordPut, A::SubjectExport] {
+            assert!(!allows(Role::Operator, a), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn deny_by_default_for_every_unlisted_pair() {
+        let listed: usize = PERMISSIONS.iter().map(|(_, a)| a.len()).sum();
+        let allowed = Role::ALL
+            .iter()
+            .flat_map(|r| Action::ALL.iter().map(move |a| (r, a)))
+            .filter(|(r, a)| allows(**r, **a))
+            .count();
+        assert_eq!(listed, allowed);
+    }
+
+    #[test]
+    fn other_tenant_is_not_found_before_role_check() {
+        let t_a = TenantId::parse("a").unwrap();
+        let t_b = TenantId::parse("b").unwrap();
+        let p = principal(Some("a"), &[Role::Reader]);
+        assert!(authorize(&p, A::RecordGet, Some(&t_a)).is_ok());
+        assert!(matches!(
+            authorize(&p, A::RecordGet, Some(&t_b)),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            authorize(&p, A::RecordPut, Some(&t_a)),
+            Err(Error::PermissionDenied(_))
+        ));
+        // Platform actions are denied to tenant principals by role.
+        assert!(matches!(
+            authorize(&p, A::TenantList, None),
+            Err(Error::PermissionDenied(_))
+        ));
+    }
+
+    #[test]
+    fn permit_carries_the_tenant() {
+        let t = TenantId::parse("a").unwrap();
+        let op = principal(None, &[Role::Operator]);
+        let permit = authorize(&op, A::TenantShred, Some(&t)).unwrap();
+        assert_eq!(permit.tenant().unwrap(), &t);
+    }
+}

@@ -1,0 +1,278 @@
+//! `strongbox bench`: drives a running server over gRPC with N concurrent
+//! clients for a duration and reports ops/s and p50/p99 latency.
+//!
+//! Called with an operator key, it makes its own tenant (`bench-<random>`)
+//! and a writer+reader principal, and shreds the tenant (grace 0) at the end.
+//! `get` and `mixed` first write the records they read. `mixed` is half
+//! gets, half puts.
+
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::api::pb;
+use crate::client::Client;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    Put,
+    Get,
+    Mixed,
+}
+
+impl BenchOp {
+    fn name(self) -> &'static str {
+        match self {
+            BenchOp::Put => "put",
+            BenchOp::Get => "get",
+            BenchOp::Mixed => "mixed",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub op: BenchOp,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long to run, e.g. `10s`.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 1024)]
+    pub value_size: usize,
+    /// Records written first for `get` and `mixed`.
+    #[arg(long, default_value_t = 10_000)]
+    pub records: usize,
+    /// Subjects the records are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub subjects: usize,
+}
+
+/// One worker's tally.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Sets up a tenant and a writer+reader key with the operator key.
+async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
+    let tenant = format!("bench-{}", hex::encode(crate::crypto::random_bytes::<4>()));
+    client
+        .tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: tenant.clone(),
+            name: "strongbox bench".into(),
+        })
+        .await?;
+    let admin = client
+        .principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant: tenant.clone(),
+            name: "bench-admin".into(),
+            roles: vec!["admin".into()],
+        })
+        .await?
+        .into_inner()
+        .api_key;
+    let rw = client
+        .as_key(&admin)?
+        .principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant: tenant.clone(),
+            name: "bench-rw".into(),
+            roles: vec!["writer".into(), "reader".into()],
+        })
+        .await?
+        .into_inner()
+        .api_key;
+    Ok((tenant, rw))
+}
+
+fn put_req(tenant: &str, subjects: usize, i: usize, value: &[u8]) -> pb::PutRecordRequest {
+    pb::PutRecordRequest {
+        tenant: tenant.to_owned(),
+        subject: format!("bench-subject-{}", i % subjects.max(1)),
+        category: "bench".into(),
+        key: format!("k{i}"),
+        value: value.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn get_req(tenant: &str, subjects: usize, i: usize) -> pb::GetRecordRequest {
+    pb::GetRecordRequest {
+        tenant: tenant.to_owned(),
+        subject: format!("bench-subject-{}", i % subjects.max(1)),
+        category: "bench".into(),
+        key: format!("k{i}"),
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
+    let duration = humantime::parse_duration(&args.duration)
+        .map_err(|e| anyhow::anyhow!("--duration: '{}' is not a duration: {e}", args.duration))?;
+    anyhow::ensure!(args.concurrency > 0, "--concurrency: must be at least 1");
+    let (tenant, key) = setup(client).await?;
+    // Eight clients per connection, so one HTTP/2 connection is not the
+    // bottleneck.
+    let mut pool = Vec::new();
+    for _ in 0..args.concurrency.div_ceil(8) {
+        pool.push(client.reconnect(&key).await?);
+    }
+    let value = vec![0x5a; args.value_size];
+
+    if args.op != BenchOp::Put {
+        prefill(&pool, &tenant, &args, &value).await?;
+    }
+
+    let deadline = Instant::now() + duration;
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for w in 0..args.concurrency {
+        let c = pool[w % pool.len()].clone();
+        let (tenant, value, args) = (tenant.clone(), value.clone(), args.clone());
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let (mut records, mut writes) = (c.records(), 0usize);
+            while Instant::now() < deadline {
+                let is_put = match args.op {
+                    BenchOp::Put => true,
+                    BenchOp::Get => false,
+                    BenchOp::Mixed => rng.random_bool(0.5),
+                };
+                let started = Instant::now();
+                let result = if is_put {
+                    // Puts go to fresh keys per worker, spread over subjects.
+                    writes += 1;
+                    let i = args.records + w * 10_000_000 + writes;
+                    records
+                        .put_record(put_req(&tenant, args.subjects, i, &value))
+                        .await
+                        .map(drop)
+                } else {
+                    let i = rng.random_range(0..args.records.max(1));
+                    records
+                        .get_record(get_req(&tenant, args.subjects, i))
+                        .await
+                        .map(drop)
+                };
+                let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                match result {
+                    Ok(()) => tally.latencies_us.push(us),
+                    Err(e) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert_with(|| {
+                            format!("{}: {}", super::output::code_name(e.code()), e.message())
+                        });
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let (mut errors, mut first_error) = (0u64, None);
+    for w in workers {
+        let t = w.await?;
+        all.extend(t.latencies_us);
+        errors += t.errors;
+        first_error = first_error.or(t.first_error);
+    }
+    let elapsed = started.elapsed().max(duration).as_secs_f64();
+    all.sort_unstable();
+    let ops = all.len() as f64 / elapsed;
+    let (p50, p99) = (percentile(&all, 0.50), percentile(&all, 0.99));
+
+    // Clean up: the bench tenant is shredded at once.
+    let _ = client
+        .tenants()
+        .schedule_tenant_shred(pb::ScheduleTenantShredRequest {
+            tenant: tenant.clone(),
+            grace_seconds: Some(0),
+        })
+        .await;
+
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "op": args.op.name(),
+                "concurrency": args.concurrency,
+                "duration_s": elapsed,
+                "value_size": args.value_size,
+                "ops": all.len(),
+                "ops_per_sec": ops,
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "errors": errors,
+                "first_error": first_error,
+            })
+        );
+    } else {
+        println!(
+            "{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors ({} clients, {:.1} s, {}-byte values)",
+            args.op.name(),
+            ops,
+            p50,
+            p99,
+            errors,
+            args.concurrency,
+            elapsed,
+            args.value_size
+        );
+        if let Some(e) = first_error {
+            eprintln!("first error: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes the records `get` and `mixed` read, `concurrency` at a time.
+async fn prefill(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    let lanes = args.concurrency.min(args.records.max(1));
+    let mut tasks = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let mut records = pool[lane % pool.len()].records();
+        let (tenant, value, subjects, total) = (
+            tenant.to_owned(),
+            value.to_vec(),
+            args.subjects,
+            args.records,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = lane;
+            while i < total {
+                records
+                    .put_record(put_req(&tenant, subjects, i, &value))
+                    .await?;
+                i += lanes;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}

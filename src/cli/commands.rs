@@ -1,0 +1,357 @@
+//! The client subcommands: each builds one request, calls the server and
+//! prints the answer (JSON with `--json`).
+
+use std::io::{Read, Write};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::output::{self, record_json, tenant_json, tenant_line};
+use super::{Cli, Command, PrincipalCmd, RecordAddrArgs, RecordCmd, SubjectCmd, TenantCmd};
+use crate::api::pb;
+use crate::client::Client;
+use crate::vault::fmt_time;
+
+pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(&cli.endpoint, cli.api_key.as_deref()).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Serve(_) => anyhow::bail!("serve is not a client command"),
+        Command::Tenant(cmd) => tenant(&client, cmd, json).await,
+        Command::Principal(cmd) => principal(&client, cmd, json).await,
+        Command::Record(cmd) => record(&client, cmd, json).await,
+        Command::Subject(cmd) => subject(&client, cmd, json).await,
+        Command::Bench(args) => super::bench::run(&client, args, json).await,
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+async fn tenant(client: &Client, cmd: TenantCmd, json: bool) -> anyhow::Result<()> {
+    let mut svc = client.tenants();
+    let show = |t: &pb::Tenant| {
+        if json {
+            print_json(&tenant_json(t));
+        } else {
+            println!("{}", tenant_line(t));
+        }
+    };
+    match cmd {
+        TenantCmd::Create { tenant, name } => {
+            let t = svc
+                .create_tenant(pb::CreateTenantRequest {
+                    tenant,
+                    name: name.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            show(&t);
+        }
+        TenantCmd::Get { tenant } => show(
+            &svc.get_tenant(pb::GetTenantRequest { tenant })
+                .await?
+                .into_inner(),
+        ),
+        TenantCmd::List => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = svc
+                    .list_tenants(pb::ListTenantsRequest {
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.tenants);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if json {
+                print_json(&json!(all.iter().map(tenant_json).collect::<Vec<_>>()));
+            } else {
+                all.iter().for_each(|t| println!("{}", tenant_line(t)));
+            }
+        }
+        TenantCmd::Shred { tenant, grace } => {
+            let grace_seconds = grace
+                .map(|g| {
+                    humantime::parse_duration(&g)
+                        .with_context(|| format!("--grace: '{g}' is not a duration like 7d or 0s"))
+                })
+                .transpose()?
+                .map(|d| d.as_secs());
+            let t = svc
+                .schedule_tenant_shred(pb::ScheduleTenantShredRequest {
+                    tenant,
+                    grace_seconds,
+                })
+                .await?
+                .into_inner();
+            show(&t);
+        }
+        TenantCmd::CancelShred { tenant } => show(
+            &svc.cancel_tenant_shred(pb::CancelTenantShredRequest { tenant })
+                .await?
+                .into_inner(),
+        ),
+    }
+    Ok(())
+}
+
+async fn principal(client: &Client, cmd: PrincipalCmd, json: bool) -> anyhow::Result<()> {
+    let PrincipalCmd::Create {
+        tenant,
+        roles,
+        name,
+    } = cmd;
+    let p = client
+        .principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant,
+            name,
+            roles,
+        })
+        .await?
+        .into_inner();
+    if json {
+        print_json(
+            &json!({ "principal_id": p.principal_id, "key_id": p.key_id, "api_key": p.api_key }),
+        );
+    } else {
+        // The key alone on stdout, so `KEY=$(strongbox principal create …)` works.
+        eprintln!(
+            "created principal {} (key id {}); the API key below is shown once",
+            p.principal_id, p.key_id
+        );
+        println!("{}", p.api_key);
+    }
+    Ok(())
+}
+
+fn read_value(value: Option<String>, file: Option<std::path::PathBuf>) -> anyhow::Result<Vec<u8>> {
+    match (value, file) {
+        (Some(v), _) => Ok(v.into_bytes()),
+        (None, Some(f)) => std::fs::read(&f).with_context(|| format!("--file {}", f.display())),
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the value from stdin")?;
+            Ok(buf)
+        }
+    }
+}
+
+async fn record(client: &Client, cmd: RecordCmd, json: bool) -> anyhow::Result<()> {
+    let mut svc = client.records();
+    match cmd {
+        RecordCmd::Put {
+            addr,
+            value,
+            file,
+            content_type,
+            expected_version,
+            reinstate_erased_subject,
+        } => {
+            let RecordAddrArgs {
+                tenant,
+                subject,
+                category,
+                key,
+            } = addr;
+            let value = read_value(value, file)?;
+            let r = svc
+                .put_record(pb::PutRecordRequest {
+                    tenant,
+                    subject: subject.unwrap_or_default(),
+                    category,
+                    key,
+                    value,
+                    content_type,
+                    expected_version,
+                    reinstate_erased_subject,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&json!({ "version": r.version }));
+            } else {
+                println!("stored version {}", r.version);
+            }
+        }
+        RecordCmd::Get { addr } => {
+            let r = svc
+                .get_record(pb::GetRecordRequest {
+                    tenant: addr.tenant,
+                    subject: addr.subject.unwrap_or_default(),
+                    category: addr.category,
+                    key: addr.key,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&record_json(&r));
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&r.value)?;
+                out.flush()?;
+            }
+        }
+        RecordCmd::Delete {
+            addr,
+            expected_version,
+        } => {
+            let r = svc
+                .delete_record(pb::DeleteRecordRequest {
+                    tenant: addr.tenant,
+                    subject: addr.subject.unwrap_or_default(),
+                    category: addr.category,
+                    key: addr.key,
+                    expected_version,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&json!({ "deleted_version": r.deleted_version }));
+            } else {
+                println!("deleted version {}", r.deleted_version);
+            }
+        }
+        RecordCmd::List {
+            tenant,
+            subject,
+            category,
+        } => {
+            let mut token = String::new();
+            loop {
+                let page = svc
+                    .list_records(pb::ListRecordsRequest {
+                        tenant: tenant.clone(),
+                        subject: subject.clone().unwrap_or_default(),
+                        category: category.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                for r in &page.records {
+                    if json {
+                        print_json(&json!({
+                            "subject_blind_id": r.subject_blind_id,
+                            "category": r.category,
+                            "key": r.key,
+                            "version": r.version,
+                            "content_type": r.content_type,
+                            "size_bytes": r.size_bytes,
+                            "updated_at": fmt_time(r.updated_at_unix_ms),
+                        }));
+                    } else {
+                        let owner = if r.subject_blind_id.is_empty() {
+                            "(tenant)"
+                        } else {
+                            &r.subject_blind_id
+                        };
+                        println!(
+                            "{owner}\t{}\t{}\tv{}\t{} bytes\t{}",
+                            r.category,
+                            r.key,
+                            r.version,
+                            r.size_bytes,
+                            fmt_time(r.updated_at_unix_ms)
+                        );
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn subject(client: &Client, cmd: SubjectCmd, json: bool) -> anyhow::Result<()> {
+    let mut svc = client.subjects();
+    match cmd {
+        SubjectCmd::Export { tenant, subject } => {
+            let mut stream = svc
+                .export_subject(pb::ExportSubjectRequest { tenant, subject })
+                .await?
+                .into_inner();
+            let mut doc = serde_json::Map::new();
+            let mut records = Vec::new();
+            while let Some(item) = stream.message().await? {
+                match item.item {
+                    Some(pb::export_subject_response::Item::Header(h)) => {
+                        doc.insert("tenant".into(), json!(h.tenant));
+                        doc.insert("subject".into(), json!(h.subject));
+                        doc.insert("subject_blind_id".into(), json!(h.subject_blind_id));
+                        doc.insert("created_at".into(), json!(fmt_time(h.created_at_unix_ms)));
+                    }
+                    Some(pb::export_subject_response::Item::Record(r)) => {
+                        records.push(record_json(&r))
+                    }
+                    None => {}
+                }
+            }
+            doc.insert("records".into(), json!(records));
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        SubjectCmd::Shred { tenant, subject } => {
+            let r = svc
+                .shred_subject(pb::ShredSubjectRequest { tenant, subject })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&output::receipt_json(&r));
+            } else {
+                println!("subject shredded: its data key is destroyed");
+                println!("receipt id:        {}", r.receipt_id);
+                println!("tenant:            {}", r.tenant);
+                println!("subject blind id:  {}", r.subject_blind_id);
+                println!("destroyed keys:    {}", r.destroyed_key_ids.join(", "));
+                println!("records unreadable: {}", r.records_made_unreadable);
+                println!("shredded at:       {}", fmt_time(r.shredded_at_unix_ms));
+                println!("mac:               {}", r.mac);
+            }
+        }
+        SubjectCmd::VerifyReceipt { file } => {
+            let text = match file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("--file {}", f.display()))?,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s)?;
+                    s
+                }
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&text).context("the receipt is not JSON")?;
+            let receipt = output::receipt_from_json(&v)?;
+            let valid = svc
+                .verify_receipt(pb::VerifyReceiptRequest {
+                    receipt: Some(receipt),
+                })
+                .await?
+                .into_inner()
+                .valid;
+            if json {
+                print_json(&json!({ "valid": valid }));
+            } else {
+                println!("{}", if valid { "valid" } else { "INVALID" });
+            }
+            if !valid {
+                anyhow::bail!(
+                    "the receipt does not verify: it was altered or not issued by this vault"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The `strongbox` command line: `serve` runs the server; every other
+//! subcommand is a client of the gRPC API, for people and runbooks. Exit
+//! status 0 on success; on failure 1, with `error: CODE: message` on stderr.
+
+mod bench;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use bench::{BenchArgs, BenchOp};
+
+/// Command-line interface of the `strongbox` binary.
+#[derive(Parser, Debug)]
+#[command(
+    name = "strongbox",
+    version,
+    about = "Multi-tenant encrypted data vault",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Server to talk to.
+    #[arg(
+        long,
+        env = "STRONGBOX_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub endpoint: String,
+    /// API key (`sbk_…`) to call with.
+    #[arg(long, env = "STRONGBOX_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Create, inspect and shred tenants (operator).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Create principals and their API keys.
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Put, get, delete and list records.
+    #[command(subcommand)]
+    Record(RecordCmd),
+    /// Export or shred everything about a subject (privacy officer).
+    #[command(subcommand)]
+    Subject(SubjectCmd),
+    /// Drive a running server with concurrent clients and report throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory (default ./strongbox-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:50051).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant with fresh keys.
+    Create {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List every tenant.
+    List,
+    /// Show one tenant.
+    Get { tenant: String },
+    /// Suspend a tenant and destroy its keys after a grace period.
+    Shred {
+        tenant: String,
+        /// Grace period, e.g. `7d`, `12h`, `0s` (default: the server's, 7 days).
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Cancel a scheduled shred and reactivate the tenant.
+    CancelShred { tenant: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrincipalCmd {
+    /// Create a principal; prints its API key once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Role to grant (repeat for several): admin, writer, reader, privacy-officer, auditor.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        name: String,
+    },
+}
+
+/// Which record: tenant, optional subject, category, key.
+#[derive(Args, Debug, Clone)]
+pub struct RecordAddrArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// Subject id (omit for a tenant-level record).
+    #[arg(long)]
+    pub subject: Option<String>,
+    #[arg(long)]
+    pub category: String,
+    #[arg(long)]
+    pub key: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecordCmd {
+    /// Store a value (from --value, --file, or stdin).
+    Put {
+        #[command(flatten)]
+        addr: RecordAddrArgs,
+        #[arg(long, conflicts_with = "file")]
+        value: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        content_type: String,
+        /// Only if the record is at this version (0: only if absent).
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Store data for a subject that was shredded.
+        #[arg(long)]
+        reinstate_erased_subject: bool,
+    },
+    /// Print a record's raw value on stdout.
+    Get {
+        #[command(flatten)]
+        addr: RecordAddrArgs,
+    },
+    /// Delete a record.
+    Delete {
+        #[command(flatten)]
+        addr: RecordAddrArgs,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// List records (metadata only).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SubjectCmd {
+    /// Everything stored about a subject, as JSON on stdout.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: String,
+    },
+    /// Crypto-shred a subject; prints the deletion receipt.
+    Shred {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: String,
+    },
+    /// Check a deletion receipt (JSON from `subject shred --json`, a file or stdin).
+    VerifyReceipt {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs a client subcommand; `serve` is handled by `main`.
+pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
+    commands::run(cli).await
+}
+
+/// Formats a failed call for stderr: `CODE: message`.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    output::describe_error(e)
+}

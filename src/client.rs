@@ -1,0 +1,116 @@
+//! A gRPC client for Strongbox: one channel, the API key attached to every
+//! call. The CLI, `strongbox bench` and the integration tests all use it.
+
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::api::pb::{
+    principal_service_client::PrincipalServiceClient, record_service_client::RecordServiceClient,
+    subject_service_client::SubjectServiceClient, tenant_service_client::TenantServiceClient,
+};
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Auth {
+    bearer: Option<AsciiMetadataValue>,
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, Auth>;
+
+/// A connection to a Strongbox server acting as one principal.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    endpoint: Option<Endpoint>,
+    auth: Auth,
+}
+
+/// Responses up to this size are accepted (a 1 MiB value plus room).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+impl Client {
+    /// Connects to `endpoint` (`http://host:port`).
+    pub async fn connect(endpoint: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
+        let ep = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
+            anyhow::anyhow!(
+                "--endpoint: '{endpoint}' is not a URL like http://127.0.0.1:50051: {e}"
+            )
+        })?;
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {e}"))?;
+        let mut client = Self::with_channel(channel, api_key)?;
+        client.endpoint = Some(ep);
+        Ok(client)
+    }
+
+    /// A new connection to the same server, acting with `api_key`.
+    pub async fn reconnect(&self, api_key: &str) -> anyhow::Result<Self> {
+        let ep = self.endpoint.clone().ok_or_else(|| {
+            anyhow::anyhow!("this client was built over a channel; it cannot reconnect")
+        })?;
+        let mut client = Self::with_channel(ep.connect().await?, Some(api_key))?;
+        client.endpoint = Some(ep);
+        Ok(client)
+    }
+
+    /// A client over an existing channel (several principals can share one).
+    pub fn with_channel(channel: Channel, api_key: Option<&str>) -> anyhow::Result<Self> {
+        let bearer = match api_key {
+            Some(k) => Some(
+                MetadataValue::try_from(format!("Bearer {}", k.trim())).map_err(|_| {
+                    anyhow::anyhow!("the API key contains characters that cannot be sent")
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Client {
+            channel,
+            endpoint: None,
+            auth: Auth { bearer },
+        })
+    }
+
+    /// The same connection acting with another API key.
+    pub fn as_key(&self, api_key: &str) -> anyhow::Result<Self> {
+        let mut client = Self::with_channel(self.channel.clone(), Some(api_key))?;
+        client.endpoint = self.endpoint.clone();
+        Ok(client)
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn tenants(&self) -> TenantServiceClient<Svc> {
+        TenantServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn principals(&self) -> PrincipalServiceClient<Svc> {
+        PrincipalServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn records(&self) -> RecordServiceClient<Svc> {
+        RecordServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn subjects(&self) -> SubjectServiceClient<Svc> {
+        SubjectServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+}

@@ -1,0 +1,153 @@
+//! Server configuration: defaults that work on a fresh machine, an optional
+//! TOML file (`--config`), and flags that override both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::vault::Limits;
+
+/// The default data directory, relative to where the server starts.
+pub const DEFAULT_DATA_DIR: &str = "strongbox-data";
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// Everything `strongbox serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The root key file; `<data_dir>/root.key` if unset.
+    pub root_key_file: Option<PathBuf>,
+    pub limits: Limits,
+    pub read_connections: usize,
+    /// How often due tenant shreds and row purges are looked for.
+    pub housekeeping_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            root_key_file: None,
+            limits: Limits::default(),
+            read_connections: 4,
+            housekeeping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The TOML file's shape; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    root_key_file: Option<PathBuf>,
+    max_value_bytes: Option<usize>,
+    tenant_shred_grace: Option<String>,
+    read_connections: Option<usize>,
+    housekeeping_interval: Option<String>,
+}
+
+fn duration(field: &'static str, s: &str) -> Result<Duration> {
+    humantime::parse_duration(s)
+        .map_err(|e| Error::invalid(field, format!("'{s}' is not a duration: {e}")))
+}
+
+pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+    s.parse().map_err(|_| {
+        Error::invalid(
+            "listen",
+            format!("'{s}' is not an address like 127.0.0.1:50051"),
+        )
+    })
+}
+
+impl ServerConfig {
+    /// Defaults, then `file` if given, then the flags that were given.
+    pub fn load(
+        file: Option<&Path>,
+        data_dir: Option<PathBuf>,
+        listen: Option<&str>,
+    ) -> Result<Self> {
+        let mut cfg = ServerConfig::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::invalid("config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let f: FileConfig = toml::from_str(&text)
+                .map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))?;
+            if let Some(d) = f.data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = f.listen {
+                cfg.listen = parse_listen(&l)?;
+            }
+            cfg.root_key_file = f.root_key_file.or(cfg.root_key_file);
+            if let Some(n) = f.max_value_bytes {
+                cfg.limits.max_value_bytes = n;
+            }
+            if let Some(g) = f.tenant_shred_grace {
+                cfg.limits.default_shred_grace = duration("tenant_shred_grace", &g)?;
+            }
+            if let Some(n) = f.read_connections {
+                cfg.read_connections = n.max(1);
+            }
+            if let Some(i) = f.housekeeping_interval {
+                cfg.housekeeping_interval = duration("housekeeping_interval", &i)?;
+            }
+        }
+        if let Some(d) = data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(l) = listen {
+            cfg.listen = parse_listen(l)?;
+        }
+        Ok(cfg)
+    }
+
+    pub fn root_key_path(&self) -> PathBuf {
+        self.root_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("root.key"))
+    }
+
+    pub fn operator_key_path(&self) -> PathBuf {
+        self.data_dir.join("operator.key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nmax_value_bytes = 10\ntenant_shred_grace = \"1h\"\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::load(Some(&path), Some("d".into()), None).unwrap();
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.limits.max_value_bytes, 10);
+        assert_eq!(cfg.limits.default_shred_grace, Duration::from_secs(3600));
+        assert_eq!(cfg.data_dir, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn fail_unknown_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&path), None, None).unwrap_err();
+        assert!(e.to_string().starts_with("config:"), "{e}");
+    }
+}

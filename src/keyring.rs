@@ -1,0 +1,388 @@
+//! The key hierarchy below the root key: tenant KEKs and index keys (wrapped
+//! by the root key), data keys (wrapped by a tenant KEK), the receipt key;
+//! the AAD that binds each wrapped key and ciphertext to its identity; and
+//! the caches of unwrapped keys.
+//!
+//! Cache invariant: once `forget_dek` or `forget_tenant` has run for a key,
+//! the cache never holds it again. A read that fetched the wrapped key
+//! before the shred committed cannot re-insert it afterwards, because the
+//! forget leaves a tombstone that insertion checks under the same lock.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+use crate::crypto::{self, SecretKey, label};
+use crate::error::{Error, Result};
+use crate::ids::{SubjectId, TenantId};
+use crate::rootkey::RootKeyProvider;
+use crate::store::{self, DekRow};
+
+/// Unwrapped data keys kept in memory at most; past it, an arbitrary entry
+/// is dropped (and zeroized) to make room.
+const MAX_CACHED_DEKS: usize = 100_000;
+
+/// The `meta` row holding the receipt key wrapped by the root key.
+const RECEIPT_KEY_META: &str = "receipt_key";
+/// The `meta` row holding a sealed check value that proves the root key.
+const ROOT_CHECK_META: &str = "root_check";
+
+/// AAD layouts: every wrapped key and ciphertext is bound to who and what
+/// it belongs to, so bytes copied to another row fail to open.
+pub mod aad {
+    use crate::crypto::encode_fields;
+
+    pub fn kek(tenant: &str, version: u32) -> Vec<u8> {
+        encode_fields(&[b"kek", tenant.as_bytes(), &version.to_be_bytes()])
+    }
+
+    pub fn index_key(tenant: &str) -> Vec<u8> {
+        encode_fields(&[b"index-key", tenant.as_bytes()])
+    }
+
+    pub fn dek(tenant: &str, owner: &[u8], dek_id: &str, kek_version: u32) -> Vec<u8> {
+        encode_fields(&[
+            b"dek",
+            tenant.as_bytes(),
+            owner,
+            dek_id.as_bytes(),
+            &kek_version.to_be_bytes(),
+        ])
+    }
+
+    /// A record's identity: tenant, owner (subject blind id or empty),
+    /// category, key, version, content type and data key id.
+    pub fn record(
+        tenant: &str,
+        owner: &[u8],
+        category: &str,
+        key: &str,
+        version: u64,
+        content_type: &str,
+        dek_id: &str,
+    ) -> Vec<u8> {
+        encode_fields(&[
+            b"record",
+            tenant.as_bytes(),
+            owner,
+            category.as_bytes(),
+            key.as_bytes(),
+            &version.to_be_bytes(),
+            content_type.as_bytes(),
+            dek_id.as_bytes(),
+        ])
+    }
+
+    pub fn subject_id(tenant: &str, blind: &[u8], dek_id: &str) -> Vec<u8> {
+        encode_fields(&[b"subject-id", tenant.as_bytes(), blind, dek_id.as_bytes()])
+    }
+
+    pub fn receipt_key() -> Vec<u8> {
+        encode_fields(&[b"receipt-key"])
+    }
+
+    pub fn root_check() -> Vec<u8> {
+        encode_fields(&[b"root-check"])
+    }
+}
+
+/// A subject's blind id: HMAC-SHA256 of the subject id under the tenant's
+/// index key. Stable across KEK rotation.
+pub type BlindId = [u8; 32];
+
+#[derive(Default)]
+struct Cache {
+    keks: HashMap<(String, u32), Arc<SecretKey>>,
+    index: HashMap<String, Arc<SecretKey>>,
+    /// dek id -> (tenant, key)
+    deks: HashMap<String, (String, Arc<SecretKey>)>,
+    destroyed_deks: HashSet<String>,
+    destroyed_tenants: HashSet<String>,
+}
+
+/// Keys of a new tenant, wrapped and ready to store.
+pub struct NewTenantKeys {
+    pub wrapped_index_key: Vec<u8>,
+    pub wrapped_kek: Vec<u8>,
+    pub kek_version: u32,
+    pub dek: DekRow,
+}
+
+/// Unwraps, wraps and caches the keys below the root key.
+pub struct Keyring {
+    root: Arc<dyn RootKeyProvider>,
+    cache: Mutex<Cache>,
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Corrupt(format!(
+        "{what} failed authentication: the stored bytes are corrupt or were moved, or the root key is not this vault's"
+    ))
+}
+
+/// A fresh random key id with a readable prefix (`dek-…`, `prn-…`).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", hex::encode(crypto::random_bytes::<16>()))
+}
+
+impl Keyring {
+    pub fn new(root: Arc<dyn RootKeyProvider>) -> Self {
+        Keyring {
+            root,
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // A poisoned lock only means a panic elsewhere while holding it; the
+        // maps stay consistent (every update is a single insert or remove).
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Describes the root-key provider (no key material).
+    pub fn root_description(&self) -> String {
+        self.root.describe()
+    }
+
+    /// Checks that the root key is the one this database was made with,
+    /// recording a check value on first use.
+    pub fn check_root(&self, conn: &Connection) -> Result<()> {
+        match store::meta_get(conn, ROOT_CHECK_META)? {
+            Some(sealed) => self
+                .root
+                .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
+                .map(drop)
+                .map_err(|_| {
+                    Error::FailedPrecondition(format!(
+                        "the root key from {} is not the one this vault's data is wrapped under",
+                        self.root.describe()
+                    ))
+                }),
+            None => {
+                let check = self.root.wrap(
+                    label::ROOT_CHECK,
+                    &aad::root_check(),
+                    &SecretKey::generate(),
+                )?;
+                store::meta_put(conn, ROOT_CHECK_META, &check)
+            }
+        }
+    }
+
+    /// Makes the receipt key if the vault has none yet.
+    pub fn ensure_receipt_key(&self, conn: &Connection) -> Result<()> {
+        if store::meta_get(conn, RECEIPT_KEY_META)?.is_none() {
+            let wrapped = self.root.wrap(
+                label::WRAP_RECEIPT_KEY,
+                &aad::receipt_key(),
+                &SecretKey::generate(),
+            )?;
+            store::meta_put(conn, RECEIPT_KEY_META, &wrapped)?;
+        }
+        Ok(())
+    }
+
+    /// The key that MACs deletion receipts.
+    pub fn receipt_key(&self, conn: &Connection) -> Result<SecretKey> {
+        let wrapped = store::meta_get(conn, RECEIPT_KEY_META)?
+            .ok_or_else(|| Error::Internal("the receipt key is missing".into()))?;
+        self.root
+            .unwrap(label::WRAP_RECEIPT_KEY, &aad::receipt_key(), &wrapped)
+            .map_err(|_| corrupt("the receipt key".into()))
+    }
+
+    /// Generates a tenant's index key, KEK v1 and tenant-level data key.
+    pub fn new_tenant_keys(&self, tenant: &TenantId) -> Result<NewTenantKeys> {
+        let t = tenant.as_str();
+        let index_key = SecretKey::generate();
+        let kek = SecretKey::generate();
+        let wrapped_index_key =
+            self.root
+                .wrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &index_key)?;
+        let wrapped_kek = self.root.wrap(label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
+        let (dek, _) = self.new_dek_under(tenant, &[], 1, &kek);
+        Ok(NewTenantKeys {
+            wrapped_index_key,
+            wrapped_kek,
+            kek_version: 1,
+            dek,
+        })
+    }
+
+    fn new_dek_under(
+        &self,
+        tenant: &TenantId,
+        owner: &[u8],
+        kek_version: u32,
+        kek: &SecretKey,
+    ) -> (DekRow, SecretKey) {
+        let id = new_id("dek");
+        let dek = SecretKey::generate();
+        let wrapped = crypto::wrap_key(
+            kek,
+            label::WRAP_DEK,
+            &aad::dek(tenant.as_str(), owner, &id, kek_version),
+            &dek,
+        );
+        let row = DekRow {
+            id,
+            tenant_id: tenant.as_str().to_owned(),
+            owner: owner.to_vec(),
+            kek_version,
+            wrapped: Some(wrapped),
+        };
+        (row, dek)
+    }
+
+    /// A new data key for `owner`, wrapped under the tenant's current KEK.
+    pub fn new_dek(
+        &self,
+        conn: &Connection,
+        tenant: &TenantId,
+        owner: &[u8],
+        kek_version: u32,
+    ) -> Result<(DekRow, Arc<SecretKey>)> {
+        let kek = self.kek(conn, tenant, kek_version)?;
+        let (row, dek) = self.new_dek_under(tenant, owner, kek_version, &kek);
+        Ok((row, Arc::new(dek)))
+    }
+
+    /// The tenant's blind-index key.
+    pub fn index_key(&self, conn: &Connection, tenant: &TenantId) -> Result<Arc<SecretKey>> {
+        let t = tenant.as_str();
+        if let Some(k) = self.cache().index.get(t) {
+            return Ok(k.clone());
+        }
+        let wrapped = store::tenant_get(conn, t)?
+            .and_then(|row| row.wrapped_index_key)
+            .ok_or_else(|| Error::NotFound(format!("tenant '{t}' not found")))?;
+        let key = Arc::new(
+            self.root
+                .unwrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &wrapped)
+                .map_err(|_| corrupt(format!("the index key of tenant '{t}'")))?,
+        );
+        let mut cache = self.cache();
+        if !cache.destroyed_tenants.contains(t) {
+            cache.index.insert(t.to_owned(), key.clone());
+        }
+        Ok(key)
+    }
+
+    /// The subject's blind id in this tenant.
+    pub fn blind_id(
+        &self,
+        conn: &Connection,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<BlindId> {
+        let key = self.index_key(conn, tenant)?;
+        Ok(crypto::hmac_sha256(&key, &[subject.expose().as_bytes()]))
+    }
+
+    /// Tenant KEK `version`, unwrapped by the root key.
+    pub fn kek(
+        &self,
+        conn: &Connection,
+        tenant: &TenantId,
+        version: u32,
+    ) -> Result<Arc<SecretKey>> {
+        let t = tenant.as_str();
+        if let Some(k) = self.cache().keks.get(&(t.to_owned(), version)) {
+            return Ok(k.clone());
+        }
+        let wrapped = store::kek_get(conn, t, version)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "key-encryption key v{version} of tenant '{t}' is destroyed"
+            ))
+        })?;
+        let key = Arc::new(
+            self.root
+                .unwrap(label::WRAP_KEK, &aad::kek(t, version), &wrapped)
+                .map_err(|_| corrupt(format!("key-encryption key v{version} of tenant '{t}'")))?,
+        );
+        let mut cache = self.cache();
+        if !cache.destroyed_tenants.contains(t) {
+            cache.keks.insert((t.to_owned(), version), key.clone());
+        }
+        Ok(key)
+    }
+
+    /// The unwrapped data key of `row`, or `None` if it was destroyed.
+    pub fn dek(
+        &self,
+        conn: &Connection,
+        tenant: &TenantId,
+        row: &DekRow,
+    ) -> Result<Option<Arc<SecretKey>>> {
+        if let Some((_, k)) = self.cache().deks.get(&row.id) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(wrapped) = &row.wrapped else {
+            return Ok(None);
+        };
+        if row.tenant_id != tenant.as_str() {
+            return Err(corrupt(format!("data key {}", row.id)));
+        }
+        let kek = self.kek(conn, tenant, row.kek_version)?;
+        let key = Arc::new(
+            crypto::unwrap_key(
+                &kek,
+                label::WRAP_DEK,
+                &aad::dek(tenant.as_str(), &row.owner, &row.id, row.kek_version),
+                wrapped,
+            )
+            .map_err(|_| corrupt(format!("data key {}", row.id)))?,
+        );
+        self.remember_dek(tenant, &row.id, &key);
+        Ok(Some(key))
+    }
+
+    /// Caches a data key unless it (or its tenant) has been forgotten.
+    pub fn remember_dek(&self, tenant: &TenantId, id: &str, key: &Arc<SecretKey>) {
+        let mut cache = self.cache();
+        if cache.destroyed_deks.contains(id) || cache.destroyed_tenants.contains(tenant.as_str()) {
+            return;
+        }
+        if cache.deks.len() >= MAX_CACHED_DEKS
+            && let Some(evict) = cache.deks.keys().next().cloned()
+        {
+            cache.deks.remove(&evict);
+        }
+        cache
+            .deks
+            .insert(id.to_owned(), (tenant.as_str().to_owned(), key.clone()));
+    }
+
+    /// Drops a destroyed data key from the cache, for good.
+    pub fn forget_dek(&self, id: &str) {
+        let mut cache = self.cache();
+        cache.deks.remove(id);
+        cache.destroyed_deks.insert(id.to_owned());
+    }
+
+    /// Drops every cached key of a destroyed tenant, for good.
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        let t = tenant.as_str();
+        let mut cache = self.cache();
+        cache.deks.retain(|_, (owner, _)| owner != t);
+        cache.keks.retain(|(owner, _), _| owner != t);
+        cache.index.remove(t);
+        cache.destroyed_tenants.insert(t.to_owned());
+    }
+
+    /// How many unwrapped keys of `tenant` the caches hold (for tests and
+    /// status): KEKs, index key and data keys.
+    pub fn cached_keys(&self, tenant: &TenantId) -> usize {
+        let t = tenant.as_str();
+        let cache = self.cache();
+        cache.deks.values().filter(|(owner, _)| owner == t).count()
+            + cache.keks.keys().filter(|(owner, _)| owner == t).count()
+            + usize::from(cache.index.contains_key(t))
+    }
+
+    /// Whether the cache holds data key `id`.
+    pub fn caches_dek(&self, id: &str) -> bool {
+        self.cache().deks.contains_key(id)
+    }
+}

@@ -1,0 +1,146 @@
+//! Root-key providers: the top of the key hierarchy. A provider wraps and
+//! unwraps the keys held directly under the root key (tenant KEKs, tenant
+//! index keys, the receipt key) and never hands out the root key itself, so
+//! an HSM provider can do every wrap inside the device.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, CryptoError, KEY_LEN, SecretKey};
+use crate::error::{Error, Result};
+
+/// Holds the root key and wraps keys under it.
+pub trait RootKeyProvider: Send + Sync {
+    /// What the provider is, for logs and status (never key material).
+    fn describe(&self) -> String;
+    /// Wraps `key` under the root key, bound to `label` and `aad`.
+    fn wrap(&self, label: &str, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>>;
+    /// Unwraps a key wrapped by [`RootKeyProvider::wrap`] with the same label and AAD.
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError>;
+}
+
+/// The default provider: a 256-bit key in a file (hex, mode 0600).
+///
+/// For a single machine: keep the file off the data volume in production,
+/// or use an HSM provider.
+pub struct KeyFileProvider {
+    key: SecretKey,
+    path: PathBuf,
+}
+
+impl KeyFileProvider {
+    /// Opens the key file, creating it with a fresh key if it does not exist.
+    /// Refuses a file readable by group or others.
+    pub fn open_or_create(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            Self::create(path)?;
+        }
+        Self::open(path)
+    }
+
+    fn create(path: &Path) -> Result<()> {
+        let key = SecretKey::generate();
+        let hex = Zeroizing::new(hex::encode(key.expose_secret()));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::Unavailable(format!("root key file {}: {e}", path.display())))?;
+        f.write_all(hex.as_bytes())
+            .and_then(|_| f.write_all(b"\n"))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::Unavailable(format!("root key file {}: {e}", path.display())))?;
+        Ok(())
+    }
+
+    /// Opens an existing key file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let fail = |what: String| {
+            Error::FailedPrecondition(format!("root key file {}: {what}", path.display()))
+        };
+        let meta = fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(fail(format!(
+                "mode {:o} lets others read it; run `chmod 600 {}`",
+                meta.permissions().mode() & 0o777,
+                path.display()
+            )));
+        }
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
+        let bytes = Zeroizing::new(
+            hex::decode(text.trim())
+                .map_err(|_| fail(format!("must hold {} hex characters", KEY_LEN * 2)))?,
+        );
+        let key = SecretKey::from_slice(&bytes)
+            .map_err(|_| fail(format!("must hold {} hex characters", KEY_LEN * 2)))?;
+        Ok(Self {
+            key,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl RootKeyProvider for KeyFileProvider {
+    fn describe(&self) -> String {
+        format!("key-file:{}", self.path.display())
+    }
+
+    fn wrap(&self, label: &str, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>> {
+        Ok(crypto::wrap_key(&self.key, label, aad, key))
+    }
+
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
+        crypto::unwrap_key(&self.key, label, aad, wrapped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_0600_and_reopens_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        let a = KeyFileProvider::open_or_create(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let k = SecretKey::generate();
+        let wrapped = a.wrap("l", b"aad", &k).unwrap();
+        let b = KeyFileProvider::open_or_create(&path).unwrap();
+        let back = b.unwrap("l", b"aad", &wrapped).unwrap();
+        assert_eq!(back.expose_secret(), k.expose_secret());
+        assert!(!a.describe().contains(&hex::encode(a.key.expose_secret())));
+    }
+
+    #[test]
+    fn fail_world_readable_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        KeyFileProvider::open_or_create(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeyFileProvider::open(&path).err().unwrap();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn fail_malformed_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        fs::write(&path, "not hex").unwrap();
+        assert!(KeyFileProvider::open(&path).is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! Starting and stopping a server: data directory, root key, storage,
+//! vault, bootstrap operator key, the gRPC services with health and
+//! reflection, and the housekeeping task (due tenant shreds, purges).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{Api, pb};
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+use crate::rootkey::KeyFileProvider;
+use crate::store::{DB_FILE, Store};
+use crate::vault::Vault;
+
+/// Room a request needs beyond its value (ids, metadata, framing).
+const REQUEST_OVERHEAD: usize = 64 * 1024;
+
+/// A running server.
+pub struct RunningServer {
+    /// The address it listens on (the real port when started on port 0).
+    pub addr: SocketAddr,
+    pub vault: Arc<Vault>,
+    stop: watch::Sender<bool>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    housekeeping: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting calls, lets in-flight ones finish, and stops
+    /// housekeeping.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let _ = self.housekeeping.await;
+        self.serving
+            .await
+            .map_err(|e| Error::Internal(format!("server task: {e}")))?
+            .map_err(|e| Error::Unavailable(format!("server: {e}")))
+    }
+}
+
+/// Opens the vault in `cfg.data_dir` and starts serving on `cfg.listen`.
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .map_err(|e| Error::Unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+    let root = KeyFileProvider::open_or_create(&cfg.root_key_path())?;
+    let keys = Arc::new(Keyring::new(Arc::new(root)));
+    let db = cfg.data_dir.join(DB_FILE);
+    let store = tokio::task::spawn_blocking(move || Store::open(&db, cfg.read_connections))
+        .await
+        .map_err(|e| Error::Internal(format!("open task: {e}")))??;
+    let vault = Vault::open(store, keys, cfg.limits.clone()).await?;
+    let key_file = cfg.operator_key_path();
+    if vault.bootstrap_operator(&key_file).await? {
+        // The key itself is never logged: only where it was written.
+        tracing::info!(path = %key_file.display(), "bootstrap operator API key written (mode 0600)");
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
+
+    let api = Api::new(vault.clone());
+    let max_message = cfg.limits.max_value_bytes + REQUEST_OVERHEAD;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::tenant_service_server::TenantServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::principal_service_server::PrincipalServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::record_service_server::RecordServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::subject_service_server::SubjectServiceServer<Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut on_stop = stopped.clone();
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::tenant_service_server::TenantServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::principal_service_server::PrincipalServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(
+            pb::record_service_server::RecordServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            pb::subject_service_server::SubjectServiceServer::new(api)
+                .max_encoding_message_size(max_message),
+        );
+    let serving = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = on_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let housekeeping = tokio::spawn(housekeeping(
+        vault.clone(),
+        cfg.housekeeping_interval,
+        stopped,
+    ));
+    tracing::info!(%addr, root_key = %vault.keyring().root_description(), "strongbox serving");
+    Ok(RunningServer {
+        addr,
+        vault,
+        stop,
+        serving,
+        housekeeping,
+    })
+}
+
+/// Runs due tenant shreds and purges rows of destroyed keys: on a timer,
+/// and at once when a shred asks.
+async fn housekeeping(
+    vault: Arc<Vault>,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = vault.purge_requested() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = vault.run_due_tenant_shreds().await {
+            tracing::warn!(error = %e, "running due tenant shreds failed");
+        }
+        match vault.purge_destroyed().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
+            Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! SQLite storage: one writer thread that group-commits, a pool of read
+//! connections, and the schema. rusqlite is synchronous, so no SQLite call
+//! runs on the async executor's threads: writes go to the writer thread over
+//! a channel, reads run under `spawn_blocking`.
+//!
+//! Every connection runs WAL with `synchronous=FULL` (a commit is on disk
+//! when acknowledged) and `secure_delete=ON` (deleted bytes are overwritten,
+//! which crypto-shredding depends on).
+
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+pub use rows::*;
+use writer::Writer;
+
+/// The file name of the database inside the data directory.
+pub const DB_FILE: &str = "strongbox.db";
+
+/// Handle to the database: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    readers: Arc<ReadPool>,
+    path: PathBuf,
+}
+
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    slots: Arc<Semaphore>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode != "wal" {
+        return Err(Error::Unavailable(format!(
+            "storage: {} does not support WAL (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Creates the database file readable by its owner only; SQLite gives the
+/// WAL and shared-memory files the same mode.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Unavailable(format!(
+            "storage: {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrates it, and
+    /// starts the writer thread and `readers` read connections.
+    pub fn open(path: &Path, readers: usize) -> Result<Self> {
+        create_private(path)?;
+        let mut conn = open_connection(path)?;
+        schema::migrate(&mut conn)?;
+        let readers = readers.max(1);
+        let idle = (0..readers)
+            .map(|_| open_connection(path))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Store {
+            writer: Writer::spawn(conn)?,
+            readers: Arc::new(ReadPool {
+                idle: Mutex::new(idle),
+                slots: Arc::new(Semaphore::new(readers)),
+            }),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer's current transaction (inside its own
+    /// savepoint) and resolves once the transaction is durably committed.
+    /// If `f` fails, its changes are rolled back and the others' kept.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Truncates the WAL so that bytes overwritten by a shred are gone from
+    /// it too. Waits for readers (busy timeout) and retries a few times.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.writer.checkpoint().await
+    }
+
+    /// Runs `f` on a read connection inside one read transaction (a
+    /// consistent snapshot), off the async executor.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let slot = self
+            .readers
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("storage: read pool closed".into()))?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let conn = pool
+                .idle
+                .lock()
+                .map_err(|_| Error::Internal("read pool lock poisoned".into()))?
+                .pop()
+                .ok_or_else(|| Error::Internal("read pool: a slot without a connection".into()))?;
+            // A panicking reader must not take its connection with it.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let tx = conn.unchecked_transaction()?;
+                let out = f(&tx);
+                tx.finish()?;
+                out
+            }))
+            .unwrap_or_else(|_| Err(Error::Internal("a read panicked".into())));
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+}

@@ -1,0 +1,562 @@
+//! Typed rows and the SQL that reads and writes them. Every function takes
+//! the connection of the transaction it runs in (from `Store::write` or
+//! `Store::read`), so a use case composes them into one atomic unit.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::{Error, Result};
+
+/// Lifecycle of a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantState {
+    Active,
+    ShredScheduled,
+    Shredded,
+}
+
+impl TenantState {
+    fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Active => "active",
+            TenantState::ShredScheduled => "shred_scheduled",
+            TenantState::Shredded => "shredded",
+        }
+    }
+
+    fn parse(s: &str) -> rusqlite::Result<Self> {
+        match s {
+            "active" => Ok(TenantState::Active),
+            "shred_scheduled" => Ok(TenantState::ShredScheduled),
+            "shredded" => Ok(TenantState::Shredded),
+            other => Err(rusqlite::Error::InvalidColumnType(
+                0,
+                format!("tenant state {other}"),
+                rusqlite::types::Type::Text,
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub state: TenantState,
+    pub created_at: i64,
+    pub shred_at: Option<i64>,
+    pub kek_version: u32,
+    pub wrapped_index_key: Option<Vec<u8>>,
+    pub dek_id: Option<String>,
+}
+
+const TENANT_COLS: &str =
+    "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id";
+
+fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
+    Ok(TenantRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        state: TenantState::parse(&r.get::<_, String>(2)?)?,
+        created_at: r.get(3)?,
+        shred_at: r.get(4)?,
+        kek_version: r.get(5)?,
+        wrapped_index_key: r.get(6)?,
+        dek_id: r.get(7)?,
+    })
+}
+
+pub fn tenant_get(conn: &Connection, id: &str) -> Result<Option<TenantRow>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"))?
+        .query_row([id], tenant_row)
+        .optional()?)
+}
+
+pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
+    conn.execute(
+        &format!("INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            t.id,
+            t.name,
+            t.state.as_str(),
+            t.created_at,
+            t.shred_at,
+            t.kek_version,
+            t.wrapped_index_key,
+            t.dek_id
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn tenant_list(conn: &Connection, after: &str, limit: usize) -> Result<Vec<TenantRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {TENANT_COLS} FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after, limit as i64], tenant_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn tenant_set_state(
+    conn: &Connection,
+    id: &str,
+    state: TenantState,
+    shred_at: Option<i64>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET state = ?2, shred_at = ?3 WHERE id = ?1",
+        params![id, state.as_str(), shred_at],
+    )?;
+    Ok(())
+}
+
+/// Tenants whose scheduled shred is due at `now`.
+pub fn tenants_due_for_shred(conn: &Connection, now: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM tenants WHERE state = 'shred_scheduled' AND shred_at <= ?1",
+    )?;
+    let rows = stmt.query_map([now], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// What a tenant shred destroyed.
+#[derive(Debug, Default)]
+pub struct TenantDestroyed {
+    pub kek_versions: Vec<u32>,
+    pub data_keys: usize,
+}
+
+/// Destroys every key of a tenant: KEK rows deleted, index key and data keys
+/// overwritten, subjects, principals and API keys removed. Record rows go
+/// later with [`records_purge_destroyed`]: without keys they are noise.
+pub fn tenant_destroy(conn: &Connection, id: &str, now: i64) -> Result<TenantDestroyed> {
+    let mut stmt = conn
+        .prepare_cached("SELECT version FROM tenant_keks WHERE tenant_id = ?1 ORDER BY version")?;
+    let kek_versions = stmt
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<u32>>>()?;
+    conn.execute("DELETE FROM tenant_keks WHERE tenant_id = ?1", [id])?;
+    let data_keys = conn.execute(
+        "UPDATE data_keys SET wrapped = NULL, destroyed_at = ?2 WHERE tenant_id = ?1 AND wrapped IS NOT NULL",
+        params![id, now],
+    )?;
+    conn.execute("DELETE FROM subjects WHERE tenant_id = ?1", [id])?;
+    conn.execute(
+        "DELETE FROM api_keys WHERE principal_id IN (SELECT id FROM principals WHERE tenant_id = ?1)",
+        [id],
+    )?;
+    conn.execute("DELETE FROM principals WHERE tenant_id = ?1", [id])?;
+    conn.execute(
+        "UPDATE tenants SET state = 'shredded', shred_at = ?2, wrapped_index_key = NULL, kek_version = 0 WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(TenantDestroyed {
+        kek_versions,
+        data_keys,
+    })
+}
+
+pub fn kek_insert(
+    conn: &Connection,
+    tenant: &str,
+    version: u32,
+    wrapped: &[u8],
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO tenant_keks (tenant_id, version, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![tenant, version, wrapped, now],
+    )?;
+    Ok(())
+}
+
+pub fn kek_get(conn: &Connection, tenant: &str, version: u32) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT wrapped FROM tenant_keks WHERE tenant_id = ?1 AND version = ?2")?
+        .query_row(params![tenant, version], |r| r.get(0))
+        .optional()?)
+}
+
+/// A data key row; `wrapped` is `None` once destroyed.
+#[derive(Clone, Debug)]
+pub struct DekRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub owner: Vec<u8>,
+    pub kek_version: u32,
+    pub wrapped: Option<Vec<u8>>,
+}
+
+pub fn dek_insert(conn: &Connection, d: &DekRow, now: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO data_keys (id, tenant_id, owner, kek_version, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![d.id, d.tenant_id, d.owner, d.kek_version, d.wrapped, now],
+    )?;
+    Ok(())
+}
+
+pub fn dek_get(conn: &Connection, id: &str) -> Result<Option<DekRow>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, tenant_id, owner, kek_version, wrapped FROM data_keys WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(DekRow {
+                id: r.get(0)?,
+                tenant_id: r.get(1)?,
+                owner: r.get(2)?,
+                kek_version: r.get(3)?,
+                wrapped: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Overwrites a data key's wrapped bytes (secure_delete zeroes the old cell).
+pub fn dek_destroy(conn: &Connection, id: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE data_keys SET wrapped = NULL, destroyed_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct SubjectRow {
+    pub blind_id: Vec<u8>,
+    /// `None` once the subject was erased.
+    pub dek_id: Option<String>,
+    pub sealed_subject: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub erased_at: Option<i64>,
+}
+
+pub fn subject_get(conn: &Connection, tenant: &str, blind: &[u8]) -> Result<Option<SubjectRow>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT blind_id, dek_id, sealed_subject, created_at, erased_at FROM subjects WHERE tenant_id = ?1 AND blind_id = ?2",
+        )?
+        .query_row(params![tenant, blind], |r| {
+            Ok(SubjectRow {
+                blind_id: r.get(0)?,
+                dek_id: r.get(1)?,
+                sealed_subject: r.get(2)?,
+                created_at: r.get(3)?,
+                erased_at: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Creates the subject, or brings an erased one back with a new data key.
+pub fn subject_activate(
+    conn: &Connection,
+    tenant: &str,
+    blind: &[u8],
+    dek_id: &str,
+    sealed: &[u8],
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO subjects (tenant_id, blind_id, dek_id, sealed_subject, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant_id, blind_id) DO UPDATE SET dek_id = ?3, sealed_subject = ?4, created_at = ?5, erased_at = NULL",
+        params![tenant, blind, dek_id, sealed, now],
+    )?;
+    Ok(())
+}
+
+/// Marks a subject erased and overwrites its sealed id. The row stays as a
+/// tombstone so later writes for the subject are refused by default.
+pub fn subject_erase(conn: &Connection, tenant: &str, blind: &[u8], now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE subjects SET dek_id = NULL, sealed_subject = NULL, erased_at = ?3 WHERE tenant_id = ?1 AND blind_id = ?2",
+        params![tenant, blind, now],
+    )?;
+    Ok(())
+}
+
+/// A stored record. `owner` is the subject's blind id, empty for
+/// tenant-level records.
+#[derive(Clone, Debug)]
+pub struct RecordRow {
+    pub owner: Vec<u8>,
+    pub category: String,
+    pub key: String,
+    pub version: u64,
+    pub dek_id: String,
+    pub content_type: String,
+    pub ciphertext: Vec<u8>,
+    pub size: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const RECORD_COLS: &str =
+    "owner, category, key, version, dek_id, content_type, ciphertext, size, created_at, updated_at";
+
+fn record_row(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
+    Ok(RecordRow {
+        owner: r.get(0)?,
+        category: r.get(1)?,
+        key: r.get(2)?,
+        version: r.get::<_, i64>(3)? as u64,
+        dek_id: r.get(4)?,
+        content_type: r.get(5)?,
+        ciphertext: r.get(6)?,
+        size: r.get::<_, i64>(7)? as u64,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+/// Where a record lives: tenant, owner, category, key.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordAddr<'a> {
+    pub tenant: &'a str,
+    pub owner: &'a [u8],
+    pub category: &'a str,
+    pub key: &'a str,
+}
+
+pub fn record_get(conn: &Connection, a: RecordAddr<'_>) -> Result<Option<RecordRow>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLS} FROM records WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4"
+        ))?
+        .query_row(params![a.tenant, a.owner, a.category, a.key], record_row)
+        .optional()?)
+}
+
+/// Version, data key and creation time of a record, without its ciphertext.
+pub fn record_head(conn: &Connection, a: RecordAddr<'_>) -> Result<Option<(u64, String, i64)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT version, dek_id, created_at FROM records WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
+        )?
+        .query_row(params![a.tenant, a.owner, a.category, a.key], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })
+        .optional()?)
+}
+
+pub fn record_upsert(conn: &Connection, tenant: &str, r: &RecordRow) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO records (tenant_id, {RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tenant_id, owner, category, key) DO UPDATE SET
+           version = ?5, dek_id = ?6, content_type = ?7, ciphertext = ?8, size = ?9, created_at = ?10, updated_at = ?11"
+    ))?
+    .execute(params![
+        tenant,
+        r.owner,
+        r.category,
+        r.key,
+        r.version as i64,
+        r.dek_id,
+        r.content_type,
+        r.ciphertext,
+        r.size as i64,
+        r.created_at,
+        r.updated_at
+    ])?;
+    Ok(())
+}
+
+pub fn record_delete(conn: &Connection, a: RecordAddr<'_>) -> Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM records WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
+    )?
+    .execute(params![a.tenant, a.owner, a.category, a.key])?;
+    Ok(())
+}
+
+/// A position in (owner, category, key) order, for keyset pagination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordCursor {
+    pub owner: Vec<u8>,
+    pub category: String,
+    pub key: String,
+}
+
+/// Records of a tenant in (owner, category, key) order after `after`,
+/// optionally only one owner's and one category's. Only records whose data
+/// key is alive are listed.
+pub fn record_list(
+    conn: &Connection,
+    tenant: &str,
+    owner: Option<&[u8]>,
+    category: Option<&str>,
+    after: Option<&RecordCursor>,
+    limit: usize,
+) -> Result<Vec<RecordRow>> {
+    let (a_owner, a_cat, a_key, started) = match after {
+        Some(c) => (c.owner.as_slice(), c.category.as_str(), c.key.as_str(), 1),
+        None => (&[][..], "", "", 0),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM records r JOIN data_keys d ON d.id = r.dek_id
+         WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL
+           AND (?2 IS NULL OR r.owner = ?2) AND (?3 IS NULL OR r.category = ?3)
+           AND (?7 = 0 OR (r.owner, r.category, r.key) > (?4, ?5, ?6))
+         ORDER BY r.owner, r.category, r.key LIMIT ?8",
+        RECORD_COLS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            tenant,
+            owner,
+            category,
+            a_owner,
+            a_cat,
+            a_key,
+            started,
+            limit as i64
+        ],
+        record_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn records_count_for_dek(conn: &Connection, dek_id: &str) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM records WHERE dek_id = ?1")?
+        .query_row([dek_id], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Deletes up to `limit` record rows whose data key is destroyed; returns
+/// how many it deleted (0: nothing left to purge).
+pub fn records_purge_destroyed(conn: &Connection, limit: usize) -> Result<usize> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM records WHERE rowid IN (
+               SELECT r.rowid FROM data_keys d JOIN records r ON r.dek_id = d.id
+               WHERE d.destroyed_at IS NOT NULL LIMIT ?1)",
+        )?
+        .execute([limit as i64])?)
+}
+
+#[derive(Clone, Debug)]
+pub struct PrincipalRow {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub name: String,
+    /// Role names, comma-separated.
+    pub roles: String,
+    pub created_at: i64,
+}
+
+pub fn principal_insert(conn: &Connection, p: &PrincipalRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO principals (id, tenant_id, name, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![p.id, p.tenant_id, p.name, p.roles, p.created_at],
+    )
+    .map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Error::AlreadyExists(format!("name: a principal named '{}' already exists", p.name))
+        }
+        _ => e.into(),
+    })?;
+    Ok(())
+}
+
+pub fn principal_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM principals", [], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Whether a tenant has a principal holding `role`.
+pub fn tenant_has_role(conn: &Connection, tenant: &str, role: &str) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT roles FROM principals WHERE tenant_id = ?1")?;
+    let roles = stmt.query_map([tenant], |r| r.get::<_, String>(0))?;
+    for r in roles {
+        if r?.split(',').any(|x| x == role) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiKeyRow {
+    pub key_id: String,
+    pub principal_id: String,
+    pub secret_hash: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+pub fn api_key_insert(conn: &Connection, k: &ApiKeyRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO api_keys (key_id, principal_id, secret_hash, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at],
+    )?;
+    Ok(())
+}
+
+/// An API key and the principal holding it.
+pub fn api_key_lookup(
+    conn: &Connection,
+    key_id: &str,
+) -> Result<Option<(ApiKeyRow, PrincipalRow)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at,
+                    p.id, p.tenant_id, p.name, p.roles, p.created_at
+             FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1",
+        )?
+        .query_row([key_id], |r| {
+            Ok((
+                ApiKeyRow {
+                    key_id: r.get(0)?,
+                    principal_id: r.get(1)?,
+                    secret_hash: r.get(2)?,
+                    created_at: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                },
+                PrincipalRow {
+                    id: r.get(6)?,
+                    tenant_id: r.get(7)?,
+                    name: r.get(8)?,
+                    roles: r.get(9)?,
+                    created_at: r.get(10)?,
+                },
+            ))
+        })
+        .optional()?)
+}
+
+pub fn meta_get(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn meta_put(conn: &Connection, name: &str, value: &[u8]) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2",
+        params![name, value],
+    )?;
+    Ok(())
+}
+
+pub fn receipt_insert(
+    conn: &Connection,
+    id: &str,
+    tenant: &str,
+    body: &[u8],
+    mac: &[u8],
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO receipts (id, tenant_id, body, mac, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, tenant, body, mac, now],
+    )?;
+    Ok(())
+}

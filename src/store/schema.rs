@@ -1,0 +1,151 @@
+//! Schema migrations, applied in order at open; `schema_version` records how
+//! far a database has come, so a newer binary upgrades an older file and an
+//! older binary refuses a newer one.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
+CREATE TABLE tenants (
+    id                  TEXT PRIMARY KEY,
+    name                TEXT NOT NULL,
+    state               TEXT NOT NULL CHECK (state IN ('active', 'shred_scheduled', 'shredded')),
+    created_at          INTEGER NOT NULL,
+    shred_at            INTEGER,
+    kek_version         INTEGER NOT NULL,
+    -- Blind-index key wrapped by the root key; NULL once shredded.
+    wrapped_index_key   BLOB,
+    -- Data key of tenant-level records (no subject).
+    dek_id              TEXT
+);
+
+-- Tenant key-encryption keys, wrapped by the root key; rows deleted on shred.
+CREATE TABLE tenant_keks (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    version     INTEGER NOT NULL,
+    wrapped     BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, version)
+);
+
+-- Data keys, wrapped by a tenant KEK. `owner` is the subject's blind id, or
+-- empty for the tenant-level key. `wrapped` is NULL once destroyed.
+CREATE TABLE data_keys (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    owner         BLOB NOT NULL,
+    kek_version   INTEGER NOT NULL,
+    wrapped       BLOB,
+    created_at    INTEGER NOT NULL,
+    destroyed_at  INTEGER
+);
+CREATE INDEX data_keys_by_owner ON data_keys (tenant_id, owner);
+CREATE INDEX data_keys_destroyed ON data_keys (destroyed_at) WHERE destroyed_at IS NOT NULL;
+
+-- Subjects by blind id; the plaintext id exists only sealed under the DEK.
+CREATE TABLE subjects (
+    tenant_id       TEXT NOT NULL REFERENCES tenants(id),
+    blind_id        BLOB NOT NULL,
+    dek_id          TEXT,
+    sealed_subject  BLOB,
+    created_at      INTEGER NOT NULL,
+    erased_at       INTEGER,
+    PRIMARY KEY (tenant_id, blind_id)
+);
+
+CREATE TABLE records (
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    owner         BLOB NOT NULL,
+    category      TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    dek_id        TEXT NOT NULL,
+    content_type  TEXT NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    size          INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, owner, category, key)
+);
+CREATE INDEX records_by_dek ON records (dek_id);
+
+-- Principals: tenant_id NULL for platform principals (operators).
+CREATE TABLE principals (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT,
+    name        TEXT NOT NULL,
+    roles       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX principals_by_name ON principals (ifnull(tenant_id, ''), name);
+
+-- API keys: only the SHA-256 of the secret is kept.
+CREATE TABLE api_keys (
+    key_id        TEXT PRIMARY KEY,
+    principal_id  TEXT NOT NULL REFERENCES principals(id),
+    secret_hash   BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER,
+    revoked_at    INTEGER
+);
+
+-- Deletion receipts as issued (blind ids only).
+CREATE TABLE receipts (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    mac         BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+"#];
+
+/// Brings the database up to the latest schema version in one transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: Option<i64> =
+        tx.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
+    let current = current.unwrap_or(0) as usize;
+    if current > MIGRATIONS.len() {
+        return Err(Error::FailedPrecondition(format!(
+            "storage: database schema version {current} is newer than this binary supports ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [i as i64 + 1],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("db")).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n as usize, MIGRATIONS.len());
+        conn.execute("INSERT INTO schema_version VALUES (999)", [])
+            .unwrap();
+        assert!(migrate(&mut conn).is_err());
+    }
+}
