@@ -789,12 +789,13 @@ impl Vault {
                     key: put.key.as_str(),
                 };
                 let head = store::record_head(conn, addr)?;
-                // A row left under an older, destroyed data key is dead: its
-                // purge may not have run yet.
-                let live = head.as_ref().filter(|(_, d, _)| *d == dek_id);
-                check_expected_version(put.expected_version, live.map(|(v, _, _)| *v))?;
-                let version = head.as_ref().map_or(1, |(v, _, _)| v + 1);
-                let created_at = live.map_or(now, |(_, _, c)| *c);
+                // Tombstones, and rows left under an older, destroyed data
+                // key (their purge may not have run yet), are not live; the
+                // version still continues from them.
+                let live = head.as_ref().filter(|h| !h.deleted && h.dek_id == dek_id);
+                check_expected_version(put.expected_version, live.map(|h| h.version))?;
+                let version = head.as_ref().map_or(1, |h| h.version + 1);
+                let created_at = live.map_or(now, |h| h.created_at);
                 let aad = aad::record(
                     t,
                     &owner,
@@ -866,18 +867,17 @@ impl Vault {
                     category: r.category.as_str(),
                     key: r.key.as_str(),
                 };
-                let head = store::record_head(conn, addr)?;
-                let live = match &head {
-                    Some((v, dek_id, _)) => store::dek_get(conn, dek_id)?
+                let live = match store::record_head(conn, addr)? {
+                    Some(h) if !h.deleted => store::dek_get(conn, &h.dek_id)?
                         .and_then(|d| d.wrapped)
-                        .map(|_| *v),
-                    None => None,
+                        .map(|_| h.version),
+                    _ => None,
                 };
                 if expected_version.is_some() {
                     check_expected_version(expected_version, live)?;
                 }
                 let version = live.ok_or_else(|| record_not_found(addr.category, addr.key))?;
-                store::record_delete(conn, addr)?;
+                store::record_delete(conn, addr, now_ms())?;
                 Ok(version)
             })
             .await

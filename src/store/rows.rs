@@ -318,23 +318,40 @@ pub struct RecordAddr<'a> {
     pub key: &'a str,
 }
 
+/// A live record (not a tombstone).
 pub fn record_get(conn: &Connection, a: RecordAddr<'_>) -> Result<Option<RecordRow>> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {RECORD_COLS} FROM records WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4"
+            "SELECT {RECORD_COLS} FROM records
+             WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4 AND deleted_at IS NULL"
         ))?
         .query_row(params![a.tenant, a.owner, a.category, a.key], record_row)
         .optional()?)
 }
 
-/// Version, data key and creation time of a record, without its ciphertext.
-pub fn record_head(conn: &Connection, a: RecordAddr<'_>) -> Result<Option<(u64, String, i64)>> {
+/// A record's version and state, without its ciphertext.
+#[derive(Clone, Debug)]
+pub struct RecordHead {
+    pub version: u64,
+    pub dek_id: String,
+    pub created_at: i64,
+    /// A tombstone left by a delete.
+    pub deleted: bool,
+}
+
+pub fn record_head(conn: &Connection, a: RecordAddr<'_>) -> Result<Option<RecordHead>> {
     Ok(conn
         .prepare_cached(
-            "SELECT version, dek_id, created_at FROM records WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
+            "SELECT version, dek_id, created_at, deleted_at IS NOT NULL FROM records
+             WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
         )?
         .query_row(params![a.tenant, a.owner, a.category, a.key], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            Ok(RecordHead {
+                version: r.get::<_, i64>(0)? as u64,
+                dek_id: r.get(1)?,
+                created_at: r.get(2)?,
+                deleted: r.get(3)?,
+            })
         })
         .optional()?)
 }
@@ -343,7 +360,8 @@ pub fn record_upsert(conn: &Connection, tenant: &str, r: &RecordRow) -> Result<(
     conn.prepare_cached(&format!(
         "INSERT INTO records (tenant_id, {RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (tenant_id, owner, category, key) DO UPDATE SET
-           version = ?5, dek_id = ?6, content_type = ?7, ciphertext = ?8, size = ?9, created_at = ?10, updated_at = ?11"
+           version = ?5, dek_id = ?6, content_type = ?7, ciphertext = ?8, size = ?9, created_at = ?10,
+           updated_at = ?11, deleted_at = NULL"
     ))?
     .execute(params![
         tenant,
@@ -361,11 +379,14 @@ pub fn record_upsert(conn: &Connection, tenant: &str, r: &RecordRow) -> Result<(
     Ok(())
 }
 
-pub fn record_delete(conn: &Connection, a: RecordAddr<'_>) -> Result<()> {
+/// Deletes a record's value, leaving a tombstone that keeps its version
+/// (secure_delete overwrites the old ciphertext bytes).
+pub fn record_delete(conn: &Connection, a: RecordAddr<'_>, now: i64) -> Result<()> {
     conn.prepare_cached(
-        "DELETE FROM records WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
+        "UPDATE records SET ciphertext = X'', size = 0, deleted_at = ?5, updated_at = ?5
+         WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
     )?
-    .execute(params![a.tenant, a.owner, a.category, a.key])?;
+    .execute(params![a.tenant, a.owner, a.category, a.key, now])?;
     Ok(())
 }
 
@@ -394,7 +415,7 @@ pub fn record_list(
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {} FROM records r JOIN data_keys d ON d.id = r.dek_id
-         WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL
+         WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL AND r.deleted_at IS NULL
            AND (?2 IS NULL OR r.owner = ?2) AND (?3 IS NULL OR r.category = ?3)
            AND (?7 = 0 OR (r.owner, r.category, r.key) > (?4, ?5, ?6))
          ORDER BY r.owner, r.category, r.key LIMIT ?8",
@@ -422,7 +443,7 @@ pub fn record_list(
 
 pub fn records_count_for_dek(conn: &Connection, dek_id: &str) -> Result<u64> {
     let n: i64 = conn
-        .prepare_cached("SELECT count(*) FROM records WHERE dek_id = ?1")?
+        .prepare_cached("SELECT count(*) FROM records WHERE dek_id = ?1 AND deleted_at IS NULL")?
         .query_row([dek_id], |r| r.get(0))?;
     Ok(n as u64)
 }

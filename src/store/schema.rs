@@ -72,6 +72,9 @@ CREATE TABLE records (
     size          INTEGER NOT NULL,
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL,
+    -- Set when deleted: the row stays as a tombstone with no value so the
+    -- next put continues the version sequence (no ciphertext replay).
+    deleted_at    INTEGER,
     PRIMARY KEY (tenant_id, owner, category, key)
 );
 CREATE INDEX records_by_dek ON records (dek_id);

@@ -1,0 +1,406 @@
+//! Every RPC's bad input gets the status the spec names, with a message
+//! that names the field and the rule; nothing is written.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use strongbox::api::pb;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_authentication() {
+    let s = TestServer::start().await;
+    let anon = s.anonymous().await;
+    assert_status(
+        anon.tenants()
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await,
+        Code::Unauthenticated,
+        "missing authorization",
+    );
+    let real = s.operator_key.clone();
+    let wrong_secret = format!(
+        "{}{}",
+        &real[..real.len() - 1],
+        if real.ends_with('0') { '1' } else { '0' }
+    );
+    let unknown_id = format!("sbk_0000000000000000_{}", &real[real.len() - 64..]);
+    for bad in [
+        "sbk_nope",
+        "not-a-key",
+        wrong_secret.as_str(),
+        unknown_id.as_str(),
+    ] {
+        let c = s.client(bad).await;
+        // One message for every failure: no oracle for which part was wrong.
+        assert_status(
+            c.tenants()
+                .list_tenants(pb::ListTenantsRequest::default())
+                .await,
+            Code::Unauthenticated,
+            "invalid API key",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_tenant_rpcs() {
+    let s = TestServer::start().await;
+    let op = s.operator().await;
+    let mut t = op.tenants();
+    let create = |id: &str, name: &str| pb::CreateTenantRequest {
+        tenant: id.into(),
+        name: name.into(),
+    };
+    assert_status(
+        t.create_tenant(create("", "x")).await,
+        Code::InvalidArgument,
+        "tenant: must be 1-64",
+    );
+    assert_status(
+        t.create_tenant(create("Acme", "x")).await,
+        Code::InvalidArgument,
+        "tenant: may contain only",
+    );
+    assert_status(
+        t.create_tenant(create(&"a".repeat(65), "x")).await,
+        Code::InvalidArgument,
+        "tenant:",
+    );
+    assert_status(
+        t.create_tenant(create("ok", &"n".repeat(300))).await,
+        Code::InvalidArgument,
+        "name:",
+    );
+    t.create_tenant(create("ok", "Ok")).await.unwrap();
+    assert_status(
+        t.create_tenant(create("ok", "again")).await,
+        Code::AlreadyExists,
+        "already exists",
+    );
+
+    assert_status(
+        t.get_tenant(pb::GetTenantRequest {
+            tenant: "a b".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "tenant:",
+    );
+    assert_status(
+        t.get_tenant(pb::GetTenantRequest {
+            tenant: "nope".into(),
+        })
+        .await,
+        Code::NotFound,
+        "tenant 'nope' not found",
+    );
+    assert_status(
+        t.list_tenants(pb::ListTenantsRequest {
+            page_size: 1001,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "page_size: must be at most 1000",
+    );
+    assert_status(
+        t.list_tenants(pb::ListTenantsRequest {
+            page_token: "NOT A TOKEN".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "page_token:",
+    );
+    assert_status(
+        t.schedule_tenant_shred(pb::ScheduleTenantShredRequest {
+            tenant: "nope".into(),
+            grace_seconds: None,
+        })
+        .await,
+        Code::NotFound,
+        "not found",
+    );
+    assert_status(
+        t.cancel_tenant_shred(pb::CancelTenantShredRequest {
+            tenant: "ok".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "no shred scheduled",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_principal_rpcs() {
+    let s = TestServer::start().await;
+    let admin = s.tenant("t").await;
+    let mut p = admin.principals();
+    let req = |name: &str, roles: &[&str]| pb::CreatePrincipalRequest {
+        tenant: "t".into(),
+        name: name.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    };
+    assert_status(
+        p.create_principal(req("x", &[])).await,
+        Code::InvalidArgument,
+        "roles: at least one",
+    );
+    assert_status(
+        p.create_principal(req("x", &["root"])).await,
+        Code::InvalidArgument,
+        "roles: unknown role 'root'",
+    );
+    assert_status(
+        p.create_principal(req("x", &["operator"])).await,
+        Code::InvalidArgument,
+        "roles: operator is a platform role",
+    );
+    assert_status(
+        p.create_principal(req("", &["reader"])).await,
+        Code::InvalidArgument,
+        "name: must be 1-128",
+    );
+    assert_status(
+        p.create_principal(req("a\u{7}", &["reader"])).await,
+        Code::InvalidArgument,
+        "name: must not contain control",
+    );
+    p.create_principal(req("x", &["reader"])).await.unwrap();
+    assert_status(
+        p.create_principal(req("x", &["reader"])).await,
+        Code::AlreadyExists,
+        "name: a principal named 'x'",
+    );
+
+    // The operator may create only a tenant's first admin.
+    let op = s.operator().await;
+    assert_status(
+        op.principals()
+            .create_principal(req("second-admin", &["admin"]))
+            .await,
+        Code::FailedPrecondition,
+        "already has an admin",
+    );
+    assert_status(
+        op.principals()
+            .create_principal(req("w", &["writer"]))
+            .await,
+        Code::PermissionDenied,
+        "only a tenant's first admin",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_record_rpcs() {
+    let s = TestServer::start().await;
+    let (_, u) = s.tenant_with_user("t").await;
+    let mut r = u.records();
+    let cases: Vec<(pb::PutRecordRequest, Code, &str)> = vec![
+        (
+            put("", "s", "c", "k", b"v"),
+            Code::InvalidArgument,
+            "tenant:",
+        ),
+        (
+            put("t", &"s".repeat(257), "c", "k", b"v"),
+            Code::InvalidArgument,
+            "subject: must be 1-256 bytes",
+        ),
+        (
+            put("t", "s", "", "k", b"v"),
+            Code::InvalidArgument,
+            "category: must be 1-64",
+        ),
+        (
+            put("t", "s", "Contact", "k", b"v"),
+            Code::InvalidArgument,
+            "category: may contain only",
+        ),
+        (
+            put("t", "s", "c", "", b"v"),
+            Code::InvalidArgument,
+            "key: must be 1-512",
+        ),
+        (
+            put("t", "s", "c", &"k".repeat(513), b"v"),
+            Code::InvalidArgument,
+            "key: must be 1-512",
+        ),
+        (
+            put("t", "s", "c", "a\nb", b"v"),
+            Code::InvalidArgument,
+            "key: must not contain control",
+        ),
+        (
+            pb::PutRecordRequest {
+                content_type: "x".repeat(129),
+                ..put("t", "s", "c", "k", b"v")
+            },
+            Code::InvalidArgument,
+            "content_type: must be at most 128",
+        ),
+        (
+            put("t", "s", "c", "k", &vec![0u8; (1 << 20) + 1]),
+            Code::ResourceExhausted,
+            "value: 1048577 bytes exceeds the limit of 1048576",
+        ),
+        (
+            pb::PutRecordRequest {
+                expected_version: Some(4),
+                ..put("t", "s", "c", "k", b"v")
+            },
+            Code::FailedPrecondition,
+            "expected_version: expected version 4, but the record does not exist",
+        ),
+    ];
+    for (req, code, needle) in cases {
+        assert_status(r.put_record(req).await, code, needle);
+    }
+    // None of the refused puts wrote anything.
+    let listed = r
+        .list_records(pb::ListRecordsRequest {
+            tenant: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.records.is_empty());
+    // A value at exactly the limit is accepted.
+    put_ok(&u, "t", "s", "c", "max", &vec![7u8; 1 << 20]).await;
+    assert_eq!(
+        get_value(&u, "t", "s", "c", "max").await.unwrap().len(),
+        1 << 20
+    );
+
+    assert_status(
+        r.get_record(get("t", "s", "c", "")).await,
+        Code::InvalidArgument,
+        "key:",
+    );
+    assert_status(
+        r.get_record(get("t", "s", "BAD", "k")).await,
+        Code::InvalidArgument,
+        "category:",
+    );
+    assert_status(
+        r.get_record(get("t", "s", "c", "absent")).await,
+        Code::NotFound,
+        "record not found",
+    );
+    assert_status(
+        r.delete_record(pb::DeleteRecordRequest {
+            tenant: "t".into(),
+            category: "c".into(),
+            key: "\u{0}".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "key:",
+    );
+    let list = |size, token: &str| pb::ListRecordsRequest {
+        tenant: "t".into(),
+        page_size: size,
+        page_token: token.into(),
+        ..Default::default()
+    };
+    assert_status(
+        r.list_records(list(5000, "")).await,
+        Code::InvalidArgument,
+        "page_size: must be at most 1000",
+    );
+    assert_status(
+        r.list_records(list(0, "zz")).await,
+        Code::InvalidArgument,
+        "page_token:",
+    );
+    assert_status(
+        r.list_records(list(0, "00000009ab")).await,
+        Code::InvalidArgument,
+        "page_token:",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_subject_rpcs() {
+    let s = TestServer::start().await;
+    let (_, u) = s.tenant_with_user("t").await;
+    let mut subj = u.subjects();
+    assert_status(
+        subj.shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "subject: is required",
+    );
+    assert_status(
+        subj.shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: "nobody".into(),
+        })
+        .await,
+        Code::NotFound,
+        "subject not found",
+    );
+    assert_status(
+        subj.export_subject(pb::ExportSubjectRequest {
+            tenant: "t".into(),
+            subject: "nobody".into(),
+        })
+        .await
+        .map(|_| ()),
+        Code::NotFound,
+        "subject not found",
+    );
+    assert_status(
+        subj.export_subject(pb::ExportSubjectRequest {
+            tenant: "t".into(),
+            subject: "x".repeat(300),
+        })
+        .await
+        .map(|_| ()),
+        Code::InvalidArgument,
+        "subject: must be 1-256",
+    );
+    assert_status(
+        subj.verify_receipt(pb::VerifyReceiptRequest { receipt: None })
+            .await,
+        Code::InvalidArgument,
+        "receipt: is required",
+    );
+    put_ok(&u, "t", "dave", "c", "k", b"v").await;
+    let receipt = subj
+        .shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: "dave".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bad_hex = receipt.clone();
+    bad_hex.mac = "zz".into();
+    assert_status(
+        subj.verify_receipt(pb::VerifyReceiptRequest {
+            receipt: Some(bad_hex),
+        })
+        .await,
+        Code::InvalidArgument,
+        "receipt.mac: must be hex",
+    );
+    // A second shred of the same subject finds nothing to shred.
+    assert_status(
+        subj.shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: "dave".into(),
+        })
+        .await,
+        Code::NotFound,
+        "subject not found",
+    );
+}
