@@ -95,6 +95,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let (stop, stopped) = watch::channel(false);
     let mut on_stop = stopped.clone();
     let router = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::api::size_limit::relabel(cfg.limits.max_value_bytes),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::tenant_service_server::TenantServiceServer::new(

@@ -259,6 +259,13 @@ async fn fail_record_rpcs() {
     for (req, code, needle) in cases {
         assert_status(r.put_record(req).await, code, needle);
     }
+    // Past the transport's decoding limit the refusal is the same kind.
+    assert_status(
+        r.put_record(put("t", "s", "c", "k", &vec![0u8; 3 << 20]))
+            .await,
+        Code::ResourceExhausted,
+        "value: the request is larger than the server accepts; values may be at most 1048576 bytes",
+    );
     // None of the refused puts wrote anything.
     let listed = r
         .list_records(pb::ListRecordsRequest {

@@ -7,6 +7,7 @@
 mod convert;
 mod redact;
 mod services;
+pub mod size_limit;
 mod status;
 
 pub use services::Api;

@@ -126,7 +126,19 @@ impl TestServer {
         name: &str,
         roles: &[&str],
     ) -> Client {
-        let key = admin
+        let key = self.principal_key(admin, tenant, name, roles).await;
+        admin.as_key(&key).unwrap()
+    }
+
+    /// The API key of a new principal of `tenant` holding `roles`.
+    pub async fn principal_key(
+        &self,
+        admin: &Client,
+        tenant: &str,
+        name: &str,
+        roles: &[&str],
+    ) -> String {
+        admin
             .principals()
             .create_principal(pb::CreatePrincipalRequest {
                 tenant: tenant.into(),
@@ -136,22 +148,28 @@ impl TestServer {
             .await
             .unwrap()
             .into_inner()
-            .api_key;
-        admin.as_key(&key).unwrap()
+            .api_key
     }
 
     /// A tenant with one principal holding every tenant role but admin.
     pub async fn tenant_with_user(&self, tenant: &str) -> (Client, Client) {
+        let (admin, key) = self.tenant_with_user_key(tenant).await;
+        let user = admin.as_key(&key).unwrap();
+        (admin, user)
+    }
+
+    /// As [`TestServer::tenant_with_user`], returning the user's API key.
+    pub async fn tenant_with_user_key(&self, tenant: &str) -> (Client, String) {
         let admin = self.tenant(tenant).await;
-        let user = self
-            .principal(
+        let key = self
+            .principal_key(
                 &admin,
                 tenant,
                 "user",
                 &["writer", "reader", "privacy-officer", "auditor"],
             )
             .await;
-        (admin, user)
+        (admin, key)
     }
 }
 
