@@ -1,1 +1,128 @@
-fn main() {}
+//! Criterion benchmarks: the seal construction on 1 KiB and 1 MiB records,
+//! and the vault's put and get (SQLite in a temp dir, no gRPC).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use strongbox::authz::{self, Action, Principal, Role};
+use strongbox::crypto::{self, SecretKey, label};
+use strongbox::ids::{Category, ContentType, RecordKey, SubjectId, TenantId};
+use strongbox::keyring::Keyring;
+use strongbox::rootkey::KeyFileProvider;
+use strongbox::store::Store;
+use strongbox::vault::{Limits, PutRecord, RecordRef, Vault};
+use zeroize::Zeroizing;
+
+fn seal_open(c: &mut Criterion) {
+    let key = SecretKey::generate();
+    let mut g = c.benchmark_group("seal");
+    for size in [1024usize, 1 << 20] {
+        let data = vec![0x42u8; size];
+        let sealed = crypto::seal(&key, label::RECORD, b"aad", &data);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("seal", size), &data, |b, d| {
+            b.iter(|| crypto::seal(&key, label::RECORD, b"aad", d))
+        });
+        g.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, s| {
+            b.iter(|| crypto::open(&key, label::RECORD, b"aad", s).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn vault_put_get(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = TenantId::parse("bench").unwrap();
+    let vault: Arc<Vault> = rt.block_on(async {
+        let root = KeyFileProvider::open_or_create(&dir.path().join("root.key")).unwrap();
+        let store = Store::open(&dir.path().join("db"), 4).unwrap();
+        Vault::open(
+            store,
+            Arc::new(Keyring::new(Arc::new(root))),
+            Limits::default(),
+        )
+        .await
+        .unwrap()
+    });
+    let operator = Principal {
+        id: "op".into(),
+        name: "op".into(),
+        tenant: None,
+        roles: vec![Role::Operator],
+    };
+    let user = Principal {
+        id: "u".into(),
+        name: "u".into(),
+        tenant: Some(tenant.clone()),
+        roles: vec![Role::Writer, Role::Reader],
+    };
+    let create = authz::authorize(&operator, Action::TenantCreate, None).unwrap();
+    rt.block_on(vault.create_tenant(&create, tenant.clone(), String::new()))
+        .unwrap();
+    let put_permit = authz::authorize(&user, Action::RecordPut, Some(&tenant)).unwrap();
+    let get_permit = authz::authorize(&user, Action::RecordGet, Some(&tenant)).unwrap();
+    let value = vec![0x17u8; 1024];
+    let put = |i: u64| PutRecord {
+        subject: Some(SubjectId::parse(&format!("subject-{}", i % 100)).unwrap()),
+        category: Category::parse("bench").unwrap(),
+        key: RecordKey::parse(&format!("k{i}")).unwrap(),
+        value: Zeroizing::new(value.clone()),
+        content_type: ContentType::parse("").unwrap(),
+        expected_version: None,
+        reinstate_erased_subject: false,
+    };
+    for i in 0..1000 {
+        rt.block_on(vault.put_record(&put_permit, put(i))).unwrap();
+    }
+    let mut g = c.benchmark_group("vault");
+    g.throughput(Throughput::Elements(1));
+    let mut n = 1000u64;
+    g.bench_function("put 1KiB (one at a time, fsync each)", |b| {
+        b.iter(|| {
+            n += 1;
+            rt.block_on(vault.put_record(&put_permit, put(n))).unwrap()
+        })
+    });
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("put 1KiB x64 concurrent (group commit)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..64)
+                    .map(|_| {
+                        n += 1;
+                        let (v, p) = (vault.clone(), put(n));
+                        let permit =
+                            authz::authorize(&user, Action::RecordPut, Some(&tenant)).unwrap();
+                        tokio::spawn(async move { v.put_record(&permit, p).await.unwrap() })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("get 1KiB", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1000;
+            let r = RecordRef {
+                subject: Some(SubjectId::parse(&format!("subject-{}", i % 100)).unwrap()),
+                category: Category::parse("bench").unwrap(),
+                key: RecordKey::parse(&format!("k{i}")).unwrap(),
+            };
+            rt.block_on(vault.get_record(&get_permit, r)).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = seal_open, vault_put_get
+}
+criterion_main!(benches);

@@ -63,24 +63,9 @@ async fn quickstart_flow() {
     );
 
     // Export streams a header then every record of the subject, decrypted.
-    let mut stream = dpo
-        .subjects()
-        .export_subject(pb::ExportSubjectRequest {
-            tenant: "acme".into(),
-            subject: "alice@example.com".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut header = None;
-    let mut values = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        match m.item.unwrap() {
-            pb::export_subject_response::Item::Header(h) => header = Some(h),
-            pb::export_subject_response::Item::Record(r) => values.push((r.key, r.value)),
-        }
-    }
-    assert_eq!(header.unwrap().subject, "alice@example.com");
+    let (header, records) = export(&dpo, "acme", "alice@example.com").await;
+    assert_eq!(header.subject, "alice@example.com");
+    let mut values: Vec<_> = records.into_iter().map(|r| (r.key, r.value)).collect();
     values.sort();
     assert_eq!(
         values,
@@ -271,25 +256,12 @@ async fn export_streams_many_pages() {
         )
         .await;
     }
-    let mut stream = u
-        .subjects()
-        .export_subject(pb::ExportSubjectRequest {
-            tenant: "t".into(),
-            subject: "carol".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut n = 0;
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Some(pb::export_subject_response::Item::Record(r)) = m.item {
-            assert_eq!(
-                r.value,
-                format!("event {}", &r.key[1..].parse::<u32>().unwrap()).into_bytes()
-            );
-            n += 1;
-        }
+    let (_, records) = export(&u, "t", "carol").await;
+    for r in &records {
+        let i: u32 = r.key[1..].parse().unwrap();
+        assert_eq!(r.value, format!("event {i}").into_bytes());
     }
+    let n = records.len();
     assert_eq!(n, 600);
 }
 

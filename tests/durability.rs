@@ -4,32 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use common::*;
 use strongbox::api::pb;
 use strongbox::client::Client;
 
-/// Starts `strongbox serve` on port 0; returns the child and its endpoint.
-fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected: {line:?}"));
-    (child, format!("http://{addr}"))
+fn spawn_server(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    spawn_binary(
+        &["--data-dir".as_ref(), data_dir.as_os_str()],
+        std::path::Path::new("."),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -48,30 +31,14 @@ async fn acknowledged_writes_survive_sigkill() {
         })
         .await
         .unwrap();
-    let admin_key = op
-        .principals()
-        .create_principal(pb::CreatePrincipalRequest {
-            tenant: "t".into(),
-            name: "admin".into(),
-            roles: vec!["admin".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key;
-    let key = op
-        .as_key(&admin_key)
-        .unwrap()
-        .principals()
-        .create_principal(pb::CreatePrincipalRequest {
-            tenant: "t".into(),
-            name: "rw".into(),
-            roles: vec!["writer".into(), "reader".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key;
+    let admin_key = new_principal(&op, "t", "admin", &["admin"]).await;
+    let key = new_principal(
+        &op.as_key(&admin_key).unwrap(),
+        "t",
+        "rw",
+        &["writer", "reader"],
+    )
+    .await;
     let c = op.as_key(&key).unwrap();
 
     // Writers keep writing; the server is killed mid-stream. Every write

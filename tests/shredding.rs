@@ -385,21 +385,8 @@ async fn erased_subject_refuses_writes_unless_reinstated() {
         b"new@example.com"
     );
     // Export shows only what was stored after reinstatement.
-    let mut stream = u
-        .subjects()
-        .export_subject(pb::ExportSubjectRequest {
-            tenant: "t".into(),
-            subject: "erin".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut values = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Some(pb::export_subject_response::Item::Record(r)) = m.item {
-            values.push(r.value);
-        }
-    }
+    let (_, records) = export(&u, "t", "erin").await;
+    let values: Vec<_> = records.into_iter().map(|r| r.value).collect();
     assert_eq!(values, vec![b"new@example.com".to_vec()]);
 }
 

@@ -4,7 +4,9 @@
 //! Called with an operator key, it makes its own tenant (`bench-<random>`)
 //! and a writer+reader principal, and shreds the tenant (grace 0) at the end.
 //! `get` and `mixed` first write the records they read. `mixed` is half
-//! gets, half puts.
+//! gets, half puts. `shred` writes `--records` records for one subject and
+//! times its shred, next to the median shred time of subjects holding one
+//! record each.
 
 use std::time::Instant;
 
@@ -20,6 +22,7 @@ pub enum BenchOp {
     Put,
     Get,
     Mixed,
+    Shred,
 }
 
 impl BenchOp {
@@ -28,6 +31,7 @@ impl BenchOp {
             BenchOp::Put => "put",
             BenchOp::Get => "get",
             BenchOp::Mixed => "mixed",
+            BenchOp::Shred => "shred",
         }
     }
 }
@@ -45,7 +49,8 @@ pub struct BenchArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 1024)]
     pub value_size: usize,
-    /// Records written first for `get` and `mixed`.
+    /// Records written first for `get` and `mixed`; for `shred`, the
+    /// records of the subject that is shredded.
     #[arg(long, default_value_t = 10_000)]
     pub records: usize,
     /// Subjects the records are spread over.
@@ -87,7 +92,7 @@ async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
         .create_principal(pb::CreatePrincipalRequest {
             tenant: tenant.clone(),
             name: "bench-rw".into(),
-            roles: vec!["writer".into(), "reader".into()],
+            roles: vec!["writer".into(), "reader".into(), "privacy-officer".into()],
         })
         .await?
         .into_inner()
@@ -96,9 +101,18 @@ async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
 }
 
 fn put_req(tenant: &str, subjects: usize, i: usize, value: &[u8]) -> pb::PutRecordRequest {
+    put_to(
+        tenant,
+        format!("bench-subject-{}", i % subjects.max(1)),
+        i,
+        value,
+    )
+}
+
+fn put_to(tenant: &str, subject: String, i: usize, value: &[u8]) -> pb::PutRecordRequest {
     pb::PutRecordRequest {
         tenant: tenant.to_owned(),
-        subject: format!("bench-subject-{}", i % subjects.max(1)),
+        subject,
         category: "bench".into(),
         key: format!("k{i}"),
         value: value.to_vec(),
@@ -136,8 +150,17 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     }
     let value = vec![0x5a; args.value_size];
 
+    if args.op == BenchOp::Shred {
+        let result = shred_bench(&pool, &tenant, &args, &value, json_out).await;
+        cleanup(client, &tenant).await;
+        return result;
+    }
     if args.op != BenchOp::Put {
-        prefill(&pool, &tenant, &args, &value).await?;
+        let subjects = args.subjects.max(1);
+        prefill(&pool, &tenant, &args, &value, move |i| {
+            format!("bench-subject-{}", i % subjects)
+        })
+        .await?;
     }
 
     let deadline = Instant::now() + duration;
@@ -154,6 +177,7 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
                     BenchOp::Put => true,
                     BenchOp::Get => false,
                     BenchOp::Mixed => rng.random_bool(0.5),
+                    BenchOp::Shred => unreachable!("shred runs apart"),
                 };
                 let started = Instant::now();
                 let result = if is_put {
@@ -199,14 +223,7 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     let ops = all.len() as f64 / elapsed;
     let (p50, p99) = (percentile(&all, 0.50), percentile(&all, 0.99));
 
-    // Clean up: the bench tenant is shredded at once.
-    let _ = client
-        .tenants()
-        .schedule_tenant_shred(pb::ScheduleTenantShredRequest {
-            tenant: tenant.clone(),
-            grace_seconds: Some(0),
-        })
-        .await;
+    cleanup(client, &tenant).await;
 
     if json_out {
         println!(
@@ -243,28 +260,98 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     Ok(())
 }
 
-/// Writes the records `get` and `mixed` read, `concurrency` at a time.
+/// The bench tenant is shredded at once when the run ends.
+async fn cleanup(client: &Client, tenant: &str) {
+    let _ = client
+        .tenants()
+        .schedule_tenant_shred(pb::ScheduleTenantShredRequest {
+            tenant: tenant.to_owned(),
+            grace_seconds: Some(0),
+        })
+        .await;
+}
+
+/// Times the shred of a subject holding `--records` records against the
+/// median of five subjects holding one record each.
+async fn shred_bench(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+    json_out: bool,
+) -> anyhow::Result<()> {
+    prefill(pool, tenant, args, value, |_| "shred-big".to_owned()).await?;
+    let mut records = pool[0].records();
+    for i in 0..5 {
+        records
+            .put_record(put_to(tenant, format!("shred-one-{i}"), i, value))
+            .await?;
+    }
+    let mut subjects = pool[0].subjects();
+    let mut timed_shred = async |subject: String| -> anyhow::Result<(f64, u64)> {
+        let started = Instant::now();
+        let r = subjects
+            .shred_subject(pb::ShredSubjectRequest {
+                tenant: tenant.to_owned(),
+                subject,
+            })
+            .await?
+            .into_inner();
+        Ok((
+            started.elapsed().as_secs_f64() * 1000.0,
+            r.records_made_unreadable,
+        ))
+    };
+    let (big_ms, big_records) = timed_shred("shred-big".into()).await?;
+    let mut one_ms = Vec::new();
+    for i in 0..5 {
+        one_ms.push(timed_shred(format!("shred-one-{i}")).await?.0);
+    }
+    one_ms.sort_by(f64::total_cmp);
+    let one_median = one_ms[2];
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "op": "shred",
+                "records": big_records,
+                "shred_ms": big_ms,
+                "shred_one_record_median_ms": one_median,
+                "errors": 0,
+            })
+        );
+    } else {
+        println!(
+            "shred: {big_records} records in {big_ms:.2} ms; one record (median of 5) in {one_median:.2} ms"
+        );
+    }
+    Ok(())
+}
+
+/// Writes `--records` records `concurrency` at a time; `subject(i)` names
+/// the subject of record `i`.
 async fn prefill(
     pool: &[Client],
     tenant: &str,
     args: &BenchArgs,
     value: &[u8],
+    subject: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
 ) -> anyhow::Result<()> {
     let lanes = args.concurrency.min(args.records.max(1));
     let mut tasks = Vec::with_capacity(lanes);
     for lane in 0..lanes {
         let mut records = pool[lane % pool.len()].records();
-        let (tenant, value, subjects, total) = (
+        let (tenant, value, total, subject) = (
             tenant.to_owned(),
             value.to_vec(),
-            args.subjects,
             args.records,
+            subject.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut i = lane;
             while i < total {
                 records
-                    .put_record(put_req(&tenant, subjects, i, &value))
+                    .put_record(put_to(&tenant, subject(i), i, &value))
                     .await?;
                 i += lanes;
             }

@@ -263,3 +263,69 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn random_hex(n: usize) -> String {
     hex::encode(strongbox::crypto::random_bytes::<16>())[..n].to_owned()
 }
+
+/// Creates a principal through `by` and returns its API key.
+pub async fn new_principal(by: &Client, tenant: &str, name: &str, roles: &[&str]) -> String {
+    by.principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant: tenant.into(),
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+}
+
+/// Runs a subject export to the end: the header and every record.
+pub async fn export(
+    c: &Client,
+    tenant: &str,
+    subject: &str,
+) -> (pb::SubjectHeader, Vec<pb::Record>) {
+    let mut stream = c
+        .subjects()
+        .export_subject(pb::ExportSubjectRequest {
+            tenant: tenant.into(),
+            subject: subject.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut header, mut records) = (None, Vec::new());
+    while let Some(m) = stream.message().await.unwrap() {
+        match m.item.unwrap() {
+            pb::export_subject_response::Item::Header(h) => header = Some(h),
+            pb::export_subject_response::Item::Record(r) => records.push(r),
+        }
+    }
+    (header.expect("an export starts with a header"), records)
+}
+
+/// Starts the real `strongbox serve` binary on port 0 with `args`, in
+/// `cwd`; returns the process and its endpoint.
+pub fn spawn_binary(
+    args: &[&std::ffi::OsStr],
+    cwd: &std::path::Path,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    (child, format!("http://{addr}"))
+}

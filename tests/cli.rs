@@ -1,0 +1,143 @@
+//! The CLI against a real server process: README's quickstart, run verbatim,
+//! and exit codes and stderr on failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::spawn_binary;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strongbox")
+}
+
+/// `strongbox serve` with its defaults, in `dir`, on port 0.
+fn serve_in(dir: &Path) -> (std::process::Child, String) {
+    spawn_binary(&[], dir)
+}
+
+fn quickstart() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("<!-- quickstart:start -->")
+        .nth(1)
+        .and_then(|s| s.split("<!-- quickstart:end -->").next())
+        .expect("README has a quickstart block");
+    let script = block
+        .trim()
+        .trim_start_matches("```sh")
+        .trim_end_matches("```");
+    // The build line is for people; the test already has the binary.
+    script
+        .lines()
+        .filter(|l| !l.starts_with("cargo build"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn readme_quickstart_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = serve_in(dir.path());
+    let bin_dir = Path::new(bin()).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &quickstart()])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("STRONGBOX_ENDPOINT", &endpoint)
+        .env_remove("STRONGBOX_API_KEY")
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quickstart failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("acme\tAcme Corp\tactive"), "{stdout}");
+    assert!(stdout.contains("stored version 1"), "{stdout}");
+    assert!(
+        stdout.contains("\"subject\": \"alice@example.com\""),
+        "export: {stdout}"
+    );
+    assert!(stdout.contains("records unreadable: 1"), "{stdout}");
+    assert!(stdout.contains("erased, as promised"), "{stdout}");
+    assert!(
+        stderr.contains("error: NOT_FOUND: record not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn failures_exit_nonzero_with_the_status_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = serve_in(dir.path());
+    let op_key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
+    let run = |key: &str, args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("STRONGBOX_ENDPOINT", &endpoint)
+            .env("STRONGBOX_API_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let ok = run(op_key.trim(), &["--json", "tenant", "create", "t1"]);
+    assert!(ok.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["id"], "t1");
+    assert_eq!(v["state"], "active");
+
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "sbk_bad",
+            &["tenant", "list"],
+            "error: UNAUTHENTICATED: invalid API key",
+        ),
+        (
+            op_key.trim(),
+            &["tenant", "create", "BAD ID"],
+            "error: INVALID_ARGUMENT: tenant:",
+        ),
+        (
+            op_key.trim(),
+            &["tenant", "get", "nope"],
+            "error: NOT_FOUND: tenant 'nope' not found",
+        ),
+        (
+            op_key.trim(),
+            &[
+                "record",
+                "get",
+                "--tenant",
+                "t1",
+                "--category",
+                "c",
+                "--key",
+                "k",
+            ],
+            "error: PERMISSION_DENIED: role operator may not record.get",
+        ),
+    ];
+    for (key, args, expected) in cases {
+        let out = run(key, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed to stdout on failure"
+        );
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
