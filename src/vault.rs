@@ -4,8 +4,9 @@
 //! changes commit atomically; the audit entry of a later issue joins that
 //! same job. Nothing here knows about gRPC.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -160,7 +161,20 @@ pub struct Vault {
     keys: Arc<Keyring>,
     limits: Limits,
     purge_wanted: Notify,
+    auth_cache: std::sync::Mutex<HashMap<String, CachedKey>>,
 }
+
+/// A verified API key, kept so that each call need not read it again. Holds
+/// the secret's hash, never the secret. Dropped when its tenant is shredded
+/// (and, with the key lifecycle, when the key is revoked).
+struct CachedKey {
+    secret_hash: [u8; 32],
+    expires_at: Option<i64>,
+    principal: Principal,
+}
+
+/// API keys cached at most; past it the cache starts over.
+const MAX_CACHED_API_KEYS: usize = 10_000;
 
 /// The tenant row, if the tenant exists and is active.
 fn active_tenant(conn: &Connection, tenant: &TenantId) -> Result<TenantRow> {
@@ -376,7 +390,14 @@ impl Vault {
             keys,
             limits,
             purge_wanted: Notify::new(),
+            auth_cache: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    fn auth_cache(&self) -> MutexGuard<'_, HashMap<String, CachedKey>> {
+        // Entries are inserted and removed whole; a poisoned lock holds no
+        // half-made entry.
+        self.auth_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn store(&self) -> &Store {
@@ -450,17 +471,27 @@ impl Vault {
         const INVALID: &str = "invalid API key";
         let (key_id, secret) = parse_api_key(bearer).ok_or(Error::Unauthenticated(INVALID))?;
         let presented = crypto::sha256(secret.as_bytes());
-        let key_id = key_id.to_owned();
+        let now = now_ms();
+        let live = |expires_at: Option<i64>| expires_at.is_none_or(|t| t > now);
+        if let Some(hit) = self.auth_cache().get(key_id) {
+            return if crypto::ct_eq(&presented, &hit.secret_hash) && live(hit.expires_at) {
+                Ok(hit.principal.clone())
+            } else {
+                Err(Error::Unauthenticated(INVALID))
+            };
+        }
+        let id = key_id.to_owned();
         let found = self
             .store
-            .read(move |c| store::api_key_lookup(c, &key_id))
+            .read(move |c| store::api_key_lookup(c, &id))
             .await?;
         let Some((key, p)) = found else {
             return Err(Error::Unauthenticated(INVALID));
         };
-        let now = now_ms();
-        let live = key.revoked_at.is_none() && key.expires_at.is_none_or(|t| t > now);
-        if !crypto::ct_eq(&presented, &key.secret_hash) || !live {
+        if !crypto::ct_eq(&presented, &key.secret_hash)
+            || key.revoked_at.is_some()
+            || !live(key.expires_at)
+        {
             return Err(Error::Unauthenticated(INVALID));
         }
         let roles = p
@@ -476,12 +507,25 @@ impl Vault {
             ),
             None => None,
         };
-        Ok(Principal {
+        let principal = Principal {
             id: p.id,
             name: p.name,
             tenant,
             roles,
-        })
+        };
+        let mut cache = self.auth_cache();
+        if cache.len() >= MAX_CACHED_API_KEYS {
+            cache.clear();
+        }
+        cache.insert(
+            key.key_id,
+            CachedKey {
+                secret_hash: presented,
+                expires_at: key.expires_at,
+                principal: principal.clone(),
+            },
+        );
+        Ok(principal)
     }
 
     // ----- tenants -------------------------------------------------------
@@ -646,6 +690,8 @@ impl Vault {
             return Ok(false);
         };
         self.keys.forget_tenant(tenant);
+        self.auth_cache()
+            .retain(|_, k| k.principal.tenant.as_ref() != Some(tenant));
         tracing::info!(
             tenant = %tenant,
             kek_versions = ?destroyed.kek_versions,
