@@ -65,6 +65,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         tracing::info!(path = %key_file.display(), "bootstrap operator API key written (mode 0600)");
     }
 
+    if !cfg.listen.ip().is_loopback() {
+        // TLS arrives with the audit/TLS issue; until then say it loudly.
+        tracing::warn!(
+            listen = %cfg.listen,
+            "listening beyond loopback WITHOUT TLS: API keys and data cross the network in clear text"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
