@@ -87,10 +87,12 @@ pub enum Action {
     SubjectExport,
     SubjectShred,
     ReceiptVerify,
+    AuditList,
+    AuditVerify,
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 16] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -105,6 +107,8 @@ impl Action {
         Action::SubjectExport,
         Action::SubjectShred,
         Action::ReceiptVerify,
+        Action::AuditList,
+        Action::AuditVerify,
     ];
 
     /// The name used in messages and (later) the audit log.
@@ -124,12 +128,17 @@ impl Action {
             Action::SubjectExport => "subject.export",
             Action::SubjectShred => "subject.shred",
             Action::ReceiptVerify => "receipt.verify",
+            Action::AuditList => "audit.list",
+            Action::AuditVerify => "audit.verify",
         }
     }
 
     /// Whether the action is aimed at one tenant (as opposed to the platform).
     pub fn is_tenant_scoped(self) -> bool {
-        !matches!(self, Action::TenantCreate | Action::TenantList)
+        !matches!(
+            self,
+            Action::TenantCreate | Action::TenantList | Action::AuditList | Action::AuditVerify
+        )
     }
 }
 
@@ -148,6 +157,8 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::TenantCancelShred,
             A::TenantBootstrapAdmin,
             A::ReceiptVerify,
+            A::AuditList,
+            A::AuditVerify,
         ],
     ),
     (Role::Admin, &[A::TenantGet, A::PrincipalCreate]),
@@ -157,7 +168,10 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
         Role::PrivacyOfficer,
         &[A::SubjectExport, A::SubjectShred, A::ReceiptVerify],
     ),
-    (Role::Auditor, &[A::ReceiptVerify]),
+    (
+        Role::Auditor,
+        &[A::ReceiptVerify, A::AuditList, A::AuditVerify],
+    ),
 ];
 
 /// Whether `role` may perform `action`.
@@ -184,6 +198,7 @@ pub struct Permit {
     principal_id: String,
     action: Action,
     tenant: Option<TenantId>,
+    home: Option<TenantId>,
 }
 
 impl Permit {
@@ -193,6 +208,12 @@ impl Permit {
 
     pub fn action(&self) -> Action {
         self.action
+    }
+
+    /// The tenant the caller belongs to (`None` for platform principals):
+    /// what a tenant auditor's queries are confined to.
+    pub fn home_tenant(&self) -> Option<&TenantId> {
+        self.home.as_ref()
     }
 
     /// The tenant the permit covers. Tenant-scoped actions always have one.
@@ -238,6 +259,7 @@ pub fn authorize(
         principal_id: principal.id.clone(),
         action,
         tenant: tenant.cloned(),
+        home: principal.tenant.clone(),
     })
 }
 

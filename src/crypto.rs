@@ -44,6 +44,7 @@ pub mod label {
     pub const WRAP_KEK: &str = "strongbox/v1/wrap/tenant-kek";
     pub const WRAP_INDEX_KEY: &str = "strongbox/v1/wrap/index-key";
     pub const WRAP_RECEIPT_KEY: &str = "strongbox/v1/wrap/receipt-key";
+    pub const WRAP_AUDIT_KEY: &str = "strongbox/v1/wrap/audit-key";
     pub const ROOT_CHECK: &str = "strongbox/v1/root-check";
 }
 

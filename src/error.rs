@@ -44,6 +44,23 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The gRPC status code this error is answered with (the numbers of
+    /// `google.rpc.Code`). The one mapping: `api` and the audit log use it.
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Error::InvalidArgument { .. } => 3,
+            Error::NotFound(_) => 5,
+            Error::AlreadyExists(_) => 6,
+            Error::PermissionDenied(_) => 7,
+            Error::ResourceExhausted(_) => 8,
+            Error::FailedPrecondition(_) => 9,
+            Error::Internal(_) => 13,
+            Error::Unavailable(_) => 14,
+            Error::Corrupt(_) => 15,
+            Error::Unauthenticated(_) => 16,
+        }
+    }
+
     /// An `InvalidArgument` naming `field` and the `rule` it breaks.
     pub fn invalid(field: &'static str, rule: impl Into<String>) -> Self {
         Error::InvalidArgument {

@@ -25,6 +25,8 @@ const MAX_CACHED_DEKS: usize = 100_000;
 
 /// The `meta` row holding the receipt key wrapped by the root key.
 const RECEIPT_KEY_META: &str = "receipt_key";
+/// The `meta` row holding the audit key wrapped by the root key.
+const AUDIT_KEY_META: &str = "audit_key";
 /// The `meta` row holding a sealed check value that proves the root key.
 const ROOT_CHECK_META: &str = "root_check";
 
@@ -78,6 +80,10 @@ pub mod aad {
         encode_fields(&[b"subject-id", tenant.as_bytes(), blind, dek_id.as_bytes()])
     }
 
+    pub fn audit_key() -> Vec<u8> {
+        encode_fields(&[b"audit-key"])
+    }
+
     pub fn receipt_key() -> Vec<u8> {
         encode_fields(&[b"receipt-key"])
     }
@@ -99,6 +105,7 @@ struct Cache {
     deks: HashMap<String, (String, Arc<SecretKey>)>,
     destroyed_deks: HashSet<String>,
     destroyed_tenants: HashSet<String>,
+    audit: Option<Arc<SecretKey>>,
 }
 
 /// Keys of a new tenant, wrapped and ready to store.
@@ -170,17 +177,39 @@ impl Keyring {
         }
     }
 
-    /// Makes the receipt key if the vault has none yet.
-    pub fn ensure_receipt_key(&self, conn: &Connection) -> Result<()> {
-        if store::meta_get(conn, RECEIPT_KEY_META)?.is_none() {
-            let wrapped = self.root.wrap(
+    /// Makes the vault-wide keys held under the root key (receipt key,
+    /// audit key) if the vault has none yet.
+    pub fn ensure_vault_keys(&self, conn: &Connection) -> Result<()> {
+        for (meta, label, aad) in [
+            (
+                RECEIPT_KEY_META,
                 label::WRAP_RECEIPT_KEY,
-                &aad::receipt_key(),
-                &SecretKey::generate(),
-            )?;
-            store::meta_put(conn, RECEIPT_KEY_META, &wrapped)?;
+                aad::receipt_key(),
+            ),
+            (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key()),
+        ] {
+            if store::meta_get(conn, meta)?.is_none() {
+                let wrapped = self.root.wrap(label, &aad, &SecretKey::generate())?;
+                store::meta_put(conn, meta, &wrapped)?;
+            }
         }
         Ok(())
+    }
+
+    /// The key of the audit MAC chain; unwrapped once, then cached.
+    pub fn audit_key(&self, conn: &Connection) -> Result<Arc<SecretKey>> {
+        if let Some(k) = &self.cache().audit {
+            return Ok(k.clone());
+        }
+        let wrapped = store::meta_get(conn, AUDIT_KEY_META)?
+            .ok_or_else(|| Error::Internal("the audit key is missing".into()))?;
+        let key = Arc::new(
+            self.root
+                .unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &wrapped)
+                .map_err(|_| corrupt("the audit key".into()))?,
+        );
+        self.cache().audit = Some(key.clone());
+        Ok(key)
     }
 
     /// The key that MACs deletion receipts.

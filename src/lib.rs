@@ -12,6 +12,7 @@
 //! - [`rootkey`]: root-key providers (key file; HSM later).
 //! - [`keyring`]: the key hierarchy below the root, AAD layouts, key caches.
 //! - [`authz`]: roles, the permission table, and the `Permit`.
+//! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
 //! - [`store`]: SQLite: the group-committing writer, read pool, schema.
 //! - [`vault`]: the use cases; joins the modules above. No gRPC here.
 //! - [`api`]: the gRPC services; the only module that knows protobuf.
@@ -21,6 +22,7 @@
 //! - [`cli`]: the `strongbox` command line.
 
 pub mod api;
+pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod client;

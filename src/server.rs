@@ -119,9 +119,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            pb::subject_service_server::SubjectServiceServer::new(api)
+            pb::subject_service_server::SubjectServiceServer::new(api.clone())
                 .max_encoding_message_size(max_message),
-        );
+        )
+        .add_service(pb::audit_service_server::AuditServiceServer::new(api));
     // TCP_NODELAY: without it a response written as several small frames
     // waits on the peer's delayed ACK (~40 ms a call).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

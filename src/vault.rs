@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc};
 use zeroize::Zeroizing;
 
+use crate::audit::{self, Call, Outcome};
 use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto::{self, label};
 use crate::error::{Error, Result};
@@ -196,6 +197,17 @@ fn active_tenant(conn: &Connection, tenant: &TenantId) -> Result<TenantRow> {
 pub fn fmt_time(unix_ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// How the audit log names a record: owner (blind id, or `tenant`),
+/// category, key.
+fn record_resource(owner: &[u8], category: &str, key: &str) -> String {
+    let owner = if owner.is_empty() {
+        "tenant".to_owned()
+    } else {
+        hex::encode(owner)
+    };
+    format!("record:{owner}/{category}/{key}")
 }
 
 fn record_not_found(category: &str, key: &str) -> Error {
@@ -382,7 +394,7 @@ impl Vault {
         store
             .write(move |conn| {
                 k.check_root(conn)?;
-                k.ensure_receipt_key(conn)
+                k.ensure_vault_keys(conn)
             })
             .await?;
         Ok(Arc::new(Vault {
@@ -392,6 +404,99 @@ impl Vault {
             purge_wanted: Notify::new(),
             auth_cache: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Runs mutation `f` and the call's audit entry as one writer job: the
+    /// entry commits with the mutation, or, if `f` fails, alone (the
+    /// mutation rolled back to its savepoint). If the entry cannot be
+    /// written nothing commits and the call fails with `Unavailable`.
+    async fn mutate<T, F>(&self, call: &Arc<Call>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (keys, c) = (self.keys.clone(), call.clone());
+        let result = self
+            .store
+            .write(move |conn| {
+                conn.execute_batch("SAVEPOINT mutation")?;
+                let r = f(conn);
+                let end = if r.is_ok() {
+                    "RELEASE mutation"
+                } else {
+                    "ROLLBACK TO mutation; RELEASE mutation"
+                };
+                conn.execute_batch(end)?;
+                let (outcome, code) = Outcome::of(&r);
+                let key = keys.audit_key(conn).map_err(|e| {
+                    Error::Unavailable(format!("audit: the audit key is unavailable ({e})"))
+                })?;
+                audit::append(conn, &key, c.entry(outcome, code))?;
+                Ok(r)
+            })
+            .await?;
+        call.mark_recorded();
+        result
+    }
+
+    /// Records the call's entry on its own, durably, unless a mutation
+    /// already did: for reads (before their data is returned) and for calls
+    /// refused before reaching a use case.
+    pub async fn record(&self, call: &Arc<Call>, (outcome, code): (Outcome, i32)) -> Result<()> {
+        if call.is_recorded() {
+            return Ok(());
+        }
+        let entry = call.entry(outcome, code);
+        let keys = self.keys.clone();
+        self.store
+            .write(move |conn| {
+                let key = keys.audit_key(conn).map_err(|e| {
+                    Error::Unavailable(format!("audit: the audit key is unavailable ({e})"))
+                })?;
+                audit::append(conn, &key, entry).map(drop)
+            })
+            .await?;
+        call.mark_recorded();
+        Ok(())
+    }
+
+    /// Entries a permit may see, after `after`, at most `limit`.
+    pub async fn audit_entries(
+        &self,
+        permit: &Permit,
+        mut filter: audit::Filter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::Entry>> {
+        // A tenant auditor sees its own tenant's entries, whatever it asks.
+        if let Some(home) = permit.home_tenant() {
+            filter.tenant = Some(home.as_str().to_owned());
+        }
+        self.store
+            .read(move |c| audit::list(c, &filter, after, limit))
+            .await
+    }
+
+    /// Walks the whole audit chain.
+    pub async fn verify_audit(&self, _permit: &Permit) -> Result<audit::Report> {
+        let keys = self.keys.clone();
+        self.store
+            .read(move |c| {
+                let key = keys.audit_key(c)?;
+                audit::verify(c, &key)
+            })
+            .await
+    }
+
+    /// Prunes audit entries older than `before`, at a checkpoint.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64> {
+        let keys = self.keys.clone();
+        self.store
+            .write(move |c| {
+                let key = keys.audit_key(c)?;
+                audit::prune(c, &key, before)
+            })
+            .await
     }
 
     fn auth_cache(&self) -> MutexGuard<'_, HashMap<String, CachedKey>> {
@@ -534,6 +639,7 @@ impl Vault {
     pub async fn create_tenant(
         &self,
         _permit: &Permit,
+        call: &Arc<Call>,
         tenant: TenantId,
         name: String,
     ) -> Result<TenantInfo> {
@@ -544,29 +650,28 @@ impl Vault {
             ));
         }
         let keys = self.keys.new_tenant_keys(&tenant)?;
-        self.store
-            .write(move |conn| {
-                let t = tenant.as_str();
-                if store::tenant_get(conn, t)?.is_some() {
-                    return Err(Error::AlreadyExists(format!("tenant '{t}' already exists")));
-                }
-                let now = now_ms();
-                let row = TenantRow {
-                    id: t.to_owned(),
-                    name,
-                    state: TenantState::Active,
-                    created_at: now,
-                    shred_at: None,
-                    kek_version: keys.kek_version,
-                    wrapped_index_key: Some(keys.wrapped_index_key),
-                    dek_id: Some(keys.dek.id.clone()),
-                };
-                store::tenant_insert(conn, &row)?;
-                store::kek_insert(conn, t, keys.kek_version, &keys.wrapped_kek, now)?;
-                store::dek_insert(conn, &keys.dek, now)?;
-                Ok(row.into())
-            })
-            .await
+        self.mutate(call, move |conn| {
+            let t = tenant.as_str();
+            if store::tenant_get(conn, t)?.is_some() {
+                return Err(Error::AlreadyExists(format!("tenant '{t}' already exists")));
+            }
+            let now = now_ms();
+            let row = TenantRow {
+                id: t.to_owned(),
+                name,
+                state: TenantState::Active,
+                created_at: now,
+                shred_at: None,
+                kek_version: keys.kek_version,
+                wrapped_index_key: Some(keys.wrapped_index_key),
+                dek_id: Some(keys.dek.id.clone()),
+            };
+            store::tenant_insert(conn, &row)?;
+            store::kek_insert(conn, t, keys.kek_version, &keys.wrapped_kek, now)?;
+            store::dek_insert(conn, &keys.dek, now)?;
+            Ok(row.into())
+        })
+        .await
     }
 
     pub async fn get_tenant(&self, permit: &Permit) -> Result<TenantInfo> {
@@ -609,6 +714,7 @@ impl Vault {
     pub async fn schedule_tenant_shred(
         &self,
         permit: &Permit,
+        call: &Arc<Call>,
         grace: Option<Duration>,
     ) -> Result<TenantInfo> {
         let tenant = permit.tenant()?.clone();
@@ -617,8 +723,7 @@ impl Vault {
             .map_err(|_| Error::invalid("grace_seconds", "is too large"))?;
         let t = tenant.clone();
         let info = self
-            .store
-            .write(move |conn| {
+            .mutate(call, move |conn| {
                 let row = store::tenant_get(conn, t.as_str())?
                     .ok_or_else(|| authz::tenant_not_found(&t))?;
                 if row.state == TenantState::Shredded {
@@ -642,38 +747,43 @@ impl Vault {
         Ok(info)
     }
 
-    pub async fn cancel_tenant_shred(&self, permit: &Permit) -> Result<TenantInfo> {
+    pub async fn cancel_tenant_shred(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+    ) -> Result<TenantInfo> {
         let tenant = permit.tenant()?.clone();
-        self.store
-            .write(move |conn| {
-                let row = store::tenant_get(conn, tenant.as_str())?
-                    .ok_or_else(|| authz::tenant_not_found(&tenant))?;
-                if row.state != TenantState::ShredScheduled {
-                    return Err(Error::FailedPrecondition(format!(
-                        "tenant '{tenant}' has no shred scheduled (it is {})",
-                        match row.state {
-                            TenantState::Shredded => "already shredded",
-                            _ => "active",
-                        }
-                    )));
-                }
-                store::tenant_set_state(conn, tenant.as_str(), TenantState::Active, None)?;
-                Ok(TenantInfo {
-                    state: TenantState::Active,
-                    shred_at: None,
-                    ..row.into()
-                })
+        self.mutate(call, move |conn| {
+            let row = store::tenant_get(conn, tenant.as_str())?
+                .ok_or_else(|| authz::tenant_not_found(&tenant))?;
+            if row.state != TenantState::ShredScheduled {
+                return Err(Error::FailedPrecondition(format!(
+                    "tenant '{tenant}' has no shred scheduled (it is {})",
+                    match row.state {
+                        TenantState::Shredded => "already shredded",
+                        _ => "active",
+                    }
+                )));
+            }
+            store::tenant_set_state(conn, tenant.as_str(), TenantState::Active, None)?;
+            Ok(TenantInfo {
+                state: TenantState::Active,
+                shred_at: None,
+                ..row.into()
             })
-            .await
+        })
+        .await
     }
 
     /// Destroys every key of a tenant whose shred is due. Returns whether it
     /// ran (false if cancelled or not yet due).
     async fn execute_tenant_shred(&self, tenant: &TenantId) -> Result<bool> {
+        let call = Arc::new(Call::system("tenant.shred.execute"));
+        call.set_tenant(tenant.as_str());
+        call.set_resource(format!("tenant:{tenant}"));
         let t = tenant.clone();
         let destroyed = self
-            .store
-            .write(move |conn| {
+            .mutate(&call, move |conn| {
                 let now = now_ms();
                 match store::tenant_get(conn, t.as_str())? {
                     Some(row)
@@ -726,6 +836,7 @@ impl Vault {
     pub async fn create_principal(
         &self,
         permit: &Permit,
+        call: &Arc<Call>,
         name: PrincipalName,
         roles: Vec<Role>,
     ) -> Result<NewPrincipal> {
@@ -746,8 +857,7 @@ impl Vault {
             ));
         }
         let (principal_id, key_id, api_key) = self
-            .store
-            .write(move |conn| {
+            .mutate(call, move |conn| {
                 active_tenant(conn, &tenant)?;
                 if bootstrap && store::tenant_has_role(conn, tenant.as_str(), Role::Admin.as_str())? {
                     return Err(Error::FailedPrecondition(format!(
@@ -768,7 +878,12 @@ impl Vault {
 
     /// Stores a record, sealed under its owner's data key; returns its new
     /// version.
-    pub async fn put_record(&self, permit: &Permit, put: PutRecord) -> Result<u64> {
+    pub async fn put_record(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        put: PutRecord,
+    ) -> Result<u64> {
         let tenant = permit.tenant()?.clone();
         if put.value.len() > self.limits.max_value_bytes {
             return Err(Error::ResourceExhausted(format!(
@@ -778,8 +893,9 @@ impl Vault {
             )));
         }
         let keys = self.keys.clone();
-        self.store
-            .write(move |conn| {
+        let c = call.clone();
+        self
+            .mutate(call, move |conn| {
                 let t = tenant.as_str();
                 let trow = active_tenant(conn, &tenant)?;
                 let now = now_ms();
@@ -828,6 +944,7 @@ impl Vault {
                         }
                     }
                 };
+                c.set_resource(record_resource(&owner, put.category.as_str(), put.key.as_str()));
                 let addr = RecordAddr {
                     tenant: t,
                     owner: &owner,
@@ -874,13 +991,20 @@ impl Vault {
     }
 
     /// Reads and decrypts one record.
-    pub async fn get_record(&self, permit: &Permit, r: RecordRef) -> Result<RecordValue> {
+    pub async fn get_record(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        r: RecordRef,
+    ) -> Result<RecordValue> {
         let tenant = permit.tenant()?.clone();
         let keys = self.keys.clone();
+        let c = call.clone();
         self.store
             .read(move |conn| {
                 active_tenant(conn, &tenant)?;
                 let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
+                c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
                 let addr = RecordAddr {
                     tenant: tenant.as_str(),
                     owner: &owner,
@@ -898,41 +1022,44 @@ impl Vault {
     pub async fn delete_record(
         &self,
         permit: &Permit,
+        call: &Arc<Call>,
         r: RecordRef,
         expected_version: Option<u64>,
     ) -> Result<u64> {
         let tenant = permit.tenant()?.clone();
         let keys = self.keys.clone();
-        self.store
-            .write(move |conn| {
-                active_tenant(conn, &tenant)?;
-                let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
-                let addr = RecordAddr {
-                    tenant: tenant.as_str(),
-                    owner: &owner,
-                    category: r.category.as_str(),
-                    key: r.key.as_str(),
-                };
-                let live = match store::record_head(conn, addr)? {
-                    Some(h) if !h.deleted => store::dek_get(conn, &h.dek_id)?
-                        .and_then(|d| d.wrapped)
-                        .map(|_| h.version),
-                    _ => None,
-                };
-                if expected_version.is_some() {
-                    check_expected_version(expected_version, live)?;
-                }
-                let version = live.ok_or_else(|| record_not_found(addr.category, addr.key))?;
-                store::record_delete(conn, addr, now_ms())?;
-                Ok(version)
-            })
-            .await
+        let c = call.clone();
+        self.mutate(call, move |conn| {
+            active_tenant(conn, &tenant)?;
+            let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
+            c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
+            let addr = RecordAddr {
+                tenant: tenant.as_str(),
+                owner: &owner,
+                category: r.category.as_str(),
+                key: r.key.as_str(),
+            };
+            let live = match store::record_head(conn, addr)? {
+                Some(h) if !h.deleted => store::dek_get(conn, &h.dek_id)?
+                    .and_then(|d| d.wrapped)
+                    .map(|_| h.version),
+                _ => None,
+            };
+            if expected_version.is_some() {
+                check_expected_version(expected_version, live)?;
+            }
+            let version = live.ok_or_else(|| record_not_found(addr.category, addr.key))?;
+            store::record_delete(conn, addr, now_ms())?;
+            Ok(version)
+        })
+        .await
     }
 
     /// A page of record metadata, and the token of the next page.
     pub async fn list_records(
         &self,
         permit: &Permit,
+        call: &Arc<Call>,
         subject: Option<SubjectId>,
         category: Option<Category>,
         page_size: usize,
@@ -941,6 +1068,7 @@ impl Vault {
         let tenant = permit.tenant()?.clone();
         let after = decode_cursor(token)?;
         let keys = self.keys.clone();
+        let c = call.clone();
         self.store
             .read(move |conn| {
                 active_tenant(conn, &tenant)?;
@@ -948,6 +1076,11 @@ impl Vault {
                     Some(s) => Some(keys.blind_id(conn, &tenant, s)?.to_vec()),
                     None => None,
                 };
+                c.set_resource(format!(
+                    "records:{}/{}",
+                    owner.as_deref().map_or("*".into(), hex::encode),
+                    category.as_ref().map_or("*", |c| c.as_str())
+                ));
                 let mut rows = store::record_list(
                     conn,
                     tenant.as_str(),
@@ -994,17 +1127,20 @@ impl Vault {
     pub async fn export_subject(
         self: &Arc<Self>,
         permit: &Permit,
+        call: &Arc<Call>,
         subject: SubjectId,
     ) -> Result<(ExportHeader, mpsc::Receiver<Result<RecordValue>>)> {
         const PAGE: usize = 256;
         let tenant = permit.tenant()?.clone();
         let keys = self.keys.clone();
+        let c = call.clone();
         let t = tenant.clone();
         let header = self
             .store
             .read(move |conn| {
                 active_tenant(conn, &t)?;
                 let blind = keys.blind_id(conn, &t, &subject)?;
+                c.set_resource(format!("subject:{}", hex::encode(blind)));
                 let row =
                     store::subject_get(conn, t.as_str(), &blind)?.ok_or_else(subject_not_found)?;
                 let (Some(dek_id), Some(sealed)) = (row.dek_id, row.sealed_subject) else {
@@ -1094,16 +1230,18 @@ impl Vault {
     pub async fn shred_subject(
         &self,
         permit: &Permit,
+        call: &Arc<Call>,
         subject: SubjectId,
     ) -> Result<DeletionReceipt> {
         let tenant = permit.tenant()?.clone();
         let keys = self.keys.clone();
+        let c = call.clone();
         let receipt = self
-            .store
-            .write(move |conn| {
+            .mutate(call, move |conn| {
                 let t = tenant.as_str();
                 active_tenant(conn, &tenant)?;
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
+                c.set_resource(format!("subject:{}", hex::encode(blind)));
                 let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
                 let dek_id = row.dek_id.ok_or_else(subject_not_found)?;
                 let records = store::records_count_for_dek(conn, &dek_id)?;

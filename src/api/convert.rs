@@ -2,6 +2,7 @@
 //! optional request fields.
 
 use super::pb;
+use crate::audit;
 use crate::error::{Error, Result};
 use crate::ids::SubjectId;
 use crate::store::TenantState;
@@ -80,4 +81,21 @@ pub(super) fn receipt_from_pb(r: pb::DeletionReceipt) -> Result<DeletionReceipt>
         records_made_unreadable: r.records_made_unreadable,
         shredded_at: r.shredded_at_unix_ms,
     })
+}
+
+pub(super) fn audit_entry(e: audit::Entry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        seq: e.seq,
+        time_unix_ms: e.time,
+        request_id: e.request_id,
+        principal: e.principal,
+        tenant: e.tenant,
+        action: e.action,
+        resource: e.resource,
+        outcome: e.outcome,
+        code: e.code,
+        purpose: e.purpose,
+        peer: e.peer,
+        mac: hex::encode(e.mac),
+    }
 }

@@ -1,7 +1,9 @@
-//! The four `strongbox.v1` services. Every handler follows the same steps:
-//! authenticate, parse, authorize, call the vault, translate. `Api::begin`
-//! is the one place every call passes through (the audit entry of a later
-//! issue is written there and in the vault's write job).
+//! The `strongbox.v1` services. Every handler runs inside [`Api::handle`],
+//! the one place every call passes through: it opens the call's audit
+//! record, runs the handler (authenticate, parse, authorize, call the
+//! vault, translate), makes sure the call's audit entry is durable before
+//! any answer leaves (fail closed), and returns the request id in
+//! `x-request-id`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,15 +11,19 @@ use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert;
+use super::pb::tenant_service_server::TenantService;
+use super::pb::{self, audit_service_server::AuditService, record_service_server::RecordService};
 use super::pb::{
-    self, record_service_server::RecordService, subject_service_server::SubjectService,
+    principal_service_server::PrincipalService, subject_service_server::SubjectService,
 };
-use super::pb::{principal_service_server::PrincipalService, tenant_service_server::TenantService};
+use crate::audit::{self, Call};
 use crate::authz::{self, Action, Permit, Principal, Role};
+use crate::crypto;
 use crate::error::Error;
 use crate::ids::{self, Category, ContentType, PrincipalName, RecordKey, TenantId};
 use crate::vault::{PutRecord, RecordRef, Vault};
@@ -30,13 +36,76 @@ pub struct Api {
 
 type GrpcResult<T> = Result<Response<T>, Status>;
 
+/// Metadata naming why the caller acts; recorded in the audit log.
+const PURPOSE_HEADER: &str = "x-strongbox-purpose";
+const PURPOSE_MAX: usize = 256;
+
 impl Api {
     pub fn new(vault: Arc<Vault>) -> Self {
         Api { vault }
     }
 
+    /// Opens the audit record of a call.
+    fn open_call<T>(req: &Request<T>, action: &'static str) -> (Call, Result<(), Error>) {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (purpose, valid) = match req.metadata().get(PURPOSE_HEADER).map(|v| v.to_str()) {
+            None => (String::new(), Ok(())),
+            Some(Ok(p)) if p.len() <= PURPOSE_MAX && !p.chars().any(char::is_control) => {
+                (p.to_owned(), Ok(()))
+            }
+            Some(_) => (
+                "<invalid>".to_owned(),
+                Err(Error::invalid(
+                    "x-strongbox-purpose",
+                    format!("must be printable ASCII of at most {PURPOSE_MAX} bytes"),
+                )),
+            ),
+        };
+        let request_id = hex::encode(crypto::random_bytes::<8>());
+        (Call::new(request_id, action, purpose, peer), valid)
+    }
+
+    /// Runs one call: `f` does the work; the audit entry is made durable
+    /// before the answer (success or error) is returned.
+    async fn handle<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        action: &'static str,
+        f: impl AsyncFnOnce(Arc<Call>, Request<Req>) -> Result<Resp, Error>,
+    ) -> GrpcResult<Resp> {
+        let (call, purpose_ok) = Self::open_call(&req, action);
+        let call = Arc::new(call);
+        let result = match purpose_ok {
+            Ok(()) => f(call.clone(), req).await,
+            Err(e) => Err(e),
+        };
+        // Fail closed: no answer, not even data already read, without its entry.
+        let outcome = audit::Outcome::of(&result);
+        let result = match self.vault.record(&call, outcome).await {
+            Ok(()) => result,
+            Err(e) => Err(e),
+        };
+        let id = MetadataValue::try_from(call.request_id.as_str()).ok();
+        match result {
+            Ok(v) => {
+                let mut resp = Response::new(v);
+                if let Some(id) = id {
+                    resp.metadata_mut().insert("x-request-id", id);
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                let mut status = Status::from(e);
+                if let Some(id) = id {
+                    status.metadata_mut().insert("x-request-id", id);
+                }
+                Err(status)
+            }
+        }
+    }
+
     /// Authenticates the caller from `authorization: Bearer <api key>`.
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Error> {
+    async fn caller<T>(&self, call: &Call, req: &Request<T>) -> Result<Principal, Error> {
         let value = req
             .metadata()
             .get("authorization")
@@ -50,19 +119,28 @@ impl Api {
             .ok_or(Error::Unauthenticated(
                 "authorization metadata must be 'Bearer sbk_…'",
             ))?;
-        self.vault.authenticate(bearer.trim()).await
+        let principal = self.vault.authenticate(bearer.trim()).await?;
+        call.set_principal(&principal.id);
+        if let Some(home) = &principal.tenant {
+            call.set_tenant(home.as_str());
+        }
+        Ok(principal)
     }
 
-    /// Authenticates and authorizes one call: the permit for `action` on
-    /// `tenant` (parsed from the request field of that name).
+    /// Authenticates and authorizes: the permit for `action` on `tenant`
+    /// (the request's field of that name, parsed here).
     async fn begin<T>(
         &self,
+        call: &Call,
         req: &Request<T>,
         action: Action,
         tenant: Option<&str>,
     ) -> Result<Permit, Error> {
-        let principal = self.caller(req).await?;
+        let principal = self.caller(call, req).await?;
         let tenant = tenant.map(TenantId::parse).transpose()?;
+        if let Some(t) = &tenant {
+            call.set_tenant(t.as_str());
+        }
         authz::authorize(&principal, action, tenant.as_ref())
     }
 }
@@ -70,58 +148,85 @@ impl Api {
 #[tonic::async_trait]
 impl TenantService for Api {
     async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> GrpcResult<pb::Tenant> {
-        let permit = self.begin(&req, Action::TenantCreate, None).await?;
-        let r = req.into_inner();
-        let tenant = TenantId::parse(&r.tenant)?;
-        let info = self.vault.create_tenant(&permit, tenant, r.name).await?;
-        Ok(Response::new(convert::tenant(info)))
+        self.handle(req, "tenant.create", async |call, req| {
+            let permit = self.begin(&call, &req, Action::TenantCreate, None).await?;
+            let r = req.into_inner();
+            let tenant = TenantId::parse(&r.tenant)?;
+            call.set_resource(format!("tenant:{tenant}"));
+            let info = self
+                .vault
+                .create_tenant(&permit, &call, tenant, r.name)
+                .await?;
+            Ok(convert::tenant(info))
+        })
+        .await
     }
 
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> GrpcResult<pb::Tenant> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self.begin(&req, Action::TenantGet, Some(&tenant)).await?;
-        Ok(Response::new(convert::tenant(
-            self.vault.get_tenant(&permit).await?,
-        )))
+        self.handle(req, "tenant.get", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::TenantGet, Some(&tenant))
+                .await?;
+            Ok(convert::tenant(self.vault.get_tenant(&permit).await?))
+        })
+        .await
     }
 
     async fn list_tenants(
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> GrpcResult<pb::ListTenantsResponse> {
-        let permit = self.begin(&req, Action::TenantList, None).await?;
-        let r = req.into_inner();
-        let size = ids::page_size(r.page_size)?;
-        let (tenants, next) = self.vault.list_tenants(&permit, size, r.page_token).await?;
-        Ok(Response::new(pb::ListTenantsResponse {
-            tenants: tenants.into_iter().map(convert::tenant).collect(),
-            next_page_token: next,
-        }))
+        self.handle(req, "tenant.list", async |call, req| {
+            let permit = self.begin(&call, &req, Action::TenantList, None).await?;
+            call.set_resource("tenants".into());
+            let r = req.into_inner();
+            let size = ids::page_size(r.page_size)?;
+            let (tenants, next) = self.vault.list_tenants(&permit, size, r.page_token).await?;
+            Ok(pb::ListTenantsResponse {
+                tenants: tenants.into_iter().map(convert::tenant).collect(),
+                next_page_token: next,
+            })
+        })
+        .await
     }
 
     async fn schedule_tenant_shred(
         &self,
         req: Request<pb::ScheduleTenantShredRequest>,
     ) -> GrpcResult<pb::Tenant> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self.begin(&req, Action::TenantShred, Some(&tenant)).await?;
-        let grace = req.get_ref().grace_seconds.map(Duration::from_secs);
-        Ok(Response::new(convert::tenant(
-            self.vault.schedule_tenant_shred(&permit, grace).await?,
-        )))
+        self.handle(req, "tenant.shred", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::TenantShred, Some(&tenant))
+                .await?;
+            let grace = req.get_ref().grace_seconds.map(Duration::from_secs);
+            Ok(convert::tenant(
+                self.vault
+                    .schedule_tenant_shred(&permit, &call, grace)
+                    .await?,
+            ))
+        })
+        .await
     }
 
     async fn cancel_tenant_shred(
         &self,
         req: Request<pb::CancelTenantShredRequest>,
     ) -> GrpcResult<pb::Tenant> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self
-            .begin(&req, Action::TenantCancelShred, Some(&tenant))
-            .await?;
-        Ok(Response::new(convert::tenant(
-            self.vault.cancel_tenant_shred(&permit).await?,
-        )))
+        self.handle(req, "tenant.cancel-shred", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::TenantCancelShred, Some(&tenant))
+                .await?;
+            Ok(convert::tenant(
+                self.vault.cancel_tenant_shred(&permit, &call).await?,
+            ))
+        })
+        .await
     }
 }
 
@@ -131,29 +236,37 @@ impl PrincipalService for Api {
         &self,
         req: Request<pb::CreatePrincipalRequest>,
     ) -> GrpcResult<pb::CreatePrincipalResponse> {
-        let principal = self.caller(&req).await?;
-        let r = req.into_inner();
-        let tenant = TenantId::parse(&r.tenant)?;
-        let name = PrincipalName::parse(&r.name)?;
-        let roles = r
-            .roles
-            .iter()
-            .map(|s| Role::parse(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Platform principals come in through the bootstrap-admin action;
-        // tenant principals through their admin role.
-        let action = if principal.tenant.is_none() {
-            Action::TenantBootstrapAdmin
-        } else {
-            Action::PrincipalCreate
-        };
-        let permit = authz::authorize(&principal, action, Some(&tenant))?;
-        let created = self.vault.create_principal(&permit, name, roles).await?;
-        Ok(Response::new(pb::CreatePrincipalResponse {
-            principal_id: created.principal_id,
-            key_id: created.key_id,
-            api_key: created.api_key.expose().to_owned(),
-        }))
+        self.handle(req, "principal.create", async |call, req| {
+            let principal = self.caller(&call, &req).await?;
+            let r = req.into_inner();
+            let tenant = TenantId::parse(&r.tenant)?;
+            call.set_tenant(tenant.as_str());
+            let name = PrincipalName::parse(&r.name)?;
+            call.set_resource(format!("principal:{}", name.as_str()));
+            let roles = r
+                .roles
+                .iter()
+                .map(|s| Role::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Platform principals come in through the bootstrap-admin action;
+            // tenant principals through their admin role.
+            let action = if principal.tenant.is_none() {
+                Action::TenantBootstrapAdmin
+            } else {
+                Action::PrincipalCreate
+            };
+            let permit = authz::authorize(&principal, action, Some(&tenant))?;
+            let created = self
+                .vault
+                .create_principal(&permit, &call, name, roles)
+                .await?;
+            Ok(pb::CreatePrincipalResponse {
+                principal_id: created.principal_id,
+                key_id: created.key_id,
+                api_key: created.api_key.expose().to_owned(),
+            })
+        })
+        .await
     }
 }
 
@@ -163,87 +276,105 @@ impl RecordService for Api {
         &self,
         req: Request<pb::PutRecordRequest>,
     ) -> GrpcResult<pb::PutRecordResponse> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self.begin(&req, Action::RecordPut, Some(&tenant)).await?;
-        let r = req.into_inner();
-        let put = PutRecord {
-            subject: convert::opt_subject(&r.subject)?,
-            category: Category::parse(&r.category)?,
-            key: RecordKey::parse(&r.key)?,
-            content_type: ContentType::parse(&r.content_type)?,
-            value: Zeroizing::new(r.value),
-            expected_version: r.expected_version,
-            reinstate_erased_subject: r.reinstate_erased_subject,
-        };
-        let version = self.vault.put_record(&permit, put).await?;
-        Ok(Response::new(pb::PutRecordResponse { version }))
+        self.handle(req, "record.put", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::RecordPut, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            let put = PutRecord {
+                subject: convert::opt_subject(&r.subject)?,
+                category: Category::parse(&r.category)?,
+                key: RecordKey::parse(&r.key)?,
+                content_type: ContentType::parse(&r.content_type)?,
+                value: Zeroizing::new(r.value),
+                expected_version: r.expected_version,
+                reinstate_erased_subject: r.reinstate_erased_subject,
+            };
+            let version = self.vault.put_record(&permit, &call, put).await?;
+            Ok(pb::PutRecordResponse { version })
+        })
+        .await
     }
 
     async fn get_record(&self, req: Request<pb::GetRecordRequest>) -> GrpcResult<pb::Record> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self.begin(&req, Action::RecordGet, Some(&tenant)).await?;
-        let r = req.into_inner();
-        let rref = RecordRef {
-            subject: convert::opt_subject(&r.subject)?,
-            category: Category::parse(&r.category)?,
-            key: RecordKey::parse(&r.key)?,
-        };
-        let value = self.vault.get_record(&permit, rref).await?;
-        Ok(Response::new(convert::record(&r.tenant, &r.subject, value)))
+        self.handle(req, "record.get", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::RecordGet, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            let rref = RecordRef {
+                subject: convert::opt_subject(&r.subject)?,
+                category: Category::parse(&r.category)?,
+                key: RecordKey::parse(&r.key)?,
+            };
+            let value = self.vault.get_record(&permit, &call, rref).await?;
+            Ok(convert::record(&r.tenant, &r.subject, value))
+        })
+        .await
     }
 
     async fn delete_record(
         &self,
         req: Request<pb::DeleteRecordRequest>,
     ) -> GrpcResult<pb::DeleteRecordResponse> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self
-            .begin(&req, Action::RecordDelete, Some(&tenant))
-            .await?;
-        let r = req.into_inner();
-        let rref = RecordRef {
-            subject: convert::opt_subject(&r.subject)?,
-            category: Category::parse(&r.category)?,
-            key: RecordKey::parse(&r.key)?,
-        };
-        let deleted_version = self
-            .vault
-            .delete_record(&permit, rref, r.expected_version)
-            .await?;
-        Ok(Response::new(pb::DeleteRecordResponse { deleted_version }))
+        self.handle(req, "record.delete", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::RecordDelete, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            let rref = RecordRef {
+                subject: convert::opt_subject(&r.subject)?,
+                category: Category::parse(&r.category)?,
+                key: RecordKey::parse(&r.key)?,
+            };
+            let deleted_version = self
+                .vault
+                .delete_record(&permit, &call, rref, r.expected_version)
+                .await?;
+            Ok(pb::DeleteRecordResponse { deleted_version })
+        })
+        .await
     }
 
     async fn list_records(
         &self,
         req: Request<pb::ListRecordsRequest>,
     ) -> GrpcResult<pb::ListRecordsResponse> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self.begin(&req, Action::RecordList, Some(&tenant)).await?;
-        let r = req.into_inner();
-        let subject = convert::opt_subject(&r.subject)?;
-        let category = (!r.category.is_empty())
-            .then(|| Category::parse(&r.category))
-            .transpose()?;
-        let size = ids::page_size(r.page_size)?;
-        let (records, next) = self
-            .vault
-            .list_records(&permit, subject, category, size, &r.page_token)
-            .await?;
-        Ok(Response::new(pb::ListRecordsResponse {
-            records: records
-                .into_iter()
-                .map(|i| pb::RecordInfo {
-                    subject_blind_id: hex::encode(i.subject_blind_id),
-                    category: i.category,
-                    key: i.key,
-                    version: i.version,
-                    content_type: i.content_type,
-                    size_bytes: i.size,
-                    updated_at_unix_ms: i.updated_at,
-                })
-                .collect(),
-            next_page_token: next,
-        }))
+        self.handle(req, "record.list", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::RecordList, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            let subject = convert::opt_subject(&r.subject)?;
+            let category = (!r.category.is_empty())
+                .then(|| Category::parse(&r.category))
+                .transpose()?;
+            let size = ids::page_size(r.page_size)?;
+            let (records, next) = self
+                .vault
+                .list_records(&permit, &call, subject, category, size, &r.page_token)
+                .await?;
+            Ok(pb::ListRecordsResponse {
+                records: records
+                    .into_iter()
+                    .map(|i| pb::RecordInfo {
+                        subject_blind_id: hex::encode(i.subject_blind_id),
+                        category: i.category,
+                        key: i.key,
+                        version: i.version,
+                        content_type: i.content_type,
+                        size_bytes: i.size,
+                        updated_at_unix_ms: i.updated_at,
+                    })
+                    .collect(),
+                next_page_token: next,
+            })
+        })
+        .await
     }
 }
 
@@ -257,63 +388,150 @@ impl SubjectService for Api {
         &self,
         req: Request<pb::ExportSubjectRequest>,
     ) -> GrpcResult<ExportStream> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self
-            .begin(&req, Action::SubjectExport, Some(&tenant))
-            .await?;
-        let r = req.into_inner();
-        let subject = convert::subject(&r.subject)?;
-        let (header, records) = self.vault.export_subject(&permit, subject).await?;
-        use pb::export_subject_response::Item;
-        let subject_id = header.subject.to_string();
-        let head = pb::ExportSubjectResponse {
-            item: Some(Item::Header(pb::SubjectHeader {
-                tenant: r.tenant.clone(),
-                subject: subject_id.clone(),
-                subject_blind_id: hex::encode(header.subject_blind_id),
-                created_at_unix_ms: header.created_at,
-            })),
-        };
-        let tenant = r.tenant;
-        let rest = ReceiverStream::new(records).map(move |item| {
-            item.map(|v| pb::ExportSubjectResponse {
-                item: Some(Item::Record(convert::record(&tenant, &subject_id, v))),
-            })
-            .map_err(Status::from)
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::once(Ok(head)).chain(rest),
-        )))
+        self.handle(req, "subject.export", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::SubjectExport, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            let subject = convert::subject(&r.subject)?;
+            let (header, records) = self.vault.export_subject(&permit, &call, subject).await?;
+            use pb::export_subject_response::Item;
+            let subject_id = header.subject.to_string();
+            let head = pb::ExportSubjectResponse {
+                item: Some(Item::Header(pb::SubjectHeader {
+                    tenant: r.tenant.clone(),
+                    subject: subject_id.clone(),
+                    subject_blind_id: hex::encode(header.subject_blind_id),
+                    created_at_unix_ms: header.created_at,
+                })),
+            };
+            let tenant = r.tenant;
+            let rest = ReceiverStream::new(records).map(move |item| {
+                item.map(|v| pb::ExportSubjectResponse {
+                    item: Some(Item::Record(convert::record(&tenant, &subject_id, v))),
+                })
+                .map_err(Status::from)
+            });
+            Ok(Box::pin(tokio_stream::once(Ok(head)).chain(rest)) as ExportStream)
+        })
+        .await
     }
 
     async fn shred_subject(
         &self,
         req: Request<pb::ShredSubjectRequest>,
     ) -> GrpcResult<pb::DeletionReceipt> {
-        let tenant = req.get_ref().tenant.clone();
-        let permit = self
-            .begin(&req, Action::SubjectShred, Some(&tenant))
-            .await?;
-        let subject = convert::subject(&req.get_ref().subject)?;
-        let receipt = self.vault.shred_subject(&permit, subject).await?;
-        Ok(Response::new(convert::receipt_to_pb(receipt)))
+        self.handle(req, "subject.shred", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::SubjectShred, Some(&tenant))
+                .await?;
+            let subject = convert::subject(&req.get_ref().subject)?;
+            let receipt = self.vault.shred_subject(&permit, &call, subject).await?;
+            Ok(convert::receipt_to_pb(receipt))
+        })
+        .await
     }
 
     async fn verify_receipt(
         &self,
         req: Request<pb::VerifyReceiptRequest>,
     ) -> GrpcResult<pb::VerifyReceiptResponse> {
-        let tenant = req
-            .get_ref()
-            .receipt
-            .as_ref()
-            .map(|r| r.tenant.clone())
-            .ok_or_else(|| Error::invalid("receipt", "is required"))?;
-        let permit = self
-            .begin(&req, Action::ReceiptVerify, Some(&tenant))
-            .await?;
-        let receipt = convert::receipt_from_pb(req.into_inner().receipt.unwrap_or_default())?;
-        let valid = self.vault.verify_receipt(&permit, receipt).await?;
-        Ok(Response::new(pb::VerifyReceiptResponse { valid }))
+        self.handle(req, "receipt.verify", async |call, req| {
+            let receipt = req
+                .get_ref()
+                .receipt
+                .clone()
+                .ok_or_else(|| Error::invalid("receipt", "is required"))?;
+            call.set_resource(format!("receipt:{}", receipt.receipt_id));
+            let permit = self
+                .begin(&call, &req, Action::ReceiptVerify, Some(&receipt.tenant))
+                .await?;
+            let valid = self
+                .vault
+                .verify_receipt(&permit, convert::receipt_from_pb(receipt)?)
+                .await?;
+            Ok(pb::VerifyReceiptResponse { valid })
+        })
+        .await
+    }
+}
+
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for Api {
+    type ListAuditEntriesStream = AuditStream;
+
+    async fn list_audit_entries(
+        &self,
+        req: Request<pb::ListAuditEntriesRequest>,
+    ) -> GrpcResult<AuditStream> {
+        self.handle(req, "audit.list", async |call, req| {
+            let r = req.get_ref().clone();
+            let tenant = (!r.tenant.is_empty()).then_some(r.tenant.as_str());
+            let principal = self.caller(&call, &req).await?;
+            let tenant = tenant.map(TenantId::parse).transpose()?;
+            // An auditor's query is about its own tenant; naming another is
+            // answered as for a tenant that does not exist.
+            let permit = authz::authorize(&principal, Action::AuditList, tenant.as_ref())?;
+            call.set_resource("audit".into());
+            let limit = match r.limit {
+                0 => 1000,
+                n if n <= 10_000 => n as usize,
+                n => {
+                    return Err(Error::invalid(
+                        "limit",
+                        format!("must be at most 10000, got {n}"),
+                    ));
+                }
+            };
+            let outcome = (!r.outcome.is_empty()).then_some(r.outcome);
+            if let Some(o) = &outcome
+                && !["ok", "denied", "failed"].contains(&o.as_str())
+            {
+                return Err(Error::invalid("outcome", "must be ok, denied or failed"));
+            }
+            let filter = audit::Filter {
+                tenant: tenant.map(|t| t.as_str().to_owned()),
+                since: (r.since_unix_ms != 0).then_some(r.since_unix_ms),
+                until: (r.until_unix_ms != 0).then_some(r.until_unix_ms),
+                principal: (!r.principal.is_empty()).then_some(r.principal),
+                action: (!r.action.is_empty()).then_some(r.action),
+                outcome,
+            };
+            let entries = self
+                .vault
+                .audit_entries(&permit, filter, r.after_seq, limit)
+                .await?;
+            let items: Vec<Result<pb::AuditEntry, Status>> = entries
+                .into_iter()
+                .map(|e| Ok(convert::audit_entry(e)))
+                .collect();
+            Ok(Box::pin(tokio_stream::iter(items)) as AuditStream)
+        })
+        .await
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> GrpcResult<pb::VerifyAuditResponse> {
+        self.handle(req, "audit.verify", async |call, req| {
+            let permit = self.begin(&call, &req, Action::AuditVerify, None).await?;
+            call.set_resource("audit".into());
+            let report = self.vault.verify_audit(&permit).await?;
+            let (first_bad_seq, problem) = report.problem.unwrap_or_default();
+            Ok(pb::VerifyAuditResponse {
+                ok: problem.is_empty(),
+                entries: report.entries,
+                head_seq: report.head_seq,
+                head: hex::encode(report.head),
+                first_bad_seq,
+                problem,
+            })
+        })
+        .await
     }
 }

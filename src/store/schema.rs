@@ -7,7 +7,8 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -107,7 +108,37 @@ CREATE TABLE receipts (
     mac         BLOB NOT NULL,
     created_at  INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The audit trail (see src/audit.rs): a MAC chain, one row per call.
+CREATE TABLE audit_log (
+    seq         INTEGER PRIMARY KEY,
+    time        INTEGER NOT NULL,
+    request_id  TEXT NOT NULL,
+    principal   TEXT NOT NULL,
+    tenant      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    code        INTEGER NOT NULL,
+    purpose     TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    mac         BLOB NOT NULL
+);
+CREATE INDEX audit_by_tenant ON audit_log (tenant, seq);
+CREATE INDEX audit_by_time ON audit_log (time);
+
+-- Every 1000th entry's (seq, MAC), MAC'd: pruning cuts only here.
+CREATE TABLE audit_checkpoints (
+    seq   INTEGER PRIMARY KEY,
+    head  BLOB NOT NULL,
+    time  INTEGER NOT NULL,
+    mac   BLOB NOT NULL
+);
+
+ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+"#,
+];
 
 /// Brings the database up to the latest schema version in one transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

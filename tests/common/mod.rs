@@ -3,6 +3,8 @@
 //! real gRPC API.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod rpcs;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,0 +1,527 @@
+//! The tamper-evident audit trail: one entry per call, allowed, denied or
+//! failed, in a MAC chain keyed by an audit key held under the root key.
+//!
+//! Entry `n`'s MAC is `HMAC(audit key, prev_mac || canonical(entry n))`, so
+//! editing, deleting or reordering entries breaks the chain, and forging a
+//! chain needs the audit key (a plain hash, recomputed, does not verify).
+//! The head row (`meta.audit_head`: last sequence number and MAC, itself
+//! MAC'd) is rewritten in the same transaction as every entry, so cutting
+//! off the tail is detected too. Every `CHECKPOINT_EVERY` entries a MAC'd
+//! checkpoint `(seq, head)` is stored; pruning old entries may only cut at
+//! a checkpoint, from which verification then starts.
+//!
+//! Entries never hold record values, plaintext subject ids or secrets:
+//! subjects appear as blind ids.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::crypto::{self, SecretKey};
+use crate::error::{Error, Result};
+
+/// A checkpoint is written at every multiple of this sequence number.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+const HEAD_META: &str = "audit_head";
+const BASE_META: &str = "audit_base";
+const GENESIS: [u8; 32] = [0; 32];
+
+/// How a call ended, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Refused: no or bad credentials, or a role that does not allow it.
+    Denied,
+    /// Any other error.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// The outcome and gRPC code of a call's result.
+    pub fn of<T>(result: &Result<T>) -> (Self, i32) {
+        match result {
+            Ok(_) => (Outcome::Ok, 0),
+            Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
+                (Outcome::Denied, e.grpc_code())
+            }
+            Err(e) => (Outcome::Failed, e.grpc_code()),
+        }
+    }
+}
+
+/// One audit entry as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub time: i64,
+    pub request_id: String,
+    pub principal: String,
+    pub tenant: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub code: i32,
+    pub purpose: String,
+    pub peer: String,
+    pub mac: Vec<u8>,
+}
+
+impl Entry {
+    /// The bytes the MAC covers, after the previous entry's MAC.
+    fn canonical(&self, prev_mac: &[u8]) -> Vec<u8> {
+        crypto::encode_fields(&[
+            b"strongbox/v1/audit-entry",
+            prev_mac,
+            &self.seq.to_be_bytes(),
+            &self.time.to_be_bytes(),
+            self.request_id.as_bytes(),
+            self.principal.as_bytes(),
+            self.tenant.as_bytes(),
+            self.action.as_bytes(),
+            self.resource.as_bytes(),
+            self.outcome.as_bytes(),
+            &self.code.to_be_bytes(),
+            self.purpose.as_bytes(),
+            self.peer.as_bytes(),
+        ])
+    }
+}
+
+/// One call being served: what its audit entry will say. Made by `api`
+/// when the call arrives; filled in as the caller, tenant and resource
+/// become known; recorded exactly once.
+#[derive(Debug)]
+pub struct Call {
+    pub request_id: String,
+    pub time: i64,
+    pub action: &'static str,
+    pub purpose: String,
+    pub peer: String,
+    who: Mutex<Who>,
+    recorded: AtomicBool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Who {
+    principal: String,
+    tenant: String,
+    resource: String,
+}
+
+impl Call {
+    pub fn new(request_id: String, action: &'static str, purpose: String, peer: String) -> Self {
+        Call {
+            request_id,
+            time: crate::now_ms(),
+            action,
+            purpose,
+            peer,
+            who: Mutex::default(),
+            recorded: AtomicBool::new(false),
+        }
+    }
+
+    /// A call the server makes itself (housekeeping), recorded as
+    /// principal `system`.
+    pub fn system(action: &'static str) -> Self {
+        let call = Call::new(
+            hex::encode(crypto::random_bytes::<8>()),
+            action,
+            String::new(),
+            "internal".into(),
+        );
+        call.set_principal("system");
+        call
+    }
+
+    fn who(&self) -> std::sync::MutexGuard<'_, Who> {
+        self.who.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_principal(&self, id: &str) {
+        self.who().principal = id.to_owned();
+    }
+
+    pub fn set_tenant(&self, tenant: &str) {
+        self.who().tenant = tenant.to_owned();
+    }
+
+    /// What the call touches: never a value or a plaintext subject id.
+    pub fn set_resource(&self, resource: String) {
+        self.who().resource = resource;
+    }
+
+    /// Whether the call's entry has been committed.
+    pub fn is_recorded(&self) -> bool {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    /// Marks the entry committed (after the transaction holding it commits).
+    pub fn mark_recorded(&self) {
+        self.recorded.store(true, Ordering::Release);
+    }
+
+    /// The entry for this call with `outcome` and `code` (no seq or MAC yet).
+    pub fn entry(&self, outcome: Outcome, code: i32) -> Entry {
+        let who = self.who().clone();
+        Entry {
+            seq: 0,
+            time: self.time,
+            request_id: self.request_id.clone(),
+            principal: who.principal,
+            tenant: who.tenant,
+            action: self.action.to_owned(),
+            resource: who.resource,
+            outcome: outcome.as_str().to_owned(),
+            code,
+            purpose: self.purpose.clone(),
+            peer: self.peer.clone(),
+            mac: Vec::new(),
+        }
+    }
+}
+
+fn head_mac(key: &SecretKey, label: &[u8], seq: u64, head: &[u8]) -> [u8; 32] {
+    crypto::hmac_sha256(
+        key,
+        &[&crypto::encode_fields(&[label, &seq.to_be_bytes(), head])],
+    )
+}
+
+/// A stored head or base row: a sequence number, the chain MAC there, and
+/// the row's own MAC.
+struct Pointer {
+    seq: u64,
+    head: Vec<u8>,
+    mac: Vec<u8>,
+}
+
+fn read_pointer(conn: &Connection, name: &str) -> Result<Option<Pointer>> {
+    let Some(raw) = crate::store::meta_get(conn, name)? else {
+        return Ok(None);
+    };
+    if raw.len() != 8 + 32 + 32 {
+        return Err(Error::Corrupt(format!(
+            "audit: the {name} row is malformed"
+        )));
+    }
+    let seq = u64::from_be_bytes(
+        raw[..8]
+            .try_into()
+            .map_err(|_| Error::Corrupt("audit head".into()))?,
+    );
+    Ok(Some(Pointer {
+        seq,
+        head: raw[8..40].to_vec(),
+        mac: raw[40..].to_vec(),
+    }))
+}
+
+fn write_pointer(
+    conn: &Connection,
+    key: &SecretKey,
+    name: &str,
+    label: &[u8],
+    seq: u64,
+    head: &[u8],
+) -> Result<()> {
+    let mut raw = seq.to_be_bytes().to_vec();
+    raw.extend_from_slice(head);
+    raw.extend_from_slice(&head_mac(key, label, seq, head));
+    crate::store::meta_put(conn, name, &raw)
+}
+
+/// Appends `entry` to the chain in the caller's transaction; returns its
+/// sequence number. Any failure is `Unavailable`: the caller's transaction
+/// must then be rolled back (fail closed).
+pub fn append(conn: &Connection, key: &SecretKey, mut entry: Entry) -> Result<u64> {
+    let mut inner = || -> Result<u64> {
+        let (prev_seq, prev_mac) = match read_pointer(conn, HEAD_META)? {
+            Some(p) => (p.seq, p.head),
+            None => (0, GENESIS.to_vec()),
+        };
+        entry.seq = prev_seq + 1;
+        entry.mac = crypto::hmac_sha256(key, &[&entry.canonical(&prev_mac)]).to_vec();
+        conn.prepare_cached(
+            "INSERT INTO audit_log (seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            entry.seq as i64,
+            entry.time,
+            entry.request_id,
+            entry.principal,
+            entry.tenant,
+            entry.action,
+            entry.resource,
+            entry.outcome,
+            entry.code,
+            entry.purpose,
+            entry.peer,
+            entry.mac
+        ])?;
+        write_pointer(
+            conn,
+            key,
+            HEAD_META,
+            b"strongbox/v1/audit-head",
+            entry.seq,
+            &entry.mac,
+        )?;
+        if entry.seq.is_multiple_of(CHECKPOINT_EVERY) {
+            conn.prepare_cached(
+                "INSERT INTO audit_checkpoints (seq, head, time, mac) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                entry.seq as i64,
+                entry.mac,
+                entry.time,
+                head_mac(key, b"strongbox/v1/audit-checkpoint", entry.seq, &entry.mac).to_vec()
+            ])?;
+        }
+        Ok(entry.seq)
+    };
+    inner().map_err(|e| {
+        Error::Unavailable(format!(
+            "audit: the call cannot be recorded, so nothing was done ({e})"
+        ))
+    })
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Entries checked.
+    pub entries: u64,
+    /// Sequence number and MAC of the last entry.
+    pub head_seq: u64,
+    pub head: Vec<u8>,
+    /// The first bad sequence number and what is wrong, if any.
+    pub problem: Option<(u64, String)>,
+}
+
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        seq: r.get::<_, i64>(0)? as u64,
+        time: r.get(1)?,
+        request_id: r.get(2)?,
+        principal: r.get(3)?,
+        tenant: r.get(4)?,
+        action: r.get(5)?,
+        resource: r.get(6)?,
+        outcome: r.get(7)?,
+        code: r.get(8)?,
+        purpose: r.get(9)?,
+        peer: r.get(10)?,
+        mac: r.get(11)?,
+    })
+}
+
+const ENTRY_COLS: &str =
+    "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac";
+
+/// Walks the whole chain from its base and checks every MAC, the sequence,
+/// every checkpoint and the head row.
+pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
+    let (mut expected, mut prev) = match read_pointer(conn, BASE_META)? {
+        Some(Pointer { seq, head, mac }) => {
+            if !crypto::ct_eq(&mac, &head_mac(key, b"strongbox/v1/audit-base", seq, &head)) {
+                return Ok(bad(
+                    0,
+                    seq,
+                    head,
+                    "the pruning base row's MAC does not match".into(),
+                ));
+            }
+            (seq + 1, head)
+        }
+        None => (1, GENESIS.to_vec()),
+    };
+    let checkpoints: std::collections::HashMap<u64, (Vec<u8>, Vec<u8>)> = conn
+        .prepare("SELECT seq, head, mac FROM audit_checkpoints")?
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, (r.get(1)?, r.get(2)?)))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut entries = 0u64;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ENTRY_COLS} FROM audit_log WHERE seq >= ?1 ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query([expected as i64])?;
+    while let Some(row) = rows.next()? {
+        let e = entry_row(row)?;
+        if e.seq != expected {
+            return Ok(bad(
+                entries,
+                expected,
+                prev,
+                format!(
+                    "entry {expected} is missing (the sequence jumps to {})",
+                    e.seq
+                ),
+            ));
+        }
+        let mac = crypto::hmac_sha256(key, &[&e.canonical(&prev)]);
+        if !crypto::ct_eq(&mac, &e.mac) {
+            return Ok(bad(
+                entries,
+                e.seq,
+                prev,
+                format!(
+                    "entry {}'s MAC does not match: it was edited, reordered or replaced, or entry {} was",
+                    e.seq,
+                    e.seq - 1
+                ),
+            ));
+        }
+        if let Some((head, cmac)) = checkpoints.get(&e.seq) {
+            let ok = crypto::ct_eq(head, &e.mac)
+                && crypto::ct_eq(
+                    cmac,
+                    &head_mac(key, b"strongbox/v1/audit-checkpoint", e.seq, head),
+                );
+            if !ok {
+                return Ok(bad(
+                    entries,
+                    e.seq,
+                    prev,
+                    format!("checkpoint {} does not match the chain", e.seq),
+                ));
+            }
+        }
+        prev = e.mac;
+        entries += 1;
+        expected += 1;
+    }
+    let last = expected - 1;
+    if let Some(beyond) = checkpoints.keys().copied().filter(|s| *s > last).min() {
+        return Ok(bad(
+            entries,
+            last + 1,
+            prev,
+            format!(
+                "the log is truncated: a checkpoint exists at {beyond} but the last entry is {last}"
+            ),
+        ));
+    }
+    match read_pointer(conn, HEAD_META)? {
+        None if entries == 0 => {}
+        None => {
+            return Ok(bad(
+                entries,
+                last,
+                prev,
+                "the audit head row is missing".into(),
+            ));
+        }
+        Some(Pointer { seq, head, mac }) => {
+            if !crypto::ct_eq(&mac, &head_mac(key, b"strongbox/v1/audit-head", seq, &head)) {
+                return Ok(bad(
+                    entries,
+                    seq,
+                    prev,
+                    "the audit head row's MAC does not match".into(),
+                ));
+            }
+            if seq != last || !crypto::ct_eq(&head, &prev) {
+                return Ok(bad(
+                    entries,
+                    last + 1,
+                    prev,
+                    format!(
+                        "the log is truncated or rolled back: the head is entry {seq} but the chain ends at {last}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Report {
+        entries,
+        head_seq: last,
+        head: prev,
+        problem: None,
+    })
+}
+
+fn bad(entries: u64, seq: u64, head: Vec<u8>, what: String) -> Report {
+    Report {
+        entries,
+        head_seq: seq.saturating_sub(1),
+        head,
+        problem: Some((seq, what)),
+    }
+}
+
+/// Which entries a query wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// `Some("")` means platform entries only.
+    pub tenant: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+}
+
+/// Up to `limit` entries matching `f` with sequence numbers above `after`.
+pub fn list(conn: &Connection, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > ?1
+           AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4)
+           AND (?5 IS NULL OR principal = ?5) AND (?6 IS NULL OR action = ?6) AND (?7 IS NULL OR outcome = ?7)
+         ORDER BY seq LIMIT ?8"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            after as i64,
+            f.tenant,
+            f.since,
+            f.until,
+            f.principal,
+            f.action,
+            f.outcome,
+            limit as i64
+        ],
+        entry_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Deletes entries older than `before` (Unix ms), cutting only at the
+/// newest checkpoint that is entirely older, which becomes the base that
+/// verification starts from. Returns the entries deleted.
+pub fn prune(conn: &Connection, key: &SecretKey, before: i64) -> Result<u64> {
+    let cut: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT c.seq, c.head FROM audit_checkpoints c
+             WHERE NOT EXISTS (SELECT 1 FROM audit_log l WHERE l.seq <= c.seq AND l.time >= ?1)
+               AND EXISTS (SELECT 1 FROM audit_log l WHERE l.seq = c.seq)
+             ORDER BY c.seq DESC LIMIT 1",
+            [before],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((seq, head)) = cut else {
+        return Ok(0);
+    };
+    let n = conn.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq])?;
+    write_pointer(
+        conn,
+        key,
+        BASE_META,
+        b"strongbox/v1/audit-base",
+        seq as u64,
+        &head,
+    )?;
+    Ok(n as u64)
+}

@@ -1,0 +1,254 @@
+//! Every RPC of the API, callable by name with valid arguments: the role
+//! matrix and the one-audit-entry-per-call test both walk this table.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use prost::Message;
+use strongbox::api::pb;
+use strongbox::client::Client;
+use tonic::{Response, Status};
+
+use super::{TestServer, get, put, put_ok};
+
+/// The request id a call was answered with (success or failure).
+pub fn request_id<T>(r: &Result<Response<T>, Status>) -> String {
+    let md = match r {
+        Ok(resp) => resp.metadata(),
+        Err(s) => s.metadata(),
+    };
+    md.get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Keeps the request id, drops the body.
+fn rid<T>(r: Result<Response<T>, Status>) -> Result<String, Status> {
+    let id = request_id(&r);
+    r.map(|_| id.clone()).map_err(|mut s| {
+        if let Ok(v) = id.parse() {
+            s.metadata_mut().insert("x-request-id", v);
+        }
+        s
+    })
+}
+
+/// Order matters: the shred is scheduled late and cancelled last.
+pub const RPC_ORDER: &[&str] = &[
+    "CreateTenant",
+    "ListTenants",
+    "GetTenant",
+    "CreatePrincipal",
+    "PutRecord",
+    "GetRecord",
+    "ListRecords",
+    "DeleteRecord",
+    "ExportSubject",
+    "VerifyReceipt",
+    "ShredSubject",
+    "ListAuditEntries",
+    "VerifyAudit",
+    "ScheduleTenantShred",
+    "CancelTenantShred",
+];
+
+pub fn rpcs_from_descriptors() -> BTreeSet<String> {
+    let fds = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+    fds.file
+        .iter()
+        .flat_map(|f| f.service.iter())
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+        .collect()
+}
+
+pub struct Ctx {
+    pub tenant: String,
+    /// A tenant with no admin yet, for the operator's bootstrap call.
+    pub fresh_tenant: String,
+    pub receipt: pb::DeletionReceipt,
+}
+
+pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String, Status> {
+    let t = ctx.tenant.clone();
+    match rpc {
+        "CreateTenant" => rid(c
+            .tenants()
+            .create_tenant(pb::CreateTenantRequest {
+                tenant: format!("new-by-{role}"),
+                name: String::new(),
+            })
+            .await),
+        "ListTenants" => rid(c
+            .tenants()
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await),
+        "GetTenant" => rid(c
+            .tenants()
+            .get_tenant(pb::GetTenantRequest { tenant: t })
+            .await),
+        "CreatePrincipal" => {
+            let (tenant, roles) = if role == "operator" {
+                (ctx.fresh_tenant.clone(), vec!["admin".to_string()])
+            } else {
+                (t, vec!["reader".to_string()])
+            };
+            rid(c
+                .principals()
+                .create_principal(pb::CreatePrincipalRequest {
+                    tenant,
+                    name: format!("made-by-{role}"),
+                    roles,
+                })
+                .await)
+        }
+        "PutRecord" => rid(c
+            .records()
+            .put_record(put(&t, "alice", "contact", "new", b"v"))
+            .await),
+        "GetRecord" => rid(c
+            .records()
+            .get_record(get(&t, "alice", "contact", "email"))
+            .await),
+        "ListRecords" => rid(c
+            .records()
+            .list_records(pb::ListRecordsRequest {
+                tenant: t,
+                ..Default::default()
+            })
+            .await),
+        "DeleteRecord" => rid(c
+            .records()
+            .delete_record(pb::DeleteRecordRequest {
+                tenant: t,
+                subject: "alice".into(),
+                category: "contact".into(),
+                key: "to-delete".into(),
+                expected_version: None,
+            })
+            .await),
+        "ExportSubject" => {
+            let r = c
+                .subjects()
+                .export_subject(pb::ExportSubjectRequest {
+                    tenant: t,
+                    subject: "alice".into(),
+                })
+                .await;
+            let id = rid_ref(&r);
+            let mut s = r?.into_inner();
+            while s.message().await?.is_some() {}
+            Ok(id)
+        }
+        "VerifyReceipt" => {
+            let r = c
+                .subjects()
+                .verify_receipt(pb::VerifyReceiptRequest {
+                    receipt: Some(ctx.receipt.clone()),
+                })
+                .await;
+            if let Ok(v) = &r {
+                assert!(v.get_ref().valid, "a genuine receipt verifies");
+            }
+            rid(r)
+        }
+        "ShredSubject" => rid(c
+            .subjects()
+            .shred_subject(pb::ShredSubjectRequest {
+                tenant: t,
+                subject: "victim".into(),
+            })
+            .await),
+        "ListAuditEntries" => {
+            let r = c
+                .audit()
+                .list_audit_entries(pb::ListAuditEntriesRequest {
+                    tenant: t,
+                    ..Default::default()
+                })
+                .await;
+            let id = rid_ref(&r);
+            let mut s = r?.into_inner();
+            while s.message().await?.is_some() {}
+            Ok(id)
+        }
+        "VerifyAudit" => {
+            let r = c.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+            if let Ok(v) = &r {
+                assert!(
+                    v.get_ref().ok,
+                    "the chain verifies: {}",
+                    v.get_ref().problem
+                );
+            }
+            rid(r)
+        }
+        "ScheduleTenantShred" => rid(c
+            .tenants()
+            .schedule_tenant_shred(pb::ScheduleTenantShredRequest {
+                tenant: t,
+                grace_seconds: Some(3600),
+            })
+            .await),
+        "CancelTenantShred" => rid(c
+            .tenants()
+            .cancel_tenant_shred(pb::CancelTenantShredRequest { tenant: t })
+            .await),
+        other => panic!("no call for RPC {other}: add it to tests/common/rpcs.rs"),
+    }
+}
+
+/// The request id of a streaming call's first answer.
+fn rid_ref<T>(r: &Result<Response<T>, Status>) -> String {
+    request_id(r)
+}
+
+/// A tenant seeded with records, a shreddable subject and a receipt, and a
+/// client for `role` in it.
+pub async fn setup(s: &TestServer, role: &str) -> (Client, Ctx) {
+    let tenant = format!("t-{role}");
+    let admin = s.tenant(&tenant).await;
+    let seed = s
+        .principal(&admin, &tenant, "seed", &["writer", "privacy-officer"])
+        .await;
+    for (subject, key) in [
+        ("alice", "email"),
+        ("alice", "to-delete"),
+        ("victim", "email"),
+        ("gone", "email"),
+    ] {
+        put_ok(&seed, &tenant, subject, "contact", key, b"value").await;
+    }
+    let receipt = seed
+        .subjects()
+        .shred_subject(pb::ShredSubjectRequest {
+            tenant: tenant.clone(),
+            subject: "gone".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fresh_tenant = format!("fresh-{role}");
+    s.operator()
+        .await
+        .tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: fresh_tenant.clone(),
+            name: String::new(),
+        })
+        .await
+        .unwrap();
+    let client = match role {
+        "operator" => s.operator().await,
+        "admin" => admin.clone(),
+        r => s.principal(&admin, &tenant, r, &[r]).await,
+    };
+    (
+        client,
+        Ctx {
+            tenant,
+            fresh_tenant,
+            receipt,
+        },
+    )
+}
