@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use strongbox::audit::{Call, Outcome};
 use strongbox::authz::{self, Action, Principal, Role};
 use strongbox::crypto::{self, SecretKey, label};
 use strongbox::ids::{Category, ContentType, RecordKey, SubjectId, TenantId};
@@ -35,6 +36,14 @@ fn seal_open(c: &mut Criterion) {
     g.finish();
 }
 
+/// A call's audit record, as `api` opens one.
+fn call(action: &'static str) -> Arc<Call> {
+    let c = Call::new("bench".into(), action, String::new(), "127.0.0.1:1".into());
+    c.set_principal("u");
+    c.set_tenant("bench");
+    Arc::new(c)
+}
+
 fn vault_put_get(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -63,8 +72,13 @@ fn vault_put_get(c: &mut Criterion) {
         roles: vec![Role::Writer, Role::Reader],
     };
     let create = authz::authorize(&operator, Action::TenantCreate, None).unwrap();
-    rt.block_on(vault.create_tenant(&create, tenant.clone(), String::new()))
-        .unwrap();
+    rt.block_on(vault.create_tenant(
+        &create,
+        &call("tenant.create"),
+        tenant.clone(),
+        String::new(),
+    ))
+    .unwrap();
     let put_permit = authz::authorize(&user, Action::RecordPut, Some(&tenant)).unwrap();
     let get_permit = authz::authorize(&user, Action::RecordGet, Some(&tenant)).unwrap();
     let value = vec![0x17u8; 1024];
@@ -78,7 +92,8 @@ fn vault_put_get(c: &mut Criterion) {
         reinstate_erased_subject: false,
     };
     for i in 0..1000 {
-        rt.block_on(vault.put_record(&put_permit, put(i))).unwrap();
+        rt.block_on(vault.put_record(&put_permit, &call("record.put"), put(i)))
+            .unwrap();
     }
     let mut g = c.benchmark_group("vault");
     g.throughput(Throughput::Elements(1));
@@ -86,7 +101,8 @@ fn vault_put_get(c: &mut Criterion) {
     g.bench_function("put 1KiB (one at a time, fsync each)", |b| {
         b.iter(|| {
             n += 1;
-            rt.block_on(vault.put_record(&put_permit, put(n))).unwrap()
+            rt.block_on(vault.put_record(&put_permit, &call("record.put"), put(n)))
+                .unwrap()
         })
     });
     g.throughput(Throughput::Elements(64));
@@ -99,7 +115,9 @@ fn vault_put_get(c: &mut Criterion) {
                         let (v, p) = (vault.clone(), put(n));
                         let permit =
                             authz::authorize(&user, Action::RecordPut, Some(&tenant)).unwrap();
-                        tokio::spawn(async move { v.put_record(&permit, p).await.unwrap() })
+                        tokio::spawn(async move {
+                            v.put_record(&permit, &call("record.put"), p).await.unwrap()
+                        })
                     })
                     .collect();
                 for t in tasks {
@@ -118,7 +136,13 @@ fn vault_put_get(c: &mut Criterion) {
                 category: Category::parse("bench").unwrap(),
                 key: RecordKey::parse(&format!("k{i}")).unwrap(),
             };
-            rt.block_on(vault.get_record(&get_permit, r)).unwrap()
+            // As the server does: the read, then its audit entry, durably.
+            rt.block_on(async {
+                let c = call("record.get");
+                let v = vault.get_record(&get_permit, &c, r).await.unwrap();
+                vault.record(&c, (Outcome::Ok, 0)).await.unwrap();
+                v
+            })
         })
     });
     g.finish();
