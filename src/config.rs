@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub read_connections: usize,
     /// How often due tenant shreds and row purges are looked for.
     pub housekeeping_interval: Duration,
+    /// Audit entries older than this are pruned (at a checkpoint); `None`
+    /// keeps them forever.
+    pub audit_retention: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +40,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             read_connections: 4,
             housekeeping_interval: Duration::from_secs(30),
+            audit_retention: None,
         }
     }
 }
@@ -52,6 +56,7 @@ struct FileConfig {
     tenant_shred_grace: Option<String>,
     read_connections: Option<usize>,
     housekeeping_interval: Option<String>,
+    audit_retention: Option<String>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -100,6 +105,9 @@ impl ServerConfig {
             }
             if let Some(i) = f.housekeeping_interval {
                 cfg.housekeeping_interval = duration("housekeeping_interval", &i)?;
+            }
+            if let Some(r) = f.audit_retention {
+                cfg.audit_retention = Some(duration("audit_retention", &r)?);
             }
         }
         if let Some(d) = data_dir {

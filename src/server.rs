@@ -131,6 +131,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     }));
     let housekeeping = tokio::spawn(housekeeping(
         vault.clone(),
+        cfg.audit_retention,
         cfg.housekeeping_interval,
         stopped,
     ));
@@ -148,6 +149,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
 /// and at once when a shred asks.
 async fn housekeeping(
     vault: Arc<Vault>,
+    audit_retention: Option<std::time::Duration>,
     every: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -165,6 +167,17 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
             Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
+        }
+        if let Some(keep) = audit_retention {
+            let before = crate::now_ms() - keep.as_millis() as i64;
+            match vault.prune_audit(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    entries = n,
+                    "pruned audit entries past retention (at a checkpoint)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::spawn_binary;
+use common::{random_hex, spawn_binary, spawn_binary_logging};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strongbox")
@@ -140,4 +140,119 @@ fn failures_exit_nonzero_with_the_status_on_stderr() {
     }
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+#[test]
+fn no_canary_in_the_server_log_or_the_audit_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    // The most verbose logging there is, every crate included.
+    let (mut server, endpoint) = spawn_binary_logging(&[], dir.path(), "trace", Some(&log));
+    let op_key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
+    let canary = format!("CANARY-{}", random_hex(20));
+    let subject = format!("canary-subject-{}@example.com", random_hex(8));
+    let run = |key: &str, args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .env("STRONGBOX_ENDPOINT", &endpoint)
+            .env("STRONGBOX_API_KEY", key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let op = op_key.trim();
+    run(op, &["tenant", "create", "t"]);
+    let admin = run(
+        op,
+        &[
+            "principal",
+            "create",
+            "--tenant",
+            "t",
+            "--role",
+            "admin",
+            "a",
+        ],
+    );
+    let user = run(
+        admin.trim(),
+        &[
+            "principal",
+            "create",
+            "--tenant",
+            "t",
+            "--role",
+            "writer",
+            "--role",
+            "reader",
+            "--role",
+            "privacy-officer",
+            "u",
+        ],
+    );
+    let user = user.trim();
+    let addr = [
+        "--tenant",
+        "t",
+        "--subject",
+        &subject,
+        "--category",
+        "contact",
+        "--key",
+        "email",
+    ];
+    run(
+        user,
+        &[&["record", "put"][..], &addr, &["--value", &canary]].concat(),
+    );
+    assert_eq!(run(user, &[&["record", "get"][..], &addr].concat()), canary);
+    run(
+        user,
+        &["subject", "export", "--tenant", "t", "--subject", &subject],
+    );
+    run(
+        user,
+        &["subject", "shred", "--tenant", "t", "--subject", &subject],
+    );
+
+    let verify = run(op, &["audit", "verify"]);
+    assert!(verify.starts_with("ok: "), "{verify}");
+    let lines = run(
+        op,
+        &["--json", "audit", "list", "--tenant", "t", "--since", "1h"],
+    );
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "subject.shred" && e["outcome"] == "ok")
+    );
+    assert!(entries.iter().any(|e| e["action"] == "record.get"));
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let log_text = std::fs::read(&log).unwrap();
+    assert!(log_text.len() > 1000, "trace logging produced output");
+    for (what, bytes) in [
+        ("server log", &log_text),
+        ("audit list", &lines.into_bytes()),
+    ] {
+        for needle in [canary.as_bytes(), subject.as_bytes(), b"canary-subject"] {
+            let found = bytes.windows(needle.len()).any(|w| w == needle);
+            assert!(!found, "{what} holds {:?}", String::from_utf8_lossy(needle));
+        }
+        // API keys do not leak either.
+        assert!(
+            !bytes.windows(user.len()).any(|w| w == user.as_bytes()),
+            "{what} holds an API key"
+        );
+    }
 }

@@ -55,8 +55,33 @@ pub enum Command {
     /// Export or shred everything about a subject (privacy officer).
     #[command(subcommand)]
     Subject(SubjectCmd),
+    /// Verify or query the audit trail (operator, auditor).
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Drive a running server with concurrent clients and report throughput.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Walk the MAC chain: `ok` with the count and head, or the first bad entry (exit 1).
+    Verify,
+    /// Print entries (JSON lines with --json, ready for a SIEM).
+    List {
+        /// Only this tenant's entries (an auditor always gets its own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only entries at or after this time: RFC 3339 (`2026-11-01T00:00:00Z`) or an age (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// ok, denied or failed.
+        #[arg(long)]
+        outcome: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]

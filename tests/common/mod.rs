@@ -311,14 +311,28 @@ pub fn spawn_binary(
     args: &[&std::ffi::OsStr],
     cwd: &std::path::Path,
 ) -> (std::process::Child, String) {
+    spawn_binary_logging(args, cwd, "warn", None)
+}
+
+/// As [`spawn_binary`], with `RUST_LOG=rust_log` and stderr written to `log`.
+pub fn spawn_binary_logging(
+    args: &[&std::ffi::OsStr],
+    cwd: &std::path::Path,
+    rust_log: &str,
+    log: Option<&std::path::Path>,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
+    let stderr = match log {
+        Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+        None => std::process::Stdio::null(),
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .current_dir(cwd)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
