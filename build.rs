@@ -15,6 +15,7 @@ const NO_DEBUG: &[&str] = &[
     ".strongbox.v1.ListRecordsRequest",
     ".strongbox.v1.Record",
     ".strongbox.v1.CreatePrincipalResponse",
+    ".strongbox.v1.CreateApiKeyResponse",
     ".strongbox.v1.ExportSubjectRequest",
     ".strongbox.v1.ExportSubjectResponse",
     ".strongbox.v1.SubjectHeader",

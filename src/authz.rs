@@ -80,6 +80,9 @@ pub enum Action {
     /// Create an admin in a tenant that has none (the operator's one way in).
     TenantBootstrapAdmin,
     PrincipalCreate,
+    PrincipalList,
+    ApiKeyCreate,
+    ApiKeyRevoke,
     RecordPut,
     RecordDelete,
     RecordGet,
@@ -92,7 +95,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 19] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -100,6 +103,9 @@ impl Action {
         Action::TenantCancelShred,
         Action::TenantBootstrapAdmin,
         Action::PrincipalCreate,
+        Action::PrincipalList,
+        Action::ApiKeyCreate,
+        Action::ApiKeyRevoke,
         Action::RecordPut,
         Action::RecordDelete,
         Action::RecordGet,
@@ -121,6 +127,9 @@ impl Action {
             Action::TenantCancelShred => "tenant.cancel-shred",
             Action::TenantBootstrapAdmin => "tenant.bootstrap-admin",
             Action::PrincipalCreate => "principal.create",
+            Action::PrincipalList => "principal.list",
+            Action::ApiKeyCreate => "api-key.create",
+            Action::ApiKeyRevoke => "api-key.revoke",
             Action::RecordPut => "record.put",
             Action::RecordDelete => "record.delete",
             Action::RecordGet => "record.get",
@@ -161,7 +170,16 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::AuditVerify,
         ],
     ),
-    (Role::Admin, &[A::TenantGet, A::PrincipalCreate]),
+    (
+        Role::Admin,
+        &[
+            A::TenantGet,
+            A::PrincipalCreate,
+            A::PrincipalList,
+            A::ApiKeyCreate,
+            A::ApiKeyRevoke,
+        ],
+    ),
     (Role::Writer, &[A::RecordPut, A::RecordDelete]),
     (Role::Reader, &[A::RecordGet, A::RecordList]),
     (

@@ -162,7 +162,15 @@ pub struct Vault {
     keys: Arc<Keyring>,
     limits: Limits,
     purge_wanted: Notify,
-    auth_cache: std::sync::Mutex<HashMap<String, CachedKey>>,
+    auth_cache: std::sync::Mutex<AuthCache>,
+}
+
+/// Verified API keys by key id, and the ids revoked since start (so a
+/// verification that raced a revocation cannot re-cache the key).
+#[derive(Default)]
+struct AuthCache {
+    keys: HashMap<String, CachedKey>,
+    revoked: std::collections::HashSet<String>,
 }
 
 /// A verified API key, kept so that each call need not read it again. Holds
@@ -172,7 +180,12 @@ struct CachedKey {
     secret_hash: [u8; 32],
     expires_at: Option<i64>,
     principal: Principal,
+    /// When `last_used_at` was last written for this key.
+    last_touched: i64,
 }
+
+/// `last_used_at` is written at most this often per key.
+const TOUCH_EVERY_MS: i64 = 60_000;
 
 /// API keys cached at most; past it the cache starts over.
 const MAX_CACHED_API_KEYS: usize = 10_000;
@@ -355,7 +368,7 @@ fn insert_principal(
     name: &str,
     roles: &[Role],
     now: i64,
-) -> Result<(String, String, ApiKey)> {
+) -> Result<String> {
     let principal_id = keyring::new_id("prn");
     store::principal_insert(
         conn,
@@ -371,19 +384,80 @@ fn insert_principal(
             created_at: now,
         },
     )?;
-    let (key_id, api_key, hash) = issue_api_key();
+    Ok(principal_id)
+}
+
+/// Stores an issued key's hash for `principal_id`.
+fn insert_api_key(
+    conn: &Connection,
+    principal_id: &str,
+    key_id: &str,
+    hash: &[u8; 32],
+    now: i64,
+    expires_at: Option<i64>,
+) -> Result<()> {
     store::api_key_insert(
         conn,
         &store::ApiKeyRow {
-            key_id: key_id.clone(),
-            principal_id: principal_id.clone(),
+            key_id: key_id.to_owned(),
+            principal_id: principal_id.to_owned(),
             secret_hash: hash.to_vec(),
             created_at: now,
-            expires_at: None,
+            expires_at,
             revoked_at: None,
+            last_used_at: None,
         },
-    )?;
-    Ok((principal_id, key_id, api_key))
+    )
+}
+
+/// An expiry `secs` from now, if given.
+fn expiry(secs: Option<u64>) -> Result<Option<i64>> {
+    secs.map(|s| {
+        i64::try_from(s)
+            .ok()
+            .and_then(|s| s.checked_mul(1000))
+            .and_then(|ms| now_ms().checked_add(ms))
+            .ok_or_else(|| Error::invalid("expires_in_seconds", "is too large"))
+    })
+    .transpose()
+}
+
+/// An API key's metadata (never its secret or hash).
+#[derive(Clone, Debug)]
+pub struct ApiKeyInfo {
+    pub key_id: String,
+    pub principal_id: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl From<store::ApiKeyRow> for ApiKeyInfo {
+    fn from(k: store::ApiKeyRow) -> Self {
+        ApiKeyInfo {
+            key_id: k.key_id,
+            principal_id: k.principal_id,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
+/// A principal and its keys.
+#[derive(Clone, Debug)]
+pub struct PrincipalInfo {
+    pub principal_id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_at: i64,
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+fn key_not_found(key_id: &str) -> Error {
+    Error::NotFound(format!("API key '{key_id}' not found"))
 }
 
 impl Vault {
@@ -402,7 +476,7 @@ impl Vault {
             keys,
             limits,
             purge_wanted: Notify::new(),
-            auth_cache: std::sync::Mutex::new(HashMap::new()),
+            auth_cache: std::sync::Mutex::new(AuthCache::default()),
         }))
     }
 
@@ -499,7 +573,7 @@ impl Vault {
             .await
     }
 
-    fn auth_cache(&self) -> MutexGuard<'_, HashMap<String, CachedKey>> {
+    fn auth_cache(&self) -> MutexGuard<'_, AuthCache> {
         // Entries are inserted and removed whole; a poisoned lock holds no
         // half-made entry.
         self.auth_cache.lock().unwrap_or_else(|p| p.into_inner())
@@ -537,28 +611,9 @@ impl Vault {
             .store
             .write(move |conn| {
                 let now = now_ms();
-                let id = keyring::new_id("prn");
-                store::principal_insert(
-                    conn,
-                    &store::PrincipalRow {
-                        id: id.clone(),
-                        tenant_id: None,
-                        name: "bootstrap-operator".into(),
-                        roles: Role::Operator.as_str().into(),
-                        created_at: now,
-                    },
-                )?;
-                store::api_key_insert(
-                    conn,
-                    &store::ApiKeyRow {
-                        key_id,
-                        principal_id: id,
-                        secret_hash: hash.to_vec(),
-                        created_at: now,
-                        expires_at: None,
-                        revoked_at: None,
-                    },
-                )
+                let id =
+                    insert_principal(conn, None, "bootstrap-operator", &[Role::Operator], now)?;
+                insert_api_key(conn, &id, &key_id, &hash, now, None)
             })
             .await;
         if let Err(e) = created {
@@ -578,12 +633,28 @@ impl Vault {
         let presented = crypto::sha256(secret.as_bytes());
         let now = now_ms();
         let live = |expires_at: Option<i64>| expires_at.is_none_or(|t| t > now);
-        if let Some(hit) = self.auth_cache().get(key_id) {
-            return if crypto::ct_eq(&presented, &hit.secret_hash) && live(hit.expires_at) {
-                Ok(hit.principal.clone())
-            } else {
-                Err(Error::Unauthenticated(INVALID))
-            };
+        let cached = {
+            let mut cache = self.auth_cache();
+            match cache.keys.get_mut(key_id) {
+                Some(hit)
+                    if crypto::ct_eq(&presented, &hit.secret_hash) && live(hit.expires_at) =>
+                {
+                    let touch = now - hit.last_touched >= TOUCH_EVERY_MS;
+                    if touch {
+                        hit.last_touched = now;
+                    }
+                    Some(Ok((hit.principal.clone(), touch)))
+                }
+                Some(_) => Some(Err(Error::Unauthenticated(INVALID))),
+                None => None,
+            }
+        };
+        if let Some(hit) = cached {
+            let (principal, touch) = hit?;
+            if touch {
+                self.touch(key_id);
+            }
+            return Ok(principal);
         }
         let id = key_id.to_owned();
         let found = self
@@ -618,19 +689,41 @@ impl Vault {
             tenant,
             roles,
         };
-        let mut cache = self.auth_cache();
-        if cache.len() >= MAX_CACHED_API_KEYS {
-            cache.clear();
+        {
+            let mut cache = self.auth_cache();
+            if !cache.revoked.contains(&key.key_id) {
+                if cache.keys.len() >= MAX_CACHED_API_KEYS {
+                    cache.keys.clear();
+                }
+                cache.keys.insert(
+                    key.key_id.clone(),
+                    CachedKey {
+                        secret_hash: presented,
+                        expires_at: key.expires_at,
+                        principal: principal.clone(),
+                        last_touched: now,
+                    },
+                );
+            }
         }
-        cache.insert(
-            key.key_id,
-            CachedKey {
-                secret_hash: presented,
-                expires_at: key.expires_at,
-                principal: principal.clone(),
-            },
-        );
+        if key.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
+            self.touch(&key.key_id);
+        }
         Ok(principal)
+    }
+
+    /// Records that a key was used, in the background: bookkeeping, not a
+    /// call, so it has no audit entry and its failure fails nothing.
+    fn touch(&self, key_id: &str) {
+        let (store, id) = (self.store.clone(), key_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .write(move |c| store::api_key_touch(c, &id, now_ms()))
+                .await
+            {
+                tracing::debug!(error = %e, "recording an API key's last use failed");
+            }
+        });
     }
 
     // ----- tenants -------------------------------------------------------
@@ -801,6 +894,7 @@ impl Vault {
         };
         self.keys.forget_tenant(tenant);
         self.auth_cache()
+            .keys
             .retain(|_, k| k.principal.tenant.as_ref() != Some(tenant));
         tracing::info!(
             tenant = %tenant,
@@ -839,6 +933,7 @@ impl Vault {
         call: &Arc<Call>,
         name: PrincipalName,
         roles: Vec<Role>,
+        expires_in_seconds: Option<u64>,
     ) -> Result<NewPrincipal> {
         let tenant = permit.tenant()?.clone();
         if roles.is_empty() {
@@ -856,15 +951,23 @@ impl Vault {
                 "an operator may create only a tenant's first admin (roles: admin)".into(),
             ));
         }
-        let (principal_id, key_id, api_key) = self
+        let expires_at = expiry(expires_in_seconds)?;
+        let (key_id, api_key, hash) = issue_api_key();
+        let kid = key_id.clone();
+        let principal_id = self
             .mutate(call, move |conn| {
                 active_tenant(conn, &tenant)?;
-                if bootstrap && store::tenant_has_role(conn, tenant.as_str(), Role::Admin.as_str())? {
+                let now = now_ms();
+                // An operator may step in whenever no admin holds a live key,
+                // so a tenant whose admins lost theirs is never locked out.
+                if bootstrap && store::tenant_has_live_role(conn, tenant.as_str(), Role::Admin.as_str(), now)? {
                     return Err(Error::FailedPrecondition(format!(
-                        "tenant '{tenant}' already has an admin; its admins create further principals"
+                        "tenant '{tenant}' already has an admin with a live key; its admins create further principals"
                     )));
                 }
-                insert_principal(conn, Some(&tenant), name.as_str(), &roles, now_ms())
+                let id = insert_principal(conn, Some(&tenant), name.as_str(), &roles, now)?;
+                insert_api_key(conn, &id, &kid, &hash, now, expires_at)?;
+                Ok(id)
             })
             .await?;
         Ok(NewPrincipal {
@@ -872,6 +975,85 @@ impl Vault {
             key_id,
             api_key,
         })
+    }
+
+    /// The permit's tenant's principals and their keys.
+    pub async fn list_principals(&self, permit: &Permit) -> Result<Vec<PrincipalInfo>> {
+        let tenant = permit.tenant()?.clone();
+        self.store
+            .read(move |conn| {
+                active_tenant(conn, &tenant)?;
+                let mut keys: HashMap<String, Vec<ApiKeyInfo>> = HashMap::new();
+                for k in store::api_keys_of_tenant(conn, tenant.as_str())? {
+                    keys.entry(k.principal_id.clone())
+                        .or_default()
+                        .push(k.into());
+                }
+                Ok(store::principals_of_tenant(conn, tenant.as_str())?
+                    .into_iter()
+                    .map(|p| PrincipalInfo {
+                        keys: keys.remove(&p.id).unwrap_or_default(),
+                        roles: p.roles.split(',').map(str::to_owned).collect(),
+                        principal_id: p.id,
+                        name: p.name,
+                        created_at: p.created_at,
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Issues another key for a principal of the permit's tenant.
+    pub async fn create_api_key(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        principal_id: String,
+        expires_in_seconds: Option<u64>,
+    ) -> Result<(String, ApiKey)> {
+        let tenant = permit.tenant()?.clone();
+        let expires_at = expiry(expires_in_seconds)?;
+        let (key_id, api_key, hash) = issue_api_key();
+        let kid = key_id.clone();
+        self.mutate(call, move |conn| {
+            active_tenant(conn, &tenant)?;
+            let p = store::principal_get(conn, &principal_id)?
+                .filter(|p| p.tenant_id.as_deref() == Some(tenant.as_str()))
+                .ok_or_else(|| Error::NotFound(format!("principal '{principal_id}' not found")))?;
+            insert_api_key(conn, &p.id, &kid, &hash, now_ms(), expires_at)
+        })
+        .await?;
+        Ok((key_id, api_key))
+    }
+
+    /// Revokes a key of the permit's tenant; the next call with it fails.
+    pub async fn revoke_api_key(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        key_id: String,
+    ) -> Result<ApiKeyInfo> {
+        let tenant = permit.tenant()?.clone();
+        let kid = key_id.clone();
+        let info = self
+            .mutate(call, move |conn| {
+                active_tenant(conn, &tenant)?;
+                let (key, _) = store::api_key_lookup(conn, &kid)?
+                    .filter(|(_, p)| p.tenant_id.as_deref() == Some(tenant.as_str()))
+                    .ok_or_else(|| key_not_found(&kid))?;
+                let now = now_ms();
+                store::api_key_revoke(conn, &key.key_id, now)?;
+                Ok(ApiKeyInfo {
+                    revoked_at: key.revoked_at.or(Some(now)),
+                    ..key.into()
+                })
+            })
+            .await?;
+        // Committed: drop it from the cache so the very next call is refused.
+        let mut cache = self.auth_cache();
+        cache.keys.remove(&key_id);
+        cache.revoked.insert(key_id);
+        Ok(info)
     }
 
     // ----- records -------------------------------------------------------

@@ -142,6 +142,7 @@ async fn fail_principal_rpcs() {
         tenant: "t".into(),
         name: name.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
     };
     assert_status(
         p.create_principal(req("x", &[])).await,

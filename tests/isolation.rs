@@ -95,6 +95,7 @@ async fn every_data_rpc(c: &Client, tenant: &str) -> Vec<(&'static str, Result<(
                 tenant: t.clone(),
                 name: "intruder".into(),
                 roles: vec!["reader".into()],
+                ..Default::default()
             })
             .await
             .map(drop),

@@ -28,7 +28,16 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "VerifyAudit",
         ],
     ),
-    ("admin", &["GetTenant", "CreatePrincipal"]),
+    (
+        "admin",
+        &[
+            "GetTenant",
+            "CreatePrincipal",
+            "ListPrincipals",
+            "CreateApiKey",
+            "RevokeApiKey",
+        ],
+    ),
     ("writer", &["PutRecord", "DeleteRecord"]),
     ("reader", &["GetRecord", "ListRecords"]),
     (
@@ -97,6 +106,9 @@ fn code_table_matches_spec_table() {
         ("VerifyReceipt", Action::ReceiptVerify),
         ("ListAuditEntries", Action::AuditList),
         ("VerifyAudit", Action::AuditVerify),
+        ("ListPrincipals", Action::PrincipalList),
+        ("CreateApiKey", Action::ApiKeyCreate),
+        ("RevokeApiKey", Action::ApiKeyRevoke),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

@@ -6,7 +6,7 @@ use crate::audit;
 use crate::error::{Error, Result};
 use crate::ids::SubjectId;
 use crate::store::TenantState;
-use crate::vault::{DeletionReceipt, RecordValue, TenantInfo};
+use crate::vault::{ApiKeyInfo, DeletionReceipt, PrincipalInfo, RecordValue, TenantInfo};
 
 /// An empty subject field means a tenant-level record.
 pub(super) fn opt_subject(s: &str) -> Result<Option<SubjectId>> {
@@ -97,5 +97,26 @@ pub(super) fn audit_entry(e: audit::Entry) -> pb::AuditEntry {
         purpose: e.purpose,
         peer: e.peer,
         mac: hex::encode(e.mac),
+    }
+}
+
+pub(super) fn api_key(k: ApiKeyInfo) -> pb::ApiKeyInfo {
+    pb::ApiKeyInfo {
+        key_id: k.key_id,
+        principal_id: k.principal_id,
+        created_at_unix_ms: k.created_at,
+        expires_at_unix_ms: k.expires_at.unwrap_or(0),
+        revoked_at_unix_ms: k.revoked_at.unwrap_or(0),
+        last_used_at_unix_ms: k.last_used_at.unwrap_or(0),
+    }
+}
+
+pub(super) fn principal(p: PrincipalInfo) -> pb::PrincipalInfo {
+    pb::PrincipalInfo {
+        principal_id: p.principal_id,
+        name: p.name,
+        roles: p.roles,
+        created_at_unix_ms: p.created_at,
+        keys: p.keys.into_iter().map(api_key).collect(),
     }
 }

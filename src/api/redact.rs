@@ -23,6 +23,7 @@ redacted_debug!(
     ListRecordsRequest,
     Record,
     CreatePrincipalResponse,
+    CreateApiKeyResponse,
     ExportSubjectRequest,
     ExportSubjectResponse,
     SubjectHeader,

@@ -258,13 +258,77 @@ impl PrincipalService for Api {
             let permit = authz::authorize(&principal, action, Some(&tenant))?;
             let created = self
                 .vault
-                .create_principal(&permit, &call, name, roles)
+                .create_principal(&permit, &call, name, roles, r.expires_in_seconds)
                 .await?;
             Ok(pb::CreatePrincipalResponse {
                 principal_id: created.principal_id,
                 key_id: created.key_id,
                 api_key: created.api_key.expose().to_owned(),
             })
+        })
+        .await
+    }
+
+    async fn list_principals(
+        &self,
+        req: Request<pb::ListPrincipalsRequest>,
+    ) -> GrpcResult<pb::ListPrincipalsResponse> {
+        self.handle(req, "principal.list", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource("principals".into());
+            let permit = self
+                .begin(&call, &req, Action::PrincipalList, Some(&tenant))
+                .await?;
+            let principals = self.vault.list_principals(&permit).await?;
+            Ok(pb::ListPrincipalsResponse {
+                principals: principals.into_iter().map(convert::principal).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> GrpcResult<pb::CreateApiKeyResponse> {
+        self.handle(req, "api-key.create", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::ApiKeyCreate, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            if r.principal_id.is_empty() {
+                return Err(Error::invalid("principal_id", "is required"));
+            }
+            call.set_resource(format!("principal:{}", r.principal_id));
+            let (key_id, api_key) = self
+                .vault
+                .create_api_key(&permit, &call, r.principal_id, r.expires_in_seconds)
+                .await?;
+            Ok(pb::CreateApiKeyResponse {
+                key_id,
+                api_key: api_key.expose().to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> GrpcResult<pb::ApiKeyInfo> {
+        self.handle(req, "api-key.revoke", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::ApiKeyRevoke, Some(&tenant))
+                .await?;
+            let key_id = req.into_inner().key_id;
+            if key_id.is_empty() {
+                return Err(Error::invalid("key_id", "is required"));
+            }
+            call.set_resource(format!("api-key:{key_id}"));
+            let info = self.vault.revoke_api_key(&permit, &call, key_id).await?;
+            Ok(convert::api_key(info))
         })
         .await
     }

@@ -82,6 +82,7 @@ async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
             tenant: tenant.clone(),
             name: "bench-admin".into(),
             roles: vec!["admin".into()],
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -93,6 +94,7 @@ async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
             tenant: tenant.clone(),
             name: "bench-rw".into(),
             roles: vec!["writer".into(), "reader".into(), "privacy-officer".into()],
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -129,7 +129,29 @@ pub enum PrincipalCmd {
         /// Role to grant (repeat for several): admin, writer, reader, privacy-officer, auditor.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
+        /// The key expires after this long, e.g. `90d` (default: never).
+        #[arg(long)]
+        expires_in: Option<String>,
         name: String,
+    },
+    /// List a tenant's principals and their keys (never the secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Issue another key for a principal (rotation step 1); prints it once.
+    CreateKey {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        expires_in: Option<String>,
+        principal_id: String,
+    },
+    /// Revoke a key (rotation step 2): the next call with it is refused.
+    RevokeKey {
+        #[arg(long)]
+        tenant: String,
+        key_id: String,
     },
 }
 

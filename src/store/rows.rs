@@ -489,16 +489,87 @@ pub fn principal_count(conn: &Connection) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Whether a tenant has a principal holding `role`.
-pub fn tenant_has_role(conn: &Connection, tenant: &str, role: &str) -> Result<bool> {
-    let mut stmt = conn.prepare_cached("SELECT roles FROM principals WHERE tenant_id = ?1")?;
-    let roles = stmt.query_map([tenant], |r| r.get::<_, String>(0))?;
+/// Whether a tenant has a principal holding `role` with a key that is
+/// neither revoked nor expired at `now`.
+pub fn tenant_has_live_role(conn: &Connection, tenant: &str, role: &str, now: i64) -> Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.roles FROM principals p JOIN api_keys k ON k.principal_id = p.id
+         WHERE p.tenant_id = ?1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?2)",
+    )?;
+    let roles = stmt.query_map(params![tenant, now], |r| r.get::<_, String>(0))?;
     for r in roles {
         if r?.split(',').any(|x| x == role) {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// A tenant's principals, by name.
+pub fn principals_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<PrincipalRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, tenant_id, name, roles, created_at FROM principals WHERE tenant_id = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([tenant], |r| {
+        Ok(PrincipalRow {
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            name: r.get(2)?,
+            roles: r.get(3)?,
+            created_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The keys of a tenant's principals (hashes included; callers drop them).
+pub fn api_keys_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<ApiKeyRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at
+         FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE p.tenant_id = ?1 ORDER BY k.created_at",
+    )?;
+    let rows = stmt.query_map([tenant], |r| {
+        Ok(ApiKeyRow {
+            key_id: r.get(0)?,
+            principal_id: r.get(1)?,
+            secret_hash: r.get(2)?,
+            created_at: r.get(3)?,
+            expires_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+            last_used_at: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn principal_get(conn: &Connection, id: &str) -> Result<Option<PrincipalRow>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, tenant_id, name, roles, created_at FROM principals WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(PrincipalRow {
+                id: r.get(0)?,
+                tenant_id: r.get(1)?,
+                name: r.get(2)?,
+                roles: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn api_key_revoke(conn: &Connection, key_id: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL",
+        params![key_id, now],
+    )?;
+    Ok(())
+}
+
+pub fn api_key_touch(conn: &Connection, key_id: &str, now: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE api_keys SET last_used_at = ?2 WHERE key_id = ?1")?
+        .execute(params![key_id, now])?;
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -509,6 +580,7 @@ pub struct ApiKeyRow {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
 }
 
 pub fn api_key_insert(conn: &Connection, k: &ApiKeyRow) -> Result<()> {
@@ -527,7 +599,7 @@ pub fn api_key_lookup(
     Ok(conn
         .prepare_cached(
             "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at,
-                    p.id, p.tenant_id, p.name, p.roles, p.created_at
+                    p.id, p.tenant_id, p.name, p.roles, p.created_at, k.last_used_at
              FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1",
         )?
         .query_row([key_id], |r| {
@@ -539,6 +611,7 @@ pub fn api_key_lookup(
                     created_at: r.get(3)?,
                     expires_at: r.get(4)?,
                     revoked_at: r.get(5)?,
+                    last_used_at: r.get(11)?,
                 },
                 PrincipalRow {
                     id: r.get(6)?,

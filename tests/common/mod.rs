@@ -112,6 +112,7 @@ impl TestServer {
                 tenant: tenant.into(),
                 name: "admin".into(),
                 roles: vec!["admin".into()],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -146,6 +147,7 @@ impl TestServer {
                 tenant: tenant.into(),
                 name: name.into(),
                 roles: roles.iter().map(|r| r.to_string()).collect(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -273,6 +275,7 @@ pub async fn new_principal(by: &Client, tenant: &str, name: &str, roles: &[&str]
             tenant: tenant.into(),
             name: name.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
         })
         .await
         .unwrap()

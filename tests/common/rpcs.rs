@@ -49,6 +49,9 @@ pub const RPC_ORDER: &[&str] = &[
     "ShredSubject",
     "ListAuditEntries",
     "VerifyAudit",
+    "ListPrincipals",
+    "CreateApiKey",
+    "RevokeApiKey",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -67,6 +70,9 @@ pub struct Ctx {
     /// A tenant with no admin yet, for the operator's bootstrap call.
     pub fresh_tenant: String,
     pub receipt: pb::DeletionReceipt,
+    /// A principal of `tenant` no test call acts as, and its key's id.
+    pub spare_principal: String,
+    pub spare_key: String,
 }
 
 pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String, Status> {
@@ -99,6 +105,7 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
                     tenant,
                     name: format!("made-by-{role}"),
                     roles,
+                    ..Default::default()
                 })
                 .await)
         }
@@ -194,6 +201,25 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
             .tenants()
             .cancel_tenant_shred(pb::CancelTenantShredRequest { tenant: t })
             .await),
+        "ListPrincipals" => rid(c
+            .principals()
+            .list_principals(pb::ListPrincipalsRequest { tenant: t })
+            .await),
+        "CreateApiKey" => rid(c
+            .principals()
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant: t,
+                principal_id: ctx.spare_principal.clone(),
+                expires_in_seconds: None,
+            })
+            .await),
+        "RevokeApiKey" => rid(c
+            .principals()
+            .revoke_api_key(pb::RevokeApiKeyRequest {
+                tenant: t,
+                key_id: ctx.spare_key.clone(),
+            })
+            .await),
         other => panic!("no call for RPC {other}: add it to tests/common/rpcs.rs"),
     }
 }
@@ -228,6 +254,17 @@ pub async fn setup(s: &TestServer, role: &str) -> (Client, Ctx) {
         .await
         .unwrap()
         .into_inner();
+    let spare = admin
+        .principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant: tenant.clone(),
+            name: "spare".into(),
+            roles: vec!["reader".into()],
+            expires_in_seconds: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let fresh_tenant = format!("fresh-{role}");
     s.operator()
         .await
@@ -249,6 +286,8 @@ pub async fn setup(s: &TestServer, role: &str) -> (Client, Ctx) {
             tenant,
             fresh_tenant,
             receipt,
+            spare_principal: spare.principal_id,
+            spare_key: spare.key_id,
         },
     )
 }
