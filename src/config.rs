@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::limits::LoadLimits;
 use crate::error::{Error, Result};
 use crate::vault::Limits;
 
@@ -29,6 +30,11 @@ pub struct ServerConfig {
     /// Audit entries older than this are pruned (at a checkpoint); `None`
     /// keeps them forever.
     pub audit_retention: Option<Duration>,
+    /// Rate and in-flight limits.
+    pub load: LoadLimits,
+    /// A call still running after this long is cancelled (a client's
+    /// shorter `grpc-timeout` wins).
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +47,8 @@ impl Default for ServerConfig {
             read_connections: 4,
             housekeeping_interval: Duration::from_secs(30),
             audit_retention: None,
+            load: LoadLimits::default(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -57,6 +65,10 @@ struct FileConfig {
     read_connections: Option<usize>,
     housekeeping_interval: Option<String>,
     audit_retention: Option<String>,
+    rate_limit_per_principal: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    max_in_flight: Option<usize>,
+    request_timeout: Option<String>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -108,6 +120,18 @@ impl ServerConfig {
             }
             if let Some(r) = f.audit_retention {
                 cfg.audit_retention = Some(duration("audit_retention", &r)?);
+            }
+            if let Some(r) = f.rate_limit_per_principal {
+                cfg.load.rate_per_principal = r;
+            }
+            if let Some(b) = f.rate_limit_burst {
+                cfg.load.burst = b;
+            }
+            if let Some(n) = f.max_in_flight {
+                cfg.load.max_in_flight = n.max(1);
+            }
+            if let Some(t) = f.request_timeout {
+                cfg.request_timeout = duration("request_timeout", &t)?;
             }
         }
         if let Some(d) = data_dir {

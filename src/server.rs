@@ -19,6 +19,9 @@ use crate::rootkey::KeyFileProvider;
 use crate::store::{DB_FILE, Store};
 use crate::vault::Vault;
 
+/// Calls one connection may have in flight before it is shed.
+const PER_CONNECTION_IN_FLIGHT: usize = 256;
+
 /// Room a request needs beyond its value (ids, metadata, framing).
 const REQUEST_OVERHEAD: usize = 64 * 1024;
 
@@ -79,7 +82,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
 
-    let api = Api::new(vault.clone());
+    let api = Api::new(vault.clone(), cfg.load);
     let max_message = cfg.limits.max_value_bytes + REQUEST_OVERHEAD;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -102,6 +105,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let (stop, stopped) = watch::channel(false);
     let mut on_stop = stopped.clone();
     let router = Server::builder()
+        .timeout(cfg.request_timeout)
+        // Per connection too: one client cannot take every slot.
+        .concurrency_limit_per_connection(PER_CONNECTION_IN_FLIGHT)
+        .load_shed(true)
         .layer(tower::util::MapResponseLayer::new(
             crate::api::size_limit::relabel(cfg.limits.max_value_bytes),
         ))

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert;
+use super::limits::{Limiter, LoadLimits};
 use super::pb::tenant_service_server::TenantService;
 use super::pb::{self, audit_service_server::AuditService, record_service_server::RecordService};
 use super::pb::{
@@ -32,6 +33,7 @@ use crate::vault::{PutRecord, RecordRef, Vault};
 #[derive(Clone)]
 pub struct Api {
     vault: Arc<Vault>,
+    limiter: Arc<Limiter>,
 }
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -41,8 +43,11 @@ const PURPOSE_HEADER: &str = "x-strongbox-purpose";
 const PURPOSE_MAX: usize = 256;
 
 impl Api {
-    pub fn new(vault: Arc<Vault>) -> Self {
-        Api { vault }
+    pub fn new(vault: Arc<Vault>, limits: LoadLimits) -> Self {
+        Api {
+            vault,
+            limiter: Arc::new(Limiter::new(limits)),
+        }
     }
 
     /// Opens the audit record of a call.
@@ -75,9 +80,11 @@ impl Api {
     ) -> GrpcResult<Resp> {
         let (call, purpose_ok) = Self::open_call(&req, action);
         let call = Arc::new(call);
-        let result = match purpose_ok {
-            Ok(()) => f(call.clone(), req).await,
-            Err(e) => Err(e),
+        // Shed at once when full, rather than queue and grow memory; the
+        // shed call is still recorded.
+        let result = match (purpose_ok, self.limiter.admit()) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(_slot)) => f(call.clone(), req).await,
         };
         // Fail closed: no answer, not even data already read, without its entry.
         let outcome = audit::Outcome::of(&result);
@@ -124,6 +131,7 @@ impl Api {
         if let Some(home) = &principal.tenant {
             call.set_tenant(home.as_str());
         }
+        self.limiter.charge(&principal.id)?;
         Ok(principal)
     }
 

@@ -1,0 +1,116 @@
+//! Limits under load: per-principal rate limits and shedding past the
+//! in-flight cap answer RESOURCE_EXHAUSTED, and deadlines are honoured.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use strongbox::api::limits::LoadLimits;
+use tonic::Code;
+
+async fn server_with(load: LoadLimits) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&dir);
+    config.load = load;
+    TestServer::start_with(dir, config).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_over_its_rate_is_refused_and_others_are_not() {
+    let s = server_with(LoadLimits {
+        rate_per_principal: 5,
+        burst: 5,
+        max_in_flight: 1024,
+    })
+    .await;
+    let admin = s.tenant("t").await;
+    let a = s.principal(&admin, "t", "a", &["reader"]).await;
+    let b = s.principal(&admin, "t", "b", &["reader"]).await;
+    let mut refused = 0;
+    for _ in 0..10 {
+        match get_value(&a, "t", "s", "c", "k").await {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(e.message().starts_with("rate limit:"), "{}", e.message());
+                refused += 1;
+            }
+            Err(e) => assert_eq!(e.code(), Code::NotFound, "{}", e.message()),
+            Ok(_) => panic!("no record was stored"),
+        }
+    }
+    assert!(refused >= 4, "only {refused} of 10 calls refused at 5/s");
+    // Another principal has its own budget.
+    assert_status(
+        get_value(&b, "t", "s", "c", "k").await,
+        Code::NotFound,
+        "record not found",
+    );
+    // The bucket refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_status(
+        get_value(&a, "t", "s", "c", "k").await,
+        Code::NotFound,
+        "record not found",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_shed_not_queued() {
+    let s = server_with(LoadLimits {
+        rate_per_principal: 0,
+        burst: 0,
+        max_in_flight: 2,
+    })
+    .await;
+    let (_, u) = s.tenant_with_user("t").await;
+    let value = vec![7u8; 512 * 1024];
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (u, value) = (u.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            u.records()
+                .put_record(put("t", "s", "c", &format!("k{i}"), &value))
+                .await
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+                shed += 1;
+            }
+        }
+    }
+    assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    // The server is fine afterwards.
+    put_ok(&u, "t", "s", "c", "after", b"v").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_deadline_fails_the_call_and_nothing_breaks() {
+    let s = TestServer::start().await;
+    let (_, u) = s.tenant_with_user("t").await;
+    let mut req = tonic::Request::new(put("t", "s", "c", "k", &vec![1u8; 1 << 20]));
+    req.set_timeout(Duration::from_micros(1));
+    let e = u.records().put_record(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{:?}: {}",
+        e.code(),
+        e.message()
+    );
+    put_ok(&u, "t", "s", "c", "k2", b"v").await;
+    assert!(
+        s.operator()
+            .await
+            .audit()
+            .verify_audit(strongbox::api::pb::VerifyAuditRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
+}
