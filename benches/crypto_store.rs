@@ -64,12 +64,14 @@ fn vault_put_get(c: &mut Criterion) {
         name: "op".into(),
         tenant: None,
         roles: vec![Role::Operator],
+        cert_cn: None,
     };
     let user = Principal {
         id: "u".into(),
         name: "u".into(),
         tenant: Some(tenant.clone()),
         roles: vec![Role::Writer, Role::Reader],
+        cert_cn: None,
     };
     let create = authz::authorize(&operator, Action::TenantCreate, None).unwrap();
     rt.block_on(vault.create_tenant(

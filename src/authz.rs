@@ -207,6 +207,9 @@ pub struct Principal {
     /// `None` for platform principals.
     pub tenant: Option<TenantId>,
     pub roles: Vec<Role>,
+    /// If set, its keys are valid only with a client certificate of this
+    /// common name.
+    pub cert_cn: Option<String>,
 }
 
 /// Proof that `principal` may perform `action` (on `tenant`). Only
@@ -291,6 +294,7 @@ mod tests {
             name: "p".into(),
             tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
             roles: roles.to_vec(),
+            cert_cn: None,
         }
     }
 

@@ -38,17 +38,69 @@ pub struct Client {
     auth: Auth,
 }
 
+/// TLS for the client: PEM files.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    /// CA that signed the server's certificate (https endpoints).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate and key, for servers that require mTLS.
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    fn config(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("{flag}: cannot read {}: {e}", p.display()))
+        };
+        if self.ca_cert.is_none() && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        let mut c = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca_cert {
+            c = c.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                c = c.identity(Identity::from_pem(
+                    read("--client-cert", cert)?,
+                    read("--client-key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("--client-cert and --client-key go together"),
+        }
+        Ok(Some(c))
+    }
+}
+
 /// Responses up to this size are accepted (a 1 MiB value plus room).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 impl Client {
     /// Connects to `endpoint` (`http://host:port`).
     pub async fn connect(endpoint: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
-        let ep = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
+        Self::connect_tls(endpoint, api_key, &ClientTls::default()).await
+    }
+
+    /// Connects to `endpoint` (`https://host:port` with TLS).
+    pub async fn connect_tls(
+        endpoint: &str,
+        api_key: Option<&str>,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Self> {
+        let mut ep = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
             anyhow::anyhow!(
                 "--endpoint: '{endpoint}' is not a URL like http://127.0.0.1:50051: {e}"
             )
         })?;
+        if let Some(c) = tls.config()? {
+            ep = ep
+                .tls_config(c)
+                .map_err(|e| anyhow::anyhow!("TLS setup failed: {e}"))?;
+        }
         let channel = ep
             .connect()
             .await

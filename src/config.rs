@@ -16,6 +16,15 @@ pub const DEFAULT_DATA_DIR: &str = "strongbox-data";
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
+/// TLS on the listener: PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, every client must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Everything `strongbox serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -35,6 +44,10 @@ pub struct ServerConfig {
     /// A call still running after this long is cancelled (a client's
     /// shorter `grpc-timeout` wins).
     pub request_timeout: Duration,
+    /// TLS for the listener; required beyond loopback.
+    pub tls: Option<TlsFiles>,
+    /// Serve plaintext beyond loopback anyway (a TLS proxy in front).
+    pub insecure_plaintext: bool,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +62,8 @@ impl Default for ServerConfig {
             audit_retention: None,
             load: LoadLimits::default(),
             request_timeout: Duration::from_secs(30),
+            tls: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -69,11 +84,37 @@ struct FileConfig {
     rate_limit_burst: Option<u32>,
     max_in_flight: Option<usize>,
     request_timeout: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
     humantime::parse_duration(s)
         .map_err(|e| Error::invalid(field, format!("'{s}' is not a duration: {e}")))
+}
+
+/// TLS settings from the cert/key/client-CA options: cert and key go
+/// together; a client CA needs them.
+pub fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>> {
+    match (cert, key, client_ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), client_ca) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None, Some(_)) => Err(Error::invalid("client_ca", "needs tls_cert and tls_key")),
+        _ => Err(Error::invalid(
+            "tls_cert",
+            "tls_cert and tls_key go together",
+        )),
+    }
 }
 
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
@@ -133,6 +174,8 @@ impl ServerConfig {
             if let Some(t) = f.request_timeout {
                 cfg.request_timeout = duration("request_timeout", &t)?;
             }
+            cfg.tls = tls_files(f.tls_cert, f.tls_key, f.client_ca)?;
+            cfg.insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;

@@ -50,6 +50,15 @@ impl RunningServer {
 
 /// Opens the vault in `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
+    if !cfg.listen.ip().is_loopback() && cfg.tls.is_none() {
+        if !cfg.insecure_plaintext {
+            return Err(Error::FailedPrecondition(format!(
+                "listen: refusing to serve {} without TLS: API keys and personal data would cross the network in clear text; give --tls-cert and --tls-key, or --insecure-plaintext if a TLS proxy in front terminates TLS",
+                cfg.listen
+            )));
+        }
+        tracing::warn!(listen = %cfg.listen, "serving beyond loopback WITHOUT TLS (--insecure-plaintext)");
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -68,13 +77,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         tracing::info!(path = %key_file.display(), "bootstrap operator API key written (mode 0600)");
     }
 
-    if !cfg.listen.ip().is_loopback() {
-        // TLS arrives with the audit/TLS issue; until then say it loudly.
-        tracing::warn!(
-            listen = %cfg.listen,
-            "listening beyond loopback WITHOUT TLS: API keys and data cross the network in clear text"
-        );
-    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
@@ -104,7 +106,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
 
     let (stop, stopped) = watch::channel(false);
     let mut on_stop = stopped.clone();
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &cfg.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| Error::invalid("tls_cert", format!("TLS setup failed: {e}")))?;
+    }
+    let router = builder
         .timeout(cfg.request_timeout)
         // Per connection too: one client cannot take every slot.
         .concurrency_limit_per_connection(PER_CONNECTION_IN_FLIGHT)
@@ -187,4 +195,23 @@ async fn housekeeping(
             }
         }
     }
+}
+
+fn read_pem(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
+}
+
+/// The listener's TLS: its identity, and with a client CA, mandatory mTLS.
+fn tls_config(tls: &crate::config::TlsFiles) -> Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let identity = Identity::from_pem(
+        read_pem("tls_cert", &tls.cert)?,
+        read_pem("tls_key", &tls.key)?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read_pem("client_ca", ca)?));
+    }
+    Ok(config)
 }

@@ -73,6 +73,15 @@ impl ApiKey {
     }
 }
 
+/// What a new principal is to be.
+pub struct PrincipalSpec {
+    pub name: PrincipalName,
+    pub roles: Vec<Role>,
+    pub expires_in_seconds: Option<u64>,
+    /// Pin its keys to a client certificate with this common name (mTLS).
+    pub cert_cn: Option<String>,
+}
+
 /// A principal just created, with its one-time API key.
 pub struct NewPrincipal {
     pub principal_id: String,
@@ -362,13 +371,21 @@ fn issue_api_key() -> (String, ApiKey, [u8; 32]) {
     (key_id, full, hash)
 }
 
-fn insert_principal(
-    conn: &Connection,
-    tenant: Option<&TenantId>,
-    name: &str,
-    roles: &[Role],
-    now: i64,
-) -> Result<String> {
+/// Who a new principal is.
+struct NewPrincipalRow<'a> {
+    tenant: Option<&'a TenantId>,
+    name: &'a str,
+    roles: &'a [Role],
+    cert_cn: Option<&'a str>,
+}
+
+fn insert_principal(conn: &Connection, p: NewPrincipalRow<'_>, now: i64) -> Result<String> {
+    let NewPrincipalRow {
+        tenant,
+        name,
+        roles,
+        cert_cn,
+    } = p;
     let principal_id = keyring::new_id("prn");
     store::principal_insert(
         conn,
@@ -382,6 +399,7 @@ fn insert_principal(
                 .collect::<Vec<_>>()
                 .join(","),
             created_at: now,
+            cert_cn: cert_cn.map(str::to_owned),
         },
     )?;
     Ok(principal_id)
@@ -611,8 +629,13 @@ impl Vault {
             .store
             .write(move |conn| {
                 let now = now_ms();
-                let id =
-                    insert_principal(conn, None, "bootstrap-operator", &[Role::Operator], now)?;
+                let who = NewPrincipalRow {
+                    tenant: None,
+                    name: "bootstrap-operator",
+                    roles: &[Role::Operator],
+                    cert_cn: None,
+                };
+                let id = insert_principal(conn, who, now)?;
                 insert_api_key(conn, &id, &key_id, &hash, now, None)
             })
             .await;
@@ -688,6 +711,7 @@ impl Vault {
             name: p.name,
             tenant,
             roles,
+            cert_cn: p.cert_cn,
         };
         {
             let mut cache = self.auth_cache();
@@ -931,10 +955,14 @@ impl Vault {
         &self,
         permit: &Permit,
         call: &Arc<Call>,
-        name: PrincipalName,
-        roles: Vec<Role>,
-        expires_in_seconds: Option<u64>,
+        spec: PrincipalSpec,
     ) -> Result<NewPrincipal> {
+        let PrincipalSpec {
+            name,
+            roles,
+            expires_in_seconds,
+            cert_cn,
+        } = spec;
         let tenant = permit.tenant()?.clone();
         if roles.is_empty() {
             return Err(Error::invalid("roles", "at least one role is required"));
@@ -965,7 +993,13 @@ impl Vault {
                         "tenant '{tenant}' already has an admin with a live key; its admins create further principals"
                     )));
                 }
-                let id = insert_principal(conn, Some(&tenant), name.as_str(), &roles, now)?;
+                let who = NewPrincipalRow {
+                    tenant: Some(&tenant),
+                    name: name.as_str(),
+                    roles: &roles,
+                    cert_cn: cert_cn.as_deref(),
+                };
+                let id = insert_principal(conn, who, now)?;
                 insert_api_key(conn, &id, &kid, &hash, now, expires_at)?;
                 Ok(id)
             })

@@ -39,6 +39,7 @@ async fn create(
             name: name.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             expires_in_seconds: expires,
+            client_cert_cn: String::new(),
         })
         .await
         .unwrap()
@@ -272,6 +273,7 @@ async fn operator_can_restore_an_admin_when_none_has_a_live_key() {
                 name: "second".into(),
                 roles: vec!["admin".into()],
                 expires_in_seconds: None,
+                client_cert_cn: String::new(),
             })
             .await,
         Code::FailedPrecondition,

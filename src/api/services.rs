@@ -27,7 +27,7 @@ use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto;
 use crate::error::Error;
 use crate::ids::{self, Category, ContentType, PrincipalName, RecordKey, TenantId};
-use crate::vault::{PutRecord, RecordRef, Vault};
+use crate::vault::{PrincipalSpec, PutRecord, RecordRef, Vault};
 
 /// Implements every `strongbox.v1` service over one vault.
 #[derive(Clone)]
@@ -50,9 +50,13 @@ impl Api {
         }
     }
 
-    /// Opens the audit record of a call.
+    /// Opens the audit record of a call. The peer is its address, and the
+    /// client certificate's common name under mTLS.
     fn open_call<T>(req: &Request<T>, action: &'static str) -> (Call, Result<(), Error>) {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        if let Some(cn) = client_cert_cn(req) {
+            peer.push_str(&format!(" cn={cn}"));
+        }
         let (purpose, valid) = match req.metadata().get(PURPOSE_HEADER).map(|v| v.to_str()) {
             None => (String::new(), Ok(())),
             Some(Ok(p)) if p.len() <= PURPOSE_MAX && !p.chars().any(char::is_control) => {
@@ -128,6 +132,13 @@ impl Api {
             ))?;
         let principal = self.vault.authenticate(bearer.trim()).await?;
         call.set_principal(&principal.id);
+        if let Some(pinned) = &principal.cert_cn
+            && client_cert_cn(req).as_deref() != Some(pinned.as_str())
+        {
+            return Err(Error::Unauthenticated(
+                "this principal's keys are valid only with its client certificate (mTLS)",
+            ));
+        }
         if let Some(home) = &principal.tenant {
             call.set_tenant(home.as_str());
         }
@@ -151,6 +162,21 @@ impl Api {
         }
         authz::authorize(&principal, action, tenant.as_ref())
     }
+}
+
+/// The common name of the client certificate the call came with, if any.
+fn client_cert_cn<T>(req: &Request<T>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    // Printable only: it goes into the audit log.
+    (!cn.is_empty() && cn.len() <= 256 && !cn.chars().any(char::is_control)).then_some(cn)
 }
 
 #[tonic::async_trait]
@@ -266,7 +292,16 @@ impl PrincipalService for Api {
             let permit = authz::authorize(&principal, action, Some(&tenant))?;
             let created = self
                 .vault
-                .create_principal(&permit, &call, name, roles, r.expires_in_seconds)
+                .create_principal(
+                    &permit,
+                    &call,
+                    PrincipalSpec {
+                        name,
+                        roles,
+                        expires_in_seconds: r.expires_in_seconds,
+                        cert_cn: (!r.client_cert_cn.is_empty()).then_some(r.client_cert_cn),
+                    },
+                )
                 .await?;
             Ok(pb::CreatePrincipalResponse {
                 principal_id: created.principal_id,

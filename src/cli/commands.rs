@@ -15,7 +15,12 @@ use crate::client::Client;
 use crate::vault::fmt_time;
 
 pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(&cli.endpoint, cli.api_key.as_deref()).await?;
+    let tls = crate::client::ClientTls {
+        ca_cert: cli.ca_cert.clone(),
+        client_cert: cli.client_cert.clone(),
+        client_key: cli.client_key.clone(),
+    };
+    let client = Client::connect_tls(&cli.endpoint, cli.api_key.as_deref(), &tls).await?;
     let json = cli.json;
     match cli.command {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
@@ -159,6 +164,7 @@ async fn principal(client: &Client, cmd: PrincipalCmd, json: bool) -> anyhow::Re
             tenant,
             roles,
             expires_in: exp,
+            client_cert_cn,
             name,
         } => {
             let p = svc
@@ -167,6 +173,7 @@ async fn principal(client: &Client, cmd: PrincipalCmd, json: bool) -> anyhow::Re
                     name,
                     roles,
                     expires_in_seconds: expires_in(exp)?,
+                    client_cert_cn: client_cert_cn.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

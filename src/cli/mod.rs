@@ -35,6 +35,15 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// CA certificate (PEM) that signed the server's, for https endpoints.
+    #[arg(long, env = "STRONGBOX_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require mTLS.
+    #[arg(long, env = "STRONGBOX_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// Client certificate's private key (PEM).
+    #[arg(long, env = "STRONGBOX_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -95,6 +104,18 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Server certificate chain (PEM): serve TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates are required (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plaintext beyond loopback (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +153,9 @@ pub enum PrincipalCmd {
         /// The key expires after this long, e.g. `90d` (default: never).
         #[arg(long)]
         expires_in: Option<String>,
+        /// Accept its keys only over mTLS with a client certificate of this common name.
+        #[arg(long)]
+        client_cert_cn: Option<String>,
         name: String,
     },
     /// List a tenant's principals and their keys (never the secrets).

@@ -468,12 +468,14 @@ pub struct PrincipalRow {
     /// Role names, comma-separated.
     pub roles: String,
     pub created_at: i64,
+    /// The client-certificate common name the principal is pinned to.
+    pub cert_cn: Option<String>,
 }
 
 pub fn principal_insert(conn: &Connection, p: &PrincipalRow) -> Result<()> {
     conn.execute(
-        "INSERT INTO principals (id, tenant_id, name, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![p.id, p.tenant_id, p.name, p.roles, p.created_at],
+        "INSERT INTO principals (id, tenant_id, name, roles, created_at, cert_cn) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn],
     )
     .map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => {
@@ -508,7 +510,7 @@ pub fn tenant_has_live_role(conn: &Connection, tenant: &str, role: &str, now: i6
 /// A tenant's principals, by name.
 pub fn principals_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<PrincipalRow>> {
     let mut stmt =
-        conn.prepare_cached("SELECT id, tenant_id, name, roles, created_at FROM principals WHERE tenant_id = ?1 ORDER BY name")?;
+        conn.prepare_cached("SELECT id, tenant_id, name, roles, created_at, cert_cn FROM principals WHERE tenant_id = ?1 ORDER BY name")?;
     let rows = stmt.query_map([tenant], |r| {
         Ok(PrincipalRow {
             id: r.get(0)?,
@@ -516,6 +518,7 @@ pub fn principals_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<Princ
             name: r.get(2)?,
             roles: r.get(3)?,
             created_at: r.get(4)?,
+            cert_cn: r.get(5)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -544,7 +547,7 @@ pub fn api_keys_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<ApiKeyR
 pub fn principal_get(conn: &Connection, id: &str) -> Result<Option<PrincipalRow>> {
     Ok(conn
         .prepare_cached(
-            "SELECT id, tenant_id, name, roles, created_at FROM principals WHERE id = ?1",
+            "SELECT id, tenant_id, name, roles, created_at, cert_cn FROM principals WHERE id = ?1",
         )?
         .query_row([id], |r| {
             Ok(PrincipalRow {
@@ -553,6 +556,7 @@ pub fn principal_get(conn: &Connection, id: &str) -> Result<Option<PrincipalRow>
                 name: r.get(2)?,
                 roles: r.get(3)?,
                 created_at: r.get(4)?,
+                cert_cn: r.get(5)?,
             })
         })
         .optional()?)
@@ -599,7 +603,7 @@ pub fn api_key_lookup(
     Ok(conn
         .prepare_cached(
             "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at,
-                    p.id, p.tenant_id, p.name, p.roles, p.created_at, k.last_used_at
+                    p.id, p.tenant_id, p.name, p.roles, p.created_at, k.last_used_at, p.cert_cn
              FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1",
         )?
         .query_row([key_id], |r| {
@@ -619,6 +623,7 @@ pub fn api_key_lookup(
                     name: r.get(8)?,
                     roles: r.get(9)?,
                     created_at: r.get(10)?,
+                    cert_cn: r.get(12)?,
                 },
             ))
         })

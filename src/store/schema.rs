@@ -138,6 +138,10 @@ CREATE TABLE audit_checkpoints (
 
 ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
 "#,
+    r#"
+-- A principal may be pinned to a client certificate's common name (mTLS).
+ALTER TABLE principals ADD COLUMN cert_cn TEXT;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

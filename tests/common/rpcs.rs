@@ -261,6 +261,7 @@ pub async fn setup(s: &TestServer, role: &str) -> (Client, Ctx) {
             name: "spare".into(),
             roles: vec!["reader".into()],
             expires_in_seconds: None,
+            client_cert_cn: String::new(),
         })
         .await
         .unwrap()
