@@ -15,7 +15,8 @@
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
 //! - [`store`]: SQLite: the group-committing writer, read pool, schema.
 //! - [`vault`]: the use cases; joins the modules above. No gRPC here.
-//! - [`api`]: the gRPC services; the only module that knows protobuf.
+//! - [`api`]: the gRPC services, TLS identity and load limits; the only
+//!   module that knows protobuf.
 //! - [`server`]: starts and stops a server; housekeeping.
 //! - [`config`]: server configuration.
 //! - [`client`]: a gRPC client, used by the CLI, the benchmark and tests.
