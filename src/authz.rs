@@ -92,10 +92,12 @@ pub enum Action {
     ReceiptVerify,
     AuditList,
     AuditVerify,
+    KeyRotate,
+    KeyStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 21] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -115,6 +117,8 @@ impl Action {
         Action::ReceiptVerify,
         Action::AuditList,
         Action::AuditVerify,
+        Action::KeyRotate,
+        Action::KeyStatus,
     ];
 
     /// The name used in messages and (later) the audit log.
@@ -139,6 +143,8 @@ impl Action {
             Action::ReceiptVerify => "receipt.verify",
             Action::AuditList => "audit.list",
             Action::AuditVerify => "audit.verify",
+            Action::KeyRotate => "key.rotate",
+            Action::KeyStatus => "key.status",
         }
     }
 
@@ -168,6 +174,7 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::ReceiptVerify,
             A::AuditList,
             A::AuditVerify,
+            A::KeyStatus,
         ],
     ),
     (
@@ -178,6 +185,8 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::PrincipalList,
             A::ApiKeyCreate,
             A::ApiKeyRevoke,
+            A::KeyRotate,
+            A::KeyStatus,
         ],
     ),
     (Role::Writer, &[A::RecordPut, A::RecordDelete]),

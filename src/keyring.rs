@@ -383,6 +383,51 @@ impl Keyring {
             .insert(id.to_owned(), (tenant.as_str().to_owned(), key.clone()));
     }
 
+    /// A new KEK for `tenant` at `version`, wrapped by the root key.
+    pub fn new_kek(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>> {
+        self.root.wrap(
+            label::WRAP_KEK,
+            &aad::kek(tenant.as_str(), version),
+            &SecretKey::generate(),
+        )
+    }
+
+    /// Rewraps data key `row` (wrapped under its KEK version) under KEK
+    /// `to`; the data key itself, and so every record, stays as it is.
+    pub fn rewrap_dek(
+        &self,
+        conn: &Connection,
+        tenant: &TenantId,
+        row: &DekRow,
+        to: u32,
+    ) -> Result<Vec<u8>> {
+        let t = tenant.as_str();
+        let wrapped = row
+            .wrapped
+            .as_ref()
+            .ok_or_else(|| Error::Internal(format!("data key {} is destroyed", row.id)))?;
+        let old = self.kek(conn, tenant, row.kek_version)?;
+        let new = self.kek(conn, tenant, to)?;
+        let dek = crypto::unwrap_key(
+            &old,
+            label::WRAP_DEK,
+            &aad::dek(t, &row.owner, &row.id, row.kek_version),
+            wrapped,
+        )
+        .map_err(|_| corrupt(format!("data key {}", row.id)))?;
+        Ok(crypto::wrap_key(
+            &new,
+            label::WRAP_DEK,
+            &aad::dek(t, &row.owner, &row.id, to),
+            &dek,
+        ))
+    }
+
+    /// Drops a retired KEK version from the cache.
+    pub fn forget_kek(&self, tenant: &str, version: u32) {
+        self.cache().keks.remove(&(tenant.to_owned(), version));
+    }
+
     /// Drops a destroyed data key from the cache, for good.
     pub fn forget_dek(&self, id: &str) {
         let mut cache = self.cache();

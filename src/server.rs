@@ -19,6 +19,11 @@ use crate::rootkey::KeyFileProvider;
 use crate::store::{DB_FILE, Store};
 use crate::vault::Vault;
 
+/// Data keys rewrapped per transaction, and the pause between batches that
+/// leaves the writer to live traffic.
+const REWRAP_BATCH: usize = 256;
+const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Calls one connection may have in flight before it is shed.
 const PER_CONNECTION_IN_FLIGHT: usize = 256;
 
@@ -137,7 +142,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             pb::subject_service_server::SubjectServiceServer::new(api.clone())
                 .max_encoding_message_size(max_message),
         )
-        .add_service(pb::audit_service_server::AuditServiceServer::new(api));
+        .add_service(pb::audit_service_server::AuditServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::key_service_server::KeyServiceServer::new(api));
     // TCP_NODELAY: without it a response written as several small frames
     // waits on the peer's delayed ACK (~40 ms a call).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -182,6 +190,15 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
             Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
+        }
+        match vault.rewrap_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
+            Ok((0, 0)) => {}
+            Ok((rewrapped, retired)) => tracing::info!(
+                rewrapped,
+                retired,
+                "key rotation: data keys rewrapped, old versions retired"
+            ),
+            Err(e) => tracing::warn!(error = %e, "rewrap failed; will retry"),
         }
         if let Some(keep) = audit_retention {
             let before = crate::now_ms() - keep.as_millis() as i64;

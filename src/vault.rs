@@ -82,6 +82,15 @@ pub struct PrincipalSpec {
     pub cert_cn: Option<String>,
 }
 
+/// A tenant's key-encryption keys.
+#[derive(Clone, Debug)]
+pub struct TenantKeyStatus {
+    pub current_version: u32,
+    pub versions: Vec<store::KekRow>,
+    /// Data keys still wrapped under versions older than the current one.
+    pub data_keys_to_rewrap: u64,
+}
+
 /// A principal just created, with its one-time API key.
 pub struct NewPrincipal {
     pub principal_id: String,
@@ -945,6 +954,118 @@ impl Vault {
             }
         }
         Ok(ran)
+    }
+
+    // ----- key lifecycle -------------------------------------------------
+
+    /// Rotates the tenant's KEK: a new version, used at once for new data
+    /// keys; the rewrap job moves the existing ones over in the background.
+    pub async fn rotate_tenant_key(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+    ) -> Result<TenantKeyStatus> {
+        let tenant = permit.tenant()?.clone();
+        let keys = self.keys.clone();
+        let t = tenant.clone();
+        self.mutate(call, move |conn| {
+            let row = active_tenant(conn, &t)?;
+            let version = row.kek_version + 1;
+            let wrapped = keys.new_kek(&t, version)?;
+            store::kek_insert(conn, t.as_str(), version, &wrapped, now_ms())?;
+            store::tenant_set_kek_version(conn, t.as_str(), version)
+        })
+        .await?;
+        self.purge_wanted.notify_one();
+        self.key_status(permit).await
+    }
+
+    /// Every KEK version of the permit's tenant and how much uses it.
+    pub async fn key_status(&self, permit: &Permit) -> Result<TenantKeyStatus> {
+        let tenant = permit.tenant()?.clone();
+        self.store
+            .read(move |conn| {
+                let row = store::tenant_get(conn, tenant.as_str())?
+                    .ok_or_else(|| authz::tenant_not_found(&tenant))?;
+                let versions = store::keks_of_tenant(conn, tenant.as_str())?;
+                let to_rewrap = versions
+                    .iter()
+                    .filter(|v| v.version < row.kek_version)
+                    .map(|v| v.data_keys)
+                    .sum();
+                Ok(TenantKeyStatus {
+                    current_version: row.kek_version,
+                    versions,
+                    data_keys_to_rewrap: to_rewrap,
+                })
+            })
+            .await
+    }
+
+    /// One pass of the rewrap job: rewraps data keys left under old KEK
+    /// versions, `batch` per transaction with `pause` between batches so
+    /// live traffic interleaves, then retires (destroys) every old version
+    /// no live data key uses. Progress is the rows themselves, so a pass
+    /// cut short by a crash simply continues on the next start.
+    pub async fn rewrap_pass(&self, batch: usize, pause: Duration) -> Result<(usize, usize)> {
+        let mut after = String::new();
+        let mut rewrapped = 0;
+        loop {
+            let keys = self.keys.clone();
+            let from = after.clone();
+            let (done, last) = self
+                .store
+                .write(move |conn| {
+                    let work = store::deks_to_rewrap(conn, &from, batch)?;
+                    let last = work.last().map(|(row, _)| row.id.clone());
+                    let mut done = 0;
+                    for (row, to) in work {
+                        let tenant = TenantId::parse(&row.tenant_id)
+                            .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
+                        match keys.rewrap_dek(conn, &tenant, &row, to) {
+                            Ok(wrapped) => {
+                                store::dek_rewrapped(conn, &row.id, to, &wrapped)?;
+                                store::kek_count_wrap(conn, tenant.as_str(), to)?;
+                                done += 1;
+                            }
+                            // Left under its old version, which then is not
+                            // retired: `key status` keeps showing it.
+                            Err(e) => {
+                                tracing::error!(dek = %row.id, error = %e, "cannot rewrap data key")
+                            }
+                        }
+                    }
+                    Ok((done, last))
+                })
+                .await?;
+            rewrapped += done;
+            match last {
+                Some(id) => after = id,
+                None => break,
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let retired = self.retire_unused_keks().await?;
+        Ok((rewrapped, retired))
+    }
+
+    /// Destroys every old KEK version no live data key uses.
+    async fn retire_unused_keks(&self) -> Result<usize> {
+        let due = self.store.read(store::keks_to_retire).await?;
+        for (tenant, version) in &due {
+            let call = Arc::new(Call::system("key.retire"));
+            call.set_tenant(tenant);
+            call.set_resource(format!("kek:{tenant}/v{version}"));
+            let (t, v) = (tenant.clone(), *version);
+            self.mutate(&call, move |conn| store::kek_retire(conn, &t, v, now_ms()))
+                .await?;
+            self.keys.forget_kek(tenant, *version);
+            tracing::info!(tenant = %tenant, version, "retired key-encryption key: material destroyed");
+        }
+        if !due.is_empty() {
+            self.store.checkpoint().await?;
+        }
+        Ok(due.len())
     }
 
     // ----- principals ----------------------------------------------------

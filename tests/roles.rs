@@ -26,6 +26,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "VerifyReceipt",
             "ListAuditEntries",
             "VerifyAudit",
+            "GetTenantKeyStatus",
         ],
     ),
     (
@@ -36,6 +37,8 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "ListPrincipals",
             "CreateApiKey",
             "RevokeApiKey",
+            "RotateTenantKey",
+            "GetTenantKeyStatus",
         ],
     ),
     ("writer", &["PutRecord", "DeleteRecord"]),
@@ -109,6 +112,8 @@ fn code_table_matches_spec_table() {
         ("ListPrincipals", Action::PrincipalList),
         ("CreateApiKey", Action::ApiKeyCreate),
         ("RevokeApiKey", Action::ApiKeyRevoke),
+        ("RotateTenantKey", Action::KeyRotate),
+        ("GetTenantKeyStatus", Action::KeyStatus),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

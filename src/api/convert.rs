@@ -6,7 +6,9 @@ use crate::audit;
 use crate::error::{Error, Result};
 use crate::ids::SubjectId;
 use crate::store::TenantState;
-use crate::vault::{ApiKeyInfo, DeletionReceipt, PrincipalInfo, RecordValue, TenantInfo};
+use crate::vault::{
+    ApiKeyInfo, DeletionReceipt, PrincipalInfo, RecordValue, TenantInfo, TenantKeyStatus,
+};
 
 /// An empty subject field means a tenant-level record.
 pub(super) fn opt_subject(s: &str) -> Result<Option<SubjectId>> {
@@ -118,5 +120,32 @@ pub(super) fn principal(p: PrincipalInfo) -> pb::PrincipalInfo {
         roles: p.roles,
         created_at_unix_ms: p.created_at,
         keys: p.keys.into_iter().map(api_key).collect(),
+    }
+}
+
+pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatus {
+    pb::TenantKeyStatus {
+        tenant: tenant.to_owned(),
+        current_version: s.current_version,
+        data_keys_to_rewrap: s.data_keys_to_rewrap,
+        versions: s
+            .versions
+            .into_iter()
+            .map(|v| pb::KekVersionStatus {
+                version: v.version,
+                created_at_unix_ms: v.created_at,
+                state: if v.retired_at.is_some() {
+                    "retired"
+                } else if v.version == s.current_version {
+                    "active"
+                } else {
+                    "retiring"
+                }
+                .into(),
+                data_keys: v.data_keys,
+                encryptions: v.wraps,
+                retired_at_unix_ms: v.retired_at.unwrap_or(0),
+            })
+            .collect(),
     }
 }

@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 
 use super::convert;
 use super::limits::{Limiter, LoadLimits};
-use super::pb::tenant_service_server::TenantService;
 use super::pb::{self, audit_service_server::AuditService, record_service_server::RecordService};
+use super::pb::{key_service_server::KeyService, tenant_service_server::TenantService};
 use super::pb::{
     principal_service_server::PrincipalService, subject_service_server::SubjectService,
 };
@@ -638,6 +638,41 @@ impl AuditService for Api {
                 first_bad_seq,
                 problem,
             })
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl KeyService for Api {
+    async fn rotate_tenant_key(
+        &self,
+        req: Request<pb::RotateTenantKeyRequest>,
+    ) -> GrpcResult<pb::TenantKeyStatus> {
+        self.handle(req, "key.rotate", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant-kek:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::KeyRotate, Some(&tenant))
+                .await?;
+            let status = self.vault.rotate_tenant_key(&permit, &call).await?;
+            Ok(convert::key_status(&tenant, status))
+        })
+        .await
+    }
+
+    async fn get_tenant_key_status(
+        &self,
+        req: Request<pb::GetTenantKeyStatusRequest>,
+    ) -> GrpcResult<pb::TenantKeyStatus> {
+        self.handle(req, "key.status", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant-kek:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::KeyStatus, Some(&tenant))
+                .await?;
+            let status = self.vault.key_status(&permit).await?;
+            Ok(convert::key_status(&tenant, status))
         })
         .await
     }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::output::{self, record_json, tenant_json, tenant_line};
 use super::{
-    AuditCmd, Cli, Command, PrincipalCmd, RecordAddrArgs, RecordCmd, SubjectCmd, TenantCmd,
+    AuditCmd, Cli, Command, KeyCmd, PrincipalCmd, RecordAddrArgs, RecordCmd, SubjectCmd, TenantCmd,
 };
 use crate::api::pb;
 use crate::client::Client;
@@ -29,6 +29,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(cmd) => record(&client, cmd, json).await,
         Command::Subject(cmd) => subject(&client, cmd, json).await,
         Command::Audit(cmd) => audit(&client, cmd, json).await,
+        Command::Key(cmd) => key(&client, cmd, json).await,
         Command::Bench(args) => super::bench::run(&client, args, json).await,
     }
 }
@@ -544,6 +545,54 @@ async fn audit(client: &Client, cmd: AuditCmd, json: bool) -> anyhow::Result<()>
                     break;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
+    let mut svc = client.keys();
+    let status = match cmd {
+        KeyCmd::Rotate { tenant } => {
+            svc.rotate_tenant_key(pb::RotateTenantKeyRequest { tenant })
+                .await?
+        }
+        KeyCmd::Status { tenant } => {
+            svc.get_tenant_key_status(pb::GetTenantKeyStatusRequest { tenant })
+                .await?
+        }
+    }
+    .into_inner();
+    if json {
+        print_json(&json!({
+            "tenant": status.tenant,
+            "current_version": status.current_version,
+            "data_keys_to_rewrap": status.data_keys_to_rewrap,
+            "versions": status.versions.iter().map(|v| json!({
+                "version": v.version, "state": v.state, "created_at": fmt_time(v.created_at_unix_ms),
+                "data_keys": v.data_keys, "encryptions": v.encryptions,
+                "retired_at": (v.retired_at_unix_ms != 0).then(|| fmt_time(v.retired_at_unix_ms)),
+            })).collect::<Vec<_>>(),
+        }));
+    } else {
+        println!(
+            "tenant {}: current KEK v{}, {} data keys to rewrap",
+            status.tenant, status.current_version, status.data_keys_to_rewrap
+        );
+        for v in &status.versions {
+            println!(
+                "  v{}\t{}\tcreated {}\t{} data keys\t{} encryptions{}",
+                v.version,
+                v.state,
+                fmt_time(v.created_at_unix_ms),
+                v.data_keys,
+                v.encryptions,
+                if v.retired_at_unix_ms != 0 {
+                    format!("\tretired {}", fmt_time(v.retired_at_unix_ms))
+                } else {
+                    String::new()
+                }
+            );
         }
     }
     Ok(())

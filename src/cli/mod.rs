@@ -64,11 +64,28 @@ pub enum Command {
     /// Export or shred everything about a subject (privacy officer).
     #[command(subcommand)]
     Subject(SubjectCmd),
+    /// Rotate keys and see their state.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Verify or query the audit trail (operator, auditor).
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Drive a running server with concurrent clients and report throughput.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Rotate a tenant's key-encryption key (tenant admin); old data keys are rewrapped in the background.
+    Rotate {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Every KEK version of a tenant: state, data keys and encryptions under it.
+    Status {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

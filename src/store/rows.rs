@@ -170,11 +170,118 @@ pub fn kek_insert(
     Ok(())
 }
 
+/// A KEK version's wrapped bytes; `None` if it does not exist or was
+/// retired (its bytes overwritten).
 pub fn kek_get(conn: &Connection, tenant: &str, version: u32) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .prepare_cached("SELECT wrapped FROM tenant_keks WHERE tenant_id = ?1 AND version = ?2")?
+        .prepare_cached("SELECT wrapped FROM tenant_keks WHERE tenant_id = ?1 AND version = ?2 AND retired_at IS NULL")?
         .query_row(params![tenant, version], |r| r.get(0))
         .optional()?)
+}
+
+/// One KEK version, for `key status`.
+#[derive(Clone, Debug)]
+pub struct KekRow {
+    pub version: u32,
+    pub created_at: i64,
+    pub wraps: u64,
+    pub retired_at: Option<i64>,
+    /// Data keys still wrapped under it.
+    pub data_keys: u64,
+}
+
+pub fn keks_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<KekRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT k.version, k.created_at, k.wraps, k.retired_at,
+                (SELECT count(*) FROM data_keys d WHERE d.tenant_id = k.tenant_id AND d.kek_version = k.version AND d.wrapped IS NOT NULL)
+         FROM tenant_keks k WHERE k.tenant_id = ?1 ORDER BY k.version",
+    )?;
+    let rows = stmt.query_map([tenant], |r| {
+        Ok(KekRow {
+            version: r.get(0)?,
+            created_at: r.get(1)?,
+            wraps: r.get::<_, i64>(2)? as u64,
+            retired_at: r.get(3)?,
+            data_keys: r.get::<_, i64>(4)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Counts one more encryption (a data key wrapped) under a KEK version.
+pub fn kek_count_wrap(conn: &Connection, tenant: &str, version: u32) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE tenant_keks SET wraps = wraps + 1 WHERE tenant_id = ?1 AND version = ?2",
+    )?
+    .execute(params![tenant, version])?;
+    Ok(())
+}
+
+/// Makes `version` the tenant's current KEK.
+pub fn tenant_set_kek_version(conn: &Connection, tenant: &str, version: u32) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET kek_version = ?2 WHERE id = ?1",
+        params![tenant, version],
+    )?;
+    Ok(())
+}
+
+/// Up to `limit` live data keys of active tenants wrapped under a KEK
+/// version older than their tenant's current one: the rewrap job's work.
+pub fn deks_to_rewrap(
+    conn: &Connection,
+    after_id: &str,
+    limit: usize,
+) -> Result<Vec<(DekRow, u32)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id, d.tenant_id, d.owner, d.kek_version, d.wrapped, t.kek_version
+         FROM tenants t JOIN data_keys d ON d.tenant_id = t.id
+         WHERE t.state = 'active' AND d.wrapped IS NOT NULL AND d.kek_version < t.kek_version AND d.id > ?1
+         ORDER BY d.id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after_id, limit as i64], |r| {
+        Ok((
+            DekRow {
+                id: r.get(0)?,
+                tenant_id: r.get(1)?,
+                owner: r.get(2)?,
+                kek_version: r.get(3)?,
+                wrapped: r.get(4)?,
+            },
+            r.get(5)?,
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn dek_rewrapped(conn: &Connection, id: &str, kek_version: u32, wrapped: &[u8]) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE data_keys SET wrapped = ?3, kek_version = ?2 WHERE id = ?1 AND wrapped IS NOT NULL",
+    )?
+    .execute(params![id, kek_version, wrapped])?;
+    Ok(())
+}
+
+/// Old KEK versions no live data key uses any more: (tenant, version).
+pub fn keks_to_retire(conn: &Connection) -> Result<Vec<(String, u32)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT k.tenant_id, k.version FROM tenant_keks k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.retired_at IS NULL AND k.version < t.kek_version
+           AND NOT EXISTS (SELECT 1 FROM data_keys d
+                           WHERE d.tenant_id = k.tenant_id AND d.kek_version = k.version AND d.wrapped IS NOT NULL)",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Destroys a KEK version's material: the wrapped bytes are overwritten
+/// (secure_delete) by an empty blob; the row stays for `key status`.
+pub fn kek_retire(conn: &Connection, tenant: &str, version: u32, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE tenant_keks SET wrapped = X'', retired_at = ?3 WHERE tenant_id = ?1 AND version = ?2",
+        params![tenant, version, now],
+    )?;
+    Ok(())
 }
 
 /// A data key row; `wrapped` is `None` once destroyed.
@@ -187,12 +294,13 @@ pub struct DekRow {
     pub wrapped: Option<Vec<u8>>,
 }
 
+/// Stores a new data key and counts its wrap under its KEK version.
 pub fn dek_insert(conn: &Connection, d: &DekRow, now: i64) -> Result<()> {
     conn.execute(
         "INSERT INTO data_keys (id, tenant_id, owner, kek_version, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![d.id, d.tenant_id, d.owner, d.kek_version, d.wrapped, now],
     )?;
-    Ok(())
+    kek_count_wrap(conn, &d.tenant_id, d.kek_version)
 }
 
 pub fn dek_get(conn: &Connection, id: &str) -> Result<Option<DekRow>> {

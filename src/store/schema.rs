@@ -142,6 +142,15 @@ ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
 -- A principal may be pinned to a client certificate's common name (mTLS).
 ALTER TABLE principals ADD COLUMN cert_cn TEXT;
 "#,
+    r#"
+-- Key lifecycle: wraps counted per KEK version, retirement (the wrapped
+-- bytes are overwritten with an empty blob), and the rewrap job's index.
+ALTER TABLE tenant_keks ADD COLUMN wraps INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tenant_keks ADD COLUMN retired_at INTEGER;
+UPDATE tenant_keks SET wraps = (
+    SELECT count(*) FROM data_keys d WHERE d.tenant_id = tenant_keks.tenant_id AND d.kek_version = tenant_keks.version);
+CREATE INDEX data_keys_by_kek ON data_keys (tenant_id, kek_version) WHERE wrapped IS NOT NULL;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

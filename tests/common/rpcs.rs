@@ -52,6 +52,8 @@ pub const RPC_ORDER: &[&str] = &[
     "ListPrincipals",
     "CreateApiKey",
     "RevokeApiKey",
+    "RotateTenantKey",
+    "GetTenantKeyStatus",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -219,6 +221,14 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
                 tenant: t,
                 key_id: ctx.spare_key.clone(),
             })
+            .await),
+        "RotateTenantKey" => rid(c
+            .keys()
+            .rotate_tenant_key(pb::RotateTenantKeyRequest { tenant: t })
+            .await),
+        "GetTenantKeyStatus" => rid(c
+            .keys()
+            .get_tenant_key_status(pb::GetTenantKeyStatusRequest { tenant: t })
             .await),
         other => panic!("no call for RPC {other}: add it to tests/common/rpcs.rs"),
     }
