@@ -94,10 +94,11 @@ pub enum Action {
     AuditVerify,
     KeyRotate,
     KeyStatus,
+    KeyRotateRoot,
 }
 
 impl Action {
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 22] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -119,6 +120,7 @@ impl Action {
         Action::AuditVerify,
         Action::KeyRotate,
         Action::KeyStatus,
+        Action::KeyRotateRoot,
     ];
 
     /// The name used in messages and (later) the audit log.
@@ -145,6 +147,7 @@ impl Action {
             Action::AuditVerify => "audit.verify",
             Action::KeyRotate => "key.rotate",
             Action::KeyStatus => "key.status",
+            Action::KeyRotateRoot => "key.rotate-root",
         }
     }
 
@@ -152,7 +155,11 @@ impl Action {
     pub fn is_tenant_scoped(self) -> bool {
         !matches!(
             self,
-            Action::TenantCreate | Action::TenantList | Action::AuditList | Action::AuditVerify
+            Action::TenantCreate
+                | Action::TenantList
+                | Action::AuditList
+                | Action::AuditVerify
+                | Action::KeyRotateRoot
         )
     }
 }
@@ -175,6 +182,7 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::AuditList,
             A::AuditVerify,
             A::KeyStatus,
+            A::KeyRotateRoot,
         ],
     ),
     (

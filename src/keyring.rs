@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-use crate::crypto::{self, SecretKey, label};
+use crate::crypto::{self, CryptoError, SecretKey, label};
 use crate::error::{Error, Result};
 use crate::ids::{SubjectId, TenantId};
 use crate::rootkey::RootKeyProvider;
@@ -116,9 +116,17 @@ pub struct NewTenantKeys {
     pub dek: DekRow,
 }
 
+/// The root key in use, and during and after a root rotation the one
+/// before it (a reader whose snapshot predates the rotation still holds
+/// keys wrapped under it).
+struct Roots {
+    current: Arc<dyn RootKeyProvider>,
+    previous: Option<Arc<dyn RootKeyProvider>>,
+}
+
 /// Unwraps, wraps and caches the keys below the root key.
 pub struct Keyring {
-    root: Arc<dyn RootKeyProvider>,
+    roots: std::sync::RwLock<Roots>,
     cache: Mutex<Cache>,
 }
 
@@ -126,6 +134,17 @@ fn corrupt(what: String) -> Error {
     Error::Corrupt(format!(
         "{what} failed authentication: the stored bytes are corrupt or were moved, or the root key is not this vault's"
     ))
+}
+
+/// Whether `root` opens the database's root check value (a database with
+/// none yet matches any root key).
+pub fn root_matches(conn: &Connection, root: &dyn RootKeyProvider) -> Result<bool> {
+    Ok(match store::meta_get(conn, ROOT_CHECK_META)? {
+        Some(sealed) => root
+            .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
+            .is_ok(),
+        None => true,
+    })
 }
 
 /// A fresh random key id with a readable prefix (`dek-…`, `prn-…`).
@@ -136,9 +155,115 @@ pub fn new_id(prefix: &str) -> String {
 impl Keyring {
     pub fn new(root: Arc<dyn RootKeyProvider>) -> Self {
         Keyring {
-            root,
+            roots: std::sync::RwLock::new(Roots {
+                current: root,
+                previous: None,
+            }),
             cache: Mutex::new(Cache::default()),
         }
+    }
+
+    /// The root-key provider new wraps use.
+    pub fn root(&self) -> Arc<dyn RootKeyProvider> {
+        self.roots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .clone()
+    }
+
+    /// Unwraps under the current root key, or the previous one.
+    fn root_unwrap(
+        &self,
+        label: &str,
+        aad: &[u8],
+        wrapped: &[u8],
+    ) -> Result<SecretKey, CryptoError> {
+        let roots = self.roots.read().unwrap_or_else(|p| p.into_inner());
+        roots.current.unwrap(label, aad, wrapped).or_else(|e| {
+            roots
+                .previous
+                .as_ref()
+                .map_or(Err(e), |p| p.unwrap(label, aad, wrapped))
+        })
+    }
+
+    /// Makes `next` the root key new wraps use, keeping the current one
+    /// for unwraps; returns the one it replaced.
+    pub fn swap_root(&self, next: Arc<dyn RootKeyProvider>) -> Arc<dyn RootKeyProvider> {
+        let mut roots = self.roots.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut roots.current, next);
+        roots.previous = Some(old.clone());
+        old
+    }
+
+    /// Forgets the previous root key once no reader can still need it.
+    pub fn forget_previous_root(&self) {
+        self.roots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .previous = None;
+    }
+
+    /// Undoes [`Keyring::swap_root`] (the rotation did not commit).
+    pub fn restore_root(&self, old: Arc<dyn RootKeyProvider>) {
+        let mut roots = self.roots.write().unwrap_or_else(|p| p.into_inner());
+        roots.current = old;
+        roots.previous = None;
+    }
+
+    /// Rewraps every key held directly under the root key — the root check
+    /// value, the receipt and audit keys, every tenant's index key and live
+    /// KEK versions — from `old` to `new`, in the caller's transaction.
+    /// Returns how many it rewrapped.
+    pub fn rewrap_root_keys(
+        &self,
+        conn: &Connection,
+        old: &dyn RootKeyProvider,
+        new: &dyn RootKeyProvider,
+    ) -> Result<usize> {
+        let move_key = |label: &str, aad: &[u8], wrapped: &[u8], what: &str| -> Result<Vec<u8>> {
+            let key = old
+                .unwrap(label, aad, wrapped)
+                .map_err(|_| corrupt(what.to_owned()))?;
+            new.wrap(label, aad, &key)
+        };
+        let mut n = 0;
+        for (meta, label, aad) in [
+            (ROOT_CHECK_META, label::ROOT_CHECK, aad::root_check()),
+            (
+                RECEIPT_KEY_META,
+                label::WRAP_RECEIPT_KEY,
+                aad::receipt_key(),
+            ),
+            (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key()),
+        ] {
+            if let Some(w) = store::meta_get(conn, meta)? {
+                store::meta_put(conn, meta, &move_key(label, &aad, &w, meta)?)?;
+                n += 1;
+            }
+        }
+        for (tenant, wrapped) in store::index_keys(conn)? {
+            let w = move_key(
+                label::WRAP_INDEX_KEY,
+                &aad::index_key(&tenant),
+                &wrapped,
+                "an index key",
+            )?;
+            store::set_index_key(conn, &tenant, &w)?;
+            n += 1;
+        }
+        for (tenant, version, wrapped) in store::live_keks(conn)? {
+            let w = move_key(
+                label::WRAP_KEK,
+                &aad::kek(&tenant, version),
+                &wrapped,
+                "a tenant KEK",
+            )?;
+            store::set_kek(conn, &tenant, version, &w)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
@@ -149,7 +274,7 @@ impl Keyring {
 
     /// Describes the root-key provider (no key material).
     pub fn root_description(&self) -> String {
-        self.root.describe()
+        self.root().describe()
     }
 
     /// Checks that the root key is the one this database was made with,
@@ -157,17 +282,17 @@ impl Keyring {
     pub fn check_root(&self, conn: &Connection) -> Result<()> {
         match store::meta_get(conn, ROOT_CHECK_META)? {
             Some(sealed) => self
-                .root
+                .root()
                 .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
                 .map(drop)
                 .map_err(|_| {
                     Error::FailedPrecondition(format!(
                         "the root key from {} is not the one this vault's data is wrapped under",
-                        self.root.describe()
+                        self.root().describe()
                     ))
                 }),
             None => {
-                let check = self.root.wrap(
+                let check = self.root().wrap(
                     label::ROOT_CHECK,
                     &aad::root_check(),
                     &SecretKey::generate(),
@@ -189,7 +314,7 @@ impl Keyring {
             (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key()),
         ] {
             if store::meta_get(conn, meta)?.is_none() {
-                let wrapped = self.root.wrap(label, &aad, &SecretKey::generate())?;
+                let wrapped = self.root().wrap(label, &aad, &SecretKey::generate())?;
                 store::meta_put(conn, meta, &wrapped)?;
             }
         }
@@ -204,8 +329,7 @@ impl Keyring {
         let wrapped = store::meta_get(conn, AUDIT_KEY_META)?
             .ok_or_else(|| Error::Internal("the audit key is missing".into()))?;
         let key = Arc::new(
-            self.root
-                .unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &wrapped)
+            self.root_unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &wrapped)
                 .map_err(|_| corrupt("the audit key".into()))?,
         );
         self.cache().audit = Some(key.clone());
@@ -216,8 +340,7 @@ impl Keyring {
     pub fn receipt_key(&self, conn: &Connection) -> Result<SecretKey> {
         let wrapped = store::meta_get(conn, RECEIPT_KEY_META)?
             .ok_or_else(|| Error::Internal("the receipt key is missing".into()))?;
-        self.root
-            .unwrap(label::WRAP_RECEIPT_KEY, &aad::receipt_key(), &wrapped)
+        self.root_unwrap(label::WRAP_RECEIPT_KEY, &aad::receipt_key(), &wrapped)
             .map_err(|_| corrupt("the receipt key".into()))
     }
 
@@ -227,9 +350,9 @@ impl Keyring {
         let index_key = SecretKey::generate();
         let kek = SecretKey::generate();
         let wrapped_index_key =
-            self.root
+            self.root()
                 .wrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &index_key)?;
-        let wrapped_kek = self.root.wrap(label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
+        let wrapped_kek = self.root().wrap(label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
         let (dek, _) = self.new_dek_under(tenant, &[], 1, &kek);
         Ok(NewTenantKeys {
             wrapped_index_key,
@@ -287,8 +410,7 @@ impl Keyring {
             .and_then(|row| row.wrapped_index_key)
             .ok_or_else(|| Error::NotFound(format!("tenant '{t}' not found")))?;
         let key = Arc::new(
-            self.root
-                .unwrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &wrapped)
+            self.root_unwrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &wrapped)
                 .map_err(|_| corrupt(format!("the index key of tenant '{t}'")))?,
         );
         let mut cache = self.cache();
@@ -326,8 +448,7 @@ impl Keyring {
             ))
         })?;
         let key = Arc::new(
-            self.root
-                .unwrap(label::WRAP_KEK, &aad::kek(t, version), &wrapped)
+            self.root_unwrap(label::WRAP_KEK, &aad::kek(t, version), &wrapped)
                 .map_err(|_| corrupt(format!("key-encryption key v{version} of tenant '{t}'")))?,
         );
         let mut cache = self.cache();
@@ -385,7 +506,7 @@ impl Keyring {
 
     /// A new KEK for `tenant` at `version`, wrapped by the root key.
     pub fn new_kek(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>> {
-        self.root.wrap(
+        self.root().wrap(
             label::WRAP_KEK,
             &aad::kek(tenant.as_str(), version),
             &SecretKey::generate(),

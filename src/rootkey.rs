@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
@@ -21,6 +22,14 @@ pub trait RootKeyProvider: Send + Sync {
     fn wrap(&self, label: &str, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>>;
     /// Unwraps a key wrapped by [`RootKeyProvider::wrap`] with the same label and AAD.
     fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError>;
+    /// Makes a successor root key, durable before anything is wrapped under
+    /// it, but not yet the one opened at start (root rotation, step 1).
+    fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>>;
+    /// Makes the staged successor the one opened at start (step 3, after
+    /// the rewrap committed).
+    fn promote_successor(&self) -> Result<()>;
+    /// Drops a staged successor that was never promoted.
+    fn discard_successor(&self) -> Result<()>;
 }
 
 /// The default provider: a 256-bit key in a file (hex, mode 0600).
@@ -33,6 +42,17 @@ pub struct KeyFileProvider {
 }
 
 impl KeyFileProvider {
+    /// Where a root rotation stages the successor key: `<path>.new`.
+    pub fn successor_path(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".new");
+        PathBuf::from(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens the key file, creating it with a fresh key if it does not exist.
     /// Refuses a file readable by group or others.
     pub fn open_or_create(path: &Path) -> Result<Self> {
@@ -97,6 +117,45 @@ impl RootKeyProvider for KeyFileProvider {
     fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
         crypto::unwrap_key(&self.key, label, aad, wrapped)
     }
+
+    fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>> {
+        let next = Self::successor_path(&self.path);
+        let _ = fs::remove_file(&next);
+        Self::create(&next)?;
+        sync_dir(&self.path)?;
+        Ok(Arc::new(Self::open(&next)?))
+    }
+
+    fn promote_successor(&self) -> Result<()> {
+        let next = Self::successor_path(&self.path);
+        fs::rename(&next, &self.path).map_err(|e| {
+            Error::Unavailable(format!(
+                "root key file {}: cannot promote {}: {e}",
+                self.path.display(),
+                next.display()
+            ))
+        })?;
+        sync_dir(&self.path)
+    }
+
+    fn discard_successor(&self) -> Result<()> {
+        match fs::remove_file(Self::successor_path(&self.path)) {
+            Ok(()) => sync_dir(&self.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Unavailable(format!("root key successor: {e}"))),
+        }
+    }
+}
+
+/// Makes a rename or create in `file`'s directory durable.
+fn sync_dir(file: &Path) -> Result<()> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", dir.display())))
 }
 
 #[cfg(test)]

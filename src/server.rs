@@ -14,8 +14,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::{Api, pb};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
-use crate::keyring::Keyring;
-use crate::rootkey::KeyFileProvider;
+use crate::keyring::{self, Keyring};
+use crate::rootkey::{KeyFileProvider, RootKeyProvider};
 use crate::store::{DB_FILE, Store};
 use crate::vault::Vault;
 
@@ -69,12 +69,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .mode(0o700)
         .create(&cfg.data_dir)
         .map_err(|e| Error::Unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
-    let root = KeyFileProvider::open_or_create(&cfg.root_key_path())?;
-    let keys = Arc::new(Keyring::new(Arc::new(root)));
     let db = cfg.data_dir.join(DB_FILE);
     let store = tokio::task::spawn_blocking(move || Store::open(&db, cfg.read_connections))
         .await
         .map_err(|e| Error::Internal(format!("open task: {e}")))??;
+    let root = open_root(&cfg.root_key_path(), &store).await?;
+    let keys = Arc::new(Keyring::new(root));
     let vault = Vault::open(store, keys, cfg.limits.clone()).await?;
     let key_file = cfg.operator_key_path();
     if vault.bootstrap_operator(&key_file).await? {
@@ -166,6 +166,38 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         serving,
         housekeeping,
     })
+}
+
+/// Opens the root key, finishing a root rotation that a crash cut short:
+/// whichever of the key file and its staged successor opens the database's
+/// check value is the root key; a successor that does not is discarded.
+async fn open_root(path: &std::path::Path, store: &Store) -> Result<Arc<dyn RootKeyProvider>> {
+    let current = Arc::new(KeyFileProvider::open_or_create(path)?);
+    let staged = KeyFileProvider::successor_path(path);
+    let c = current.clone();
+    if store
+        .read(move |conn| keyring::root_matches(conn, &*c))
+        .await?
+    {
+        if staged.exists() {
+            current.discard_successor()?;
+            tracing::warn!("discarded a root key staged by a rotation that did not commit");
+        }
+        return Ok(current);
+    }
+    if staged.exists() {
+        let next = Arc::new(KeyFileProvider::open(&staged)?);
+        if store
+            .read(move |conn| keyring::root_matches(conn, &*next))
+            .await?
+        {
+            current.promote_successor()?;
+            tracing::warn!("finished a root rotation cut short: the staged root key is now in use");
+            return Ok(Arc::new(KeyFileProvider::open(path)?));
+        }
+    }
+    // Neither matches: `Vault::open` refuses with a clear message.
+    Ok(current)
 }
 
 /// Runs due tenant shreds and purges rows of destroyed keys: on a timer,

@@ -181,6 +181,7 @@ pub struct Vault {
     limits: Limits,
     purge_wanted: Notify,
     auth_cache: std::sync::Mutex<AuthCache>,
+    root_rotation: tokio::sync::Mutex<()>,
 }
 
 /// Verified API keys by key id, and the ids revoked since start (so a
@@ -504,6 +505,7 @@ impl Vault {
             limits,
             purge_wanted: Notify::new(),
             auth_cache: std::sync::Mutex::new(AuthCache::default()),
+            root_rotation: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -775,12 +777,14 @@ impl Vault {
                 "must be at most 256 bytes without control characters",
             ));
         }
-        let keys = self.keys.new_tenant_keys(&tenant)?;
+        // Keys are made inside the job: serialized with a root rotation.
+        let keyring = self.keys.clone();
         self.mutate(call, move |conn| {
             let t = tenant.as_str();
             if store::tenant_get(conn, t)?.is_some() {
                 return Err(Error::AlreadyExists(format!("tenant '{t}' already exists")));
             }
+            let keys = keyring.new_tenant_keys(&tenant)?;
             let now = now_ms();
             let row = TenantRow {
                 id: t.to_owned(),
@@ -1066,6 +1070,44 @@ impl Vault {
             self.store.checkpoint().await?;
         }
         Ok(due.len())
+    }
+
+    /// Rotates the root key: stages a successor, rewraps every key held
+    /// under the root in one transaction (switching wraps to the successor
+    /// in that same job), then promotes the successor. A crash before the
+    /// commit leaves the old root in use; after it, start-up promotes the
+    /// staged successor (`server::open_root`). Returns the keys rewrapped.
+    pub async fn rotate_root(&self, _permit: &Permit, call: &Arc<Call>) -> Result<usize> {
+        let _one_at_a_time = self.root_rotation.lock().await;
+        let current = self.keys.root();
+        let next = current.stage_successor()?;
+        let (keys, old, new) = (self.keys.clone(), current.clone(), next.clone());
+        let result = self
+            .mutate(call, move |conn| {
+                let n = keys.rewrap_root_keys(conn, &*old, &*new)?;
+                keys.swap_root(new);
+                Ok(n)
+            })
+            .await;
+        let n = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.keys.restore_root(current.clone());
+                current.discard_successor()?;
+                return Err(e);
+            }
+        };
+        current.promote_successor()?;
+        self.store.checkpoint().await?;
+        // Readers whose snapshot predates the commit may still unwrap under
+        // the old root for a moment; then it is dropped from memory.
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            keys.forget_previous_root();
+        });
+        tracing::info!(keys = n, root = %next.describe(), "root key rotated");
+        Ok(n)
     }
 
     // ----- principals ----------------------------------------------------

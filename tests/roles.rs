@@ -27,6 +27,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "ListAuditEntries",
             "VerifyAudit",
             "GetTenantKeyStatus",
+            "RotateRootKey",
         ],
     ),
     (
@@ -114,6 +115,7 @@ fn code_table_matches_spec_table() {
         ("RevokeApiKey", Action::ApiKeyRevoke),
         ("RotateTenantKey", Action::KeyRotate),
         ("GetTenantKeyStatus", Action::KeyStatus),
+        ("RotateRootKey", Action::KeyRotateRoot),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

@@ -661,6 +661,22 @@ impl KeyService for Api {
         .await
     }
 
+    async fn rotate_root_key(
+        &self,
+        req: Request<pb::RotateRootKeyRequest>,
+    ) -> GrpcResult<pb::RotateRootKeyResponse> {
+        self.handle(req, "key.rotate-root", async |call, req| {
+            call.set_resource("root-key".into());
+            let permit = self.begin(&call, &req, Action::KeyRotateRoot, None).await?;
+            let n = self.vault.rotate_root(&permit, &call).await?;
+            Ok(pb::RotateRootKeyResponse {
+                keys_rewrapped: n as u64,
+                root: self.vault.keyring().root_description(),
+            })
+        })
+        .await
+    }
+
     async fn get_tenant_key_status(
         &self,
         req: Request<pb::GetTenantKeyStatusRequest>,

@@ -553,6 +553,21 @@ async fn audit(client: &Client, cmd: AuditCmd, json: bool) -> anyhow::Result<()>
 async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
     let mut svc = client.keys();
     let status = match cmd {
+        KeyCmd::RotateRoot => {
+            let r = svc
+                .rotate_root_key(pb::RotateRootKeyRequest {})
+                .await?
+                .into_inner();
+            if json {
+                print_json(&json!({ "keys_rewrapped": r.keys_rewrapped, "root": r.root }));
+            } else {
+                println!(
+                    "root key rotated: {} keys rewrapped ({})",
+                    r.keys_rewrapped, r.root
+                );
+            }
+            return Ok(());
+        }
         KeyCmd::Rotate { tenant } => {
             svc.rotate_tenant_key(pb::RotateTenantKeyRequest { tenant })
                 .await?

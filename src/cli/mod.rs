@@ -86,6 +86,8 @@ pub enum KeyCmd {
         #[arg(long)]
         tenant: String,
     },
+    /// Rotate the root key (operator): every key under it is rewrapped at once.
+    RotateRoot,
 }
 
 #[derive(Subcommand, Debug)]

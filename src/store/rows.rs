@@ -767,3 +767,35 @@ pub fn receipt_insert(
     )?;
     Ok(())
 }
+
+/// Every tenant's wrapped index key (shredded tenants have none).
+pub fn index_keys(conn: &Connection) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut stmt = conn
+        .prepare("SELECT id, wrapped_index_key FROM tenants WHERE wrapped_index_key IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn set_index_key(conn: &Connection, tenant: &str, wrapped: &[u8]) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET wrapped_index_key = ?2 WHERE id = ?1",
+        params![tenant, wrapped],
+    )?;
+    Ok(())
+}
+
+/// Every KEK version not retired: (tenant, version, wrapped).
+pub fn live_keks(conn: &Connection) -> Result<Vec<(String, u32, Vec<u8>)>> {
+    let mut stmt = conn
+        .prepare("SELECT tenant_id, version, wrapped FROM tenant_keks WHERE retired_at IS NULL")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn set_kek(conn: &Connection, tenant: &str, version: u32, wrapped: &[u8]) -> Result<()> {
+    conn.execute(
+        "UPDATE tenant_keks SET wrapped = ?3 WHERE tenant_id = ?1 AND version = ?2",
+        params![tenant, version, wrapped],
+    )?;
+    Ok(())
+}

@@ -54,6 +54,7 @@ pub const RPC_ORDER: &[&str] = &[
     "RevokeApiKey",
     "RotateTenantKey",
     "GetTenantKeyStatus",
+    "RotateRootKey",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -230,6 +231,7 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
             .keys()
             .get_tenant_key_status(pb::GetTenantKeyStatusRequest { tenant: t })
             .await),
+        "RotateRootKey" => rid(c.keys().rotate_root_key(pb::RotateRootKeyRequest {}).await),
         other => panic!("no call for RPC {other}: add it to tests/common/rpcs.rs"),
     }
 }
