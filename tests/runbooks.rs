@@ -1,0 +1,133 @@
+//! The operator runbooks in docs/runbooks, run against a live server: every
+//! `sh` block (but those marked `runbook-test: skip`) runs in order in one
+//! bash session with `-euo pipefail`, so a runbook that drifts from the CLI
+//! fails CI.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{new_principal, spawn_binary};
+use strongbox::api::pb;
+use strongbox::client::Client;
+
+/// The runnable shell of a runbook: its `sh` blocks not marked skip.
+fn runnable(runbook: &str) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs/runbooks")
+            .join(runbook),
+    )
+    .unwrap();
+    let mut script = String::new();
+    let mut skip_next = false;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("<!-- runbook-test: skip") {
+            skip_next = true;
+        } else if line.trim() == "```sh" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            if !skip_next {
+                script.push_str(&block.join("\n"));
+                script.push('\n');
+            }
+            skip_next = false;
+        }
+    }
+    assert!(!script.trim().is_empty(), "{runbook} has no runnable block");
+    script
+}
+
+fn run(runbook: &str, dir: &Path, endpoint: &str, key: &str) -> String {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_strongbox")).parent().unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &runnable(runbook)])
+        .current_dir(dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("STRONGBOX_ENDPOINT", endpoint)
+        .env("STRONGBOX_API_KEY", key)
+        .env("TENANT", "acme")
+        .env("SUBJECT", "alice@example.com")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{runbook} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runbooks_run_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = spawn_binary(&[], dir.path());
+    let operator = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let op = Client::connect(&endpoint, Some(&operator)).await.unwrap();
+    op.tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: "acme".into(),
+            name: "Acme Corp".into(),
+        })
+        .await
+        .unwrap();
+    let admin_key = new_principal(&op, "acme", "admin", &["admin"]).await;
+    let admin = op.as_key(&admin_key).unwrap();
+    let dpo = new_principal(&admin, "acme", "dpo", &["privacy-officer"]).await;
+    let app = op
+        .as_key(&new_principal(&admin, "acme", "app", &["writer", "reader"]).await)
+        .unwrap();
+    for (subject, key) in [
+        ("alice@example.com", "email"),
+        ("alice@example.com", "phone"),
+        ("bob@example.com", "email"),
+    ] {
+        common::put_ok(&app, "acme", subject, "contact", key, b"value").await;
+    }
+
+    let out = run("subject-deletion-request.md", dir.path(), &endpoint, &dpo);
+    assert!(out.contains("valid"), "{out}");
+    assert!(
+        common::get_value(&app, "acme", "alice@example.com", "contact", "email")
+            .await
+            .is_err()
+    );
+
+    let out = run("tenant-key-rotation.md", dir.path(), &endpoint, &admin_key);
+    assert!(out.contains("current KEK v2"), "{out}");
+    assert!(out.contains("retired"), "{out}");
+
+    let out = run("root-key-rotation.md", dir.path(), &endpoint, &operator);
+    assert!(out.contains("root key rotated"), "{out}");
+    assert_eq!(
+        common::get_value(&app, "acme", "bob@example.com", "contact", "email")
+            .await
+            .unwrap(),
+        b"value"
+    );
+
+    let out = run("audit-verification.md", dir.path(), &endpoint, &operator);
+    assert!(out.starts_with("ok: "), "{out}");
+
+    let out = run("tenant-offboarding.md", dir.path(), &endpoint, &operator);
+    assert!(
+        out.contains("shred_scheduled") && out.contains("shredded"),
+        "{out}"
+    );
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
