@@ -21,8 +21,8 @@ use crate::vault::Vault;
 
 /// Data keys rewrapped per transaction, and the pause between batches that
 /// leaves the writer to live traffic.
-const REWRAP_BATCH: usize = 256;
-const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+const REWRAP_BATCH: usize = 64;
+const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Calls one connection may have in flight before it is shed.
 const PER_CONNECTION_IN_FLIGHT: usize = 256;

@@ -1023,13 +1023,14 @@ impl Vault {
                     let work = store::deks_to_rewrap(conn, &from, batch)?;
                     let last = work.last().map(|(row, _)| row.id.clone());
                     let mut done = 0;
+                    let mut counts: HashMap<(String, u32), u64> = HashMap::new();
                     for (row, to) in work {
                         let tenant = TenantId::parse(&row.tenant_id)
                             .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
                         match keys.rewrap_dek(conn, &tenant, &row, to) {
                             Ok(wrapped) => {
                                 store::dek_rewrapped(conn, &row.id, to, &wrapped)?;
-                                store::kek_count_wrap(conn, tenant.as_str(), to)?;
+                                *counts.entry((row.tenant_id.clone(), to)).or_default() += 1;
                                 done += 1;
                             }
                             // Left under its old version, which then is not
@@ -1038,6 +1039,9 @@ impl Vault {
                                 tracing::error!(dek = %row.id, error = %e, "cannot rewrap data key")
                             }
                         }
+                    }
+                    for ((tenant, version), n) in counts {
+                        store::kek_count_wraps(conn, &tenant, version, n)?;
                     }
                     Ok((done, last))
                 })
@@ -1676,20 +1680,24 @@ impl Vault {
         self.purge_wanted.notified().await
     }
 
-    /// Deletes the ciphertext rows of destroyed keys in small batches (so
-    /// live writes interleave), then checkpoints. Returns rows deleted.
+    /// Deletes the ciphertext rows of destroyed keys in small batches with
+    /// a pause between them (so live writes keep their latency: a purge of
+    /// a large shred must not starve the writer), then checkpoints.
+    /// Returns rows deleted.
     pub async fn purge_destroyed(&self) -> Result<usize> {
-        const BATCH: usize = 1000;
+        const BATCH: usize = 500;
+        const PAUSE: Duration = Duration::from_millis(10);
         let mut total = 0;
         loop {
-            let n = self
+            let (deleted, marked) = self
                 .store
                 .write(|c| store::records_purge_destroyed(c, BATCH))
                 .await?;
-            total += n;
-            if n < BATCH {
+            total += deleted;
+            if deleted == 0 && marked == 0 {
                 break;
             }
+            tokio::time::sleep(PAUSE).await;
         }
         if total > 0 {
             self.store.checkpoint().await?;

@@ -8,6 +8,8 @@
 //! times its shred, next to the median shred time of subjects holding one
 //! record each.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -23,6 +25,7 @@ pub enum BenchOp {
     Get,
     Mixed,
     Shred,
+    Rewrap,
 }
 
 impl BenchOp {
@@ -32,6 +35,7 @@ impl BenchOp {
             BenchOp::Get => "get",
             BenchOp::Mixed => "mixed",
             BenchOp::Shred => "shred",
+            BenchOp::Rewrap => "rewrap",
         }
     }
 }
@@ -66,6 +70,118 @@ struct Tally {
     first_error: Option<String>,
 }
 
+/// When a load run ends: at a deadline, or when a flag is raised.
+#[derive(Clone)]
+struct Stop {
+    deadline: Instant,
+    flag: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn at(deadline: Instant) -> Self {
+        Stop {
+            deadline,
+            flag: Arc::default(),
+        }
+    }
+
+    fn now(&self) -> bool {
+        Instant::now() >= self.deadline || self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// What a load run measured.
+struct LoadResult {
+    ops: usize,
+    elapsed_s: f64,
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs `args.concurrency` clients doing `op` until `stop`.
+async fn load(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+    op: BenchOp,
+    stop: Stop,
+) -> anyhow::Result<LoadResult> {
+    let mut workers = Vec::with_capacity(args.concurrency);
+    let started = Instant::now();
+    for w in 0..args.concurrency {
+        let c = pool[w % pool.len()].clone();
+        let (tenant, value, args, stop) = (
+            tenant.to_owned(),
+            value.to_vec(),
+            args.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let (mut records, mut writes) = (c.records(), 0usize);
+            while !stop.now() {
+                let is_put = match op {
+                    BenchOp::Put | BenchOp::Rewrap => true,
+                    BenchOp::Get => false,
+                    BenchOp::Mixed => rng.random_bool(0.5),
+                    BenchOp::Shred => unreachable!("shred runs apart"),
+                };
+                let t0 = Instant::now();
+                let result = if is_put {
+                    // Puts go to fresh keys per worker, spread over subjects.
+                    writes += 1;
+                    let i = args.records + w * 10_000_000 + writes;
+                    records
+                        .put_record(put_req(&tenant, args.subjects, i, &value))
+                        .await
+                        .map(drop)
+                } else {
+                    let i = rng.random_range(0..args.records.max(1));
+                    records
+                        .get_record(get_req(&tenant, args.subjects, i))
+                        .await
+                        .map(drop)
+                };
+                let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                match result {
+                    Ok(()) => tally.latencies_us.push(us),
+                    Err(e) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert_with(|| {
+                            format!("{}: {}", super::output::code_name(e.code()), e.message())
+                        });
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut first_error) = (0u64, None);
+    for w in workers {
+        let t = w.await?;
+        all.extend(t.latencies_us);
+        errors += t.errors;
+        first_error = first_error.or(t.first_error);
+    }
+    let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
+    all.sort_unstable();
+    Ok(LoadResult {
+        ops: all.len(),
+        elapsed_s,
+        ops_per_sec: all.len() as f64 / elapsed_s,
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+        errors,
+        first_error,
+    })
+}
+
 /// Sets up a tenant and a writer+reader key with the operator key.
 async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
     let tenant = format!("bench-{}", hex::encode(crate::crypto::random_bytes::<4>()));
@@ -93,7 +209,12 @@ async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
         .create_principal(pb::CreatePrincipalRequest {
             tenant: tenant.clone(),
             name: "bench-rw".into(),
-            roles: vec!["writer".into(), "reader".into(), "privacy-officer".into()],
+            roles: vec![
+                "writer".into(),
+                "reader".into(),
+                "privacy-officer".into(),
+                "admin".into(),
+            ],
             ..Default::default()
         })
         .await?
@@ -157,6 +278,11 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
         cleanup(client, &tenant).await;
         return result;
     }
+    if args.op == BenchOp::Rewrap {
+        let result = rewrap_bench(&pool, &tenant, &args, &value, duration, json_out).await;
+        cleanup(client, &tenant).await;
+        return result;
+    }
     if args.op != BenchOp::Put {
         let subjects = args.subjects.max(1);
         prefill(&pool, &tenant, &args, &value, move |i| {
@@ -165,97 +291,45 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
         .await?;
     }
 
-    let deadline = Instant::now() + duration;
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for w in 0..args.concurrency {
-        let c = pool[w % pool.len()].clone();
-        let (tenant, value, args) = (tenant.clone(), value.clone(), args.clone());
-        workers.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            let mut rng = rand::rngs::StdRng::from_os_rng();
-            let (mut records, mut writes) = (c.records(), 0usize);
-            while Instant::now() < deadline {
-                let is_put = match args.op {
-                    BenchOp::Put => true,
-                    BenchOp::Get => false,
-                    BenchOp::Mixed => rng.random_bool(0.5),
-                    BenchOp::Shred => unreachable!("shred runs apart"),
-                };
-                let started = Instant::now();
-                let result = if is_put {
-                    // Puts go to fresh keys per worker, spread over subjects.
-                    writes += 1;
-                    let i = args.records + w * 10_000_000 + writes;
-                    records
-                        .put_record(put_req(&tenant, args.subjects, i, &value))
-                        .await
-                        .map(drop)
-                } else {
-                    let i = rng.random_range(0..args.records.max(1));
-                    records
-                        .get_record(get_req(&tenant, args.subjects, i))
-                        .await
-                        .map(drop)
-                };
-                let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                match result {
-                    Ok(()) => tally.latencies_us.push(us),
-                    Err(e) => {
-                        tally.errors += 1;
-                        tally.first_error.get_or_insert_with(|| {
-                            format!("{}: {}", super::output::code_name(e.code()), e.message())
-                        });
-                    }
-                }
-            }
-            tally
-        }));
-    }
-    let started = Instant::now();
-    let mut all = Vec::new();
-    let (mut errors, mut first_error) = (0u64, None);
-    for w in workers {
-        let t = w.await?;
-        all.extend(t.latencies_us);
-        errors += t.errors;
-        first_error = first_error.or(t.first_error);
-    }
-    let elapsed = started.elapsed().max(duration).as_secs_f64();
-    all.sort_unstable();
-    let ops = all.len() as f64 / elapsed;
-    let (p50, p99) = (percentile(&all, 0.50), percentile(&all, 0.99));
-
+    let r = load(
+        &pool,
+        &tenant,
+        &args,
+        &value,
+        args.op,
+        Stop::at(Instant::now() + duration),
+    )
+    .await?;
     cleanup(client, &tenant).await;
-
     if json_out {
         println!(
             "{}",
             json!({
                 "op": args.op.name(),
                 "concurrency": args.concurrency,
-                "duration_s": elapsed,
+                "duration_s": r.elapsed_s,
                 "value_size": args.value_size,
-                "ops": all.len(),
-                "ops_per_sec": ops,
-                "p50_ms": p50,
-                "p99_ms": p99,
-                "errors": errors,
-                "first_error": first_error,
+                "ops": r.ops,
+                "ops_per_sec": r.ops_per_sec,
+                "p50_ms": r.p50_ms,
+                "p99_ms": r.p99_ms,
+                "errors": r.errors,
+                "first_error": r.first_error,
             })
         );
     } else {
         println!(
             "{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors ({} clients, {:.1} s, {}-byte values)",
             args.op.name(),
-            ops,
-            p50,
-            p99,
-            errors,
+            r.ops_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
             args.concurrency,
-            elapsed,
+            r.elapsed_s,
             args.value_size
         );
-        if let Some(e) = first_error {
+        if let Some(e) = r.first_error {
             eprintln!("first error: {e}");
         }
     }
@@ -325,6 +399,88 @@ async fn shred_bench(
     } else {
         println!(
             "shred: {big_records} records in {big_ms:.2} ms; one record (median of 5) in {one_median:.2} ms"
+        );
+    }
+    Ok(())
+}
+
+/// Times a tenant key rotation's rewrap of `--records` data keys (one
+/// subject each), and put latency under load with and without it.
+async fn rewrap_bench(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+    duration: std::time::Duration,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    prefill(pool, tenant, args, value, |i| format!("rewrap-subject-{i}")).await?;
+    let before = load(
+        pool,
+        tenant,
+        args,
+        value,
+        BenchOp::Put,
+        Stop::at(Instant::now() + duration),
+    )
+    .await?;
+    let mut keys = pool[0].keys();
+    let started = Instant::now();
+    keys.rotate_tenant_key(pb::RotateTenantKeyRequest {
+        tenant: tenant.to_owned(),
+    })
+    .await?;
+    let stop = Stop::at(Instant::now() + std::time::Duration::from_secs(3600));
+    let watcher = {
+        let (mut keys, tenant, stop) = (keys.clone(), tenant.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let st = keys
+                    .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
+                        tenant: tenant.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                if st.data_keys_to_rewrap == 0 && st.versions.iter().all(|v| v.state != "retiring")
+                {
+                    stop.flag.store(true, Ordering::Relaxed);
+                    return Ok::<_, tonic::Status>(started.elapsed());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let during = load(pool, tenant, args, value, BenchOp::Put, stop).await?;
+    let took = watcher.await??;
+    // The data keys: the prefilled subjects, the tenant's own, and those the
+    // first load's puts created.
+    let rewrapped = args.records as f64;
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "op": "rewrap",
+                "data_keys": args.records,
+                "rewrap_s": took.as_secs_f64(),
+                "rewrap_deks_per_sec": rewrapped / took.as_secs_f64(),
+                "put_p99_ms_without": before.p99_ms,
+                "put_p99_ms_during": during.p99_ms,
+                "put_ops_per_sec_without": before.ops_per_sec,
+                "put_ops_per_sec_during": during.ops_per_sec,
+                "errors": before.errors + during.errors,
+            })
+        );
+    } else {
+        println!(
+            "rewrap: {} data keys in {:.2} s ({:.0}/s); puts p99 {:.2} ms without, {:.2} ms during ({:.0} vs {:.0} ops/s), {} errors",
+            args.records,
+            took.as_secs_f64(),
+            rewrapped / took.as_secs_f64(),
+            before.p99_ms,
+            during.p99_ms,
+            before.ops_per_sec,
+            during.ops_per_sec,
+            before.errors + during.errors
         );
     }
     Ok(())

@@ -210,10 +210,15 @@ pub fn keks_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<KekRow>> {
 
 /// Counts one more encryption (a data key wrapped) under a KEK version.
 pub fn kek_count_wrap(conn: &Connection, tenant: &str, version: u32) -> Result<()> {
+    kek_count_wraps(conn, tenant, version, 1)
+}
+
+/// Counts `n` more encryptions under a KEK version.
+pub fn kek_count_wraps(conn: &Connection, tenant: &str, version: u32, n: u64) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE tenant_keks SET wraps = wraps + 1 WHERE tenant_id = ?1 AND version = ?2",
+        "UPDATE tenant_keks SET wraps = wraps + ?3 WHERE tenant_id = ?1 AND version = ?2",
     )?
-    .execute(params![tenant, version])?;
+    .execute(params![tenant, version, n as i64])?;
     Ok(())
 }
 
@@ -556,16 +561,31 @@ pub fn records_count_for_dek(conn: &Connection, dek_id: &str) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Deletes up to `limit` record rows whose data key is destroyed; returns
-/// how many it deleted (0: nothing left to purge).
-pub fn records_purge_destroyed(conn: &Connection, limit: usize) -> Result<usize> {
-    Ok(conn
-        .prepare_cached(
-            "DELETE FROM records WHERE rowid IN (
-               SELECT r.rowid FROM data_keys d JOIN records r ON r.dek_id = d.id
-               WHERE d.destroyed_at IS NOT NULL LIMIT ?1)",
-        )?
-        .execute([limit as i64])?)
+/// Deletes up to `limit` record rows whose data key is destroyed, and
+/// marks each destroyed key whose rows are all gone as purged. Returns
+/// (rows deleted, keys marked); (0, 0) means nothing is left to purge.
+pub fn records_purge_destroyed(conn: &Connection, limit: usize) -> Result<(usize, usize)> {
+    let deks: Vec<String> = conn
+        .prepare_cached("SELECT id FROM data_keys WHERE destroyed_at IS NOT NULL AND purged_at IS NULL LIMIT 64")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let (mut deleted, mut marked) = (0, 0);
+    for id in deks {
+        let want = limit - deleted;
+        let n = conn
+            .prepare_cached("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records WHERE dek_id = ?1 LIMIT ?2)")?
+            .execute(params![id, want as i64])?;
+        deleted += n;
+        if n < want {
+            conn.prepare_cached("UPDATE data_keys SET purged_at = ?2 WHERE id = ?1")?
+                .execute(params![id, crate::now_ms()])?;
+            marked += 1;
+        }
+        if deleted >= limit {
+            break;
+        }
+    }
+    Ok((deleted, marked))
 }
 
 #[derive(Clone, Debug)]

@@ -150,6 +150,11 @@ ALTER TABLE tenant_keks ADD COLUMN retired_at INTEGER;
 UPDATE tenant_keks SET wraps = (
     SELECT count(*) FROM data_keys d WHERE d.tenant_id = tenant_keks.tenant_id AND d.kek_version = tenant_keks.version);
 CREATE INDEX data_keys_by_kek ON data_keys (tenant_id, kek_version) WHERE wrapped IS NOT NULL;
+
+-- Purge bookkeeping: a destroyed data key is marked once its ciphertext
+-- rows are all gone, so each purge batch looks only at keys still to purge.
+ALTER TABLE data_keys ADD COLUMN purged_at INTEGER;
+CREATE INDEX data_keys_to_purge ON data_keys (destroyed_at) WHERE destroyed_at IS NOT NULL AND purged_at IS NULL;
 "#,
 ];
 
