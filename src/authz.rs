@@ -95,10 +95,11 @@ pub enum Action {
     KeyRotate,
     KeyStatus,
     KeyRotateRoot,
+    KeyPolicy,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 23] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -121,6 +122,7 @@ impl Action {
         Action::KeyRotate,
         Action::KeyStatus,
         Action::KeyRotateRoot,
+        Action::KeyPolicy,
     ];
 
     /// The name used in messages and (later) the audit log.
@@ -148,6 +150,7 @@ impl Action {
             Action::KeyRotate => "key.rotate",
             Action::KeyStatus => "key.status",
             Action::KeyRotateRoot => "key.rotate-root",
+            Action::KeyPolicy => "key.policy",
         }
     }
 
@@ -195,6 +198,7 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::ApiKeyRevoke,
             A::KeyRotate,
             A::KeyStatus,
+            A::KeyPolicy,
         ],
     ),
     (Role::Writer, &[A::RecordPut, A::RecordDelete]),

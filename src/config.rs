@@ -80,6 +80,8 @@ struct FileConfig {
     read_connections: Option<usize>,
     housekeeping_interval: Option<String>,
     audit_retention: Option<String>,
+    key_rotation_age: Option<String>,
+    key_rotation_encryptions: Option<u64>,
     rate_limit_per_principal: Option<u32>,
     rate_limit_burst: Option<u32>,
     max_in_flight: Option<usize>,
@@ -161,6 +163,12 @@ impl ServerConfig {
             }
             if let Some(r) = f.audit_retention {
                 cfg.audit_retention = Some(duration("audit_retention", &r)?);
+            }
+            if let Some(a) = f.key_rotation_age {
+                cfg.limits.rotation_max_age = duration("key_rotation_age", &a)?;
+            }
+            if let Some(n) = f.key_rotation_encryptions {
+                cfg.limits.rotation_max_encryptions = n;
             }
             if let Some(r) = f.rate_limit_per_principal {
                 cfg.load.rate_per_principal = r;

@@ -223,6 +223,11 @@ async fn housekeeping(
             Ok(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
             Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
         }
+        match vault.rotate_due_keys().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tenants = n, "key-encryption keys rotated by policy"),
+            Err(e) => tracing::warn!(error = %e, "automatic rotation failed; will retry"),
+        }
         match vault.rewrap_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
             Ok((0, 0)) => {}
             Ok((rewrapped, retired)) => tracing::info!(

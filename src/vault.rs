@@ -29,6 +29,11 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Grace period of a tenant shred when the caller names none.
     pub default_shred_grace: Duration,
+    /// A tenant KEK older than this is rotated automatically (unless the
+    /// tenant's own policy says otherwise).
+    pub rotation_max_age: Duration,
+    /// ...or once it has made this many encryptions (well below 2^32).
+    pub rotation_max_encryptions: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +41,8 @@ impl Default for Limits {
         Limits {
             max_value_bytes: 1 << 20,
             default_shred_grace: Duration::from_secs(7 * 24 * 3600),
+            rotation_max_age: Duration::from_secs(90 * 24 * 3600),
+            rotation_max_encryptions: 1 << 30,
         }
     }
 }
@@ -89,6 +96,46 @@ pub struct TenantKeyStatus {
     pub versions: Vec<store::KekRow>,
     /// Data keys still wrapped under versions older than the current one.
     pub data_keys_to_rewrap: u64,
+    /// The rotation policy in force, and when the current KEK is next due.
+    pub policy: RotationPolicy,
+    pub next_rotation_due: i64,
+}
+
+/// When a tenant's KEK is rotated automatically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationPolicy {
+    pub max_age_ms: i64,
+    pub max_encryptions: u64,
+    /// Whether these are the server's defaults (the tenant set none).
+    pub default: bool,
+}
+
+impl RotationPolicy {
+    fn effective(state: &store::RotationState, limits: &Limits) -> Self {
+        RotationPolicy {
+            max_age_ms: state
+                .max_age_ms
+                .unwrap_or(limits.rotation_max_age.as_millis() as i64),
+            max_encryptions: state.max_wraps.unwrap_or(limits.rotation_max_encryptions),
+            default: state.max_age_ms.is_none() && state.max_wraps.is_none(),
+        }
+    }
+
+    /// Whether the current KEK in `state` is due at `now`.
+    fn due(&self, state: &store::RotationState, now: i64) -> bool {
+        state.created_at.saturating_add(self.max_age_ms) <= now
+            || state.wraps >= self.max_encryptions
+    }
+}
+
+/// Makes KEK version current+1 of `tenant` current, in the caller's job.
+fn rotate_kek(keys: &Keyring, conn: &Connection, tenant: &TenantId) -> Result<u32> {
+    let row = active_tenant(conn, tenant)?;
+    let version = row.kek_version + 1;
+    let wrapped = keys.new_kek(tenant, version)?;
+    store::kek_insert(conn, tenant.as_str(), version, &wrapped, now_ms())?;
+    store::tenant_set_kek_version(conn, tenant.as_str(), version)?;
+    Ok(version)
 }
 
 /// A principal just created, with its one-time API key.
@@ -971,15 +1018,8 @@ impl Vault {
     ) -> Result<TenantKeyStatus> {
         let tenant = permit.tenant()?.clone();
         let keys = self.keys.clone();
-        let t = tenant.clone();
-        self.mutate(call, move |conn| {
-            let row = active_tenant(conn, &t)?;
-            let version = row.kek_version + 1;
-            let wrapped = keys.new_kek(&t, version)?;
-            store::kek_insert(conn, t.as_str(), version, &wrapped, now_ms())?;
-            store::tenant_set_kek_version(conn, t.as_str(), version)
-        })
-        .await?;
+        self.mutate(call, move |conn| rotate_kek(&keys, conn, &tenant).map(drop))
+            .await?;
         self.purge_wanted.notify_one();
         self.key_status(permit).await
     }
@@ -987,11 +1027,28 @@ impl Vault {
     /// Every KEK version of the permit's tenant and how much uses it.
     pub async fn key_status(&self, permit: &Permit) -> Result<TenantKeyStatus> {
         let tenant = permit.tenant()?.clone();
+        let limits = self.limits.clone();
         self.store
             .read(move |conn| {
                 let row = store::tenant_get(conn, tenant.as_str())?
                     .ok_or_else(|| authz::tenant_not_found(&tenant))?;
                 let versions = store::keks_of_tenant(conn, tenant.as_str())?;
+                let (policy, next_rotation_due) =
+                    match store::rotation_state(conn, tenant.as_str())? {
+                        Some(st) => {
+                            let p = RotationPolicy::effective(&st, &limits);
+                            (p, st.created_at.saturating_add(p.max_age_ms))
+                        }
+                        // A shredded tenant has no KEK and no policy in force.
+                        None => (
+                            RotationPolicy {
+                                max_age_ms: 0,
+                                max_encryptions: 0,
+                                default: true,
+                            },
+                            0,
+                        ),
+                    };
                 let to_rewrap = versions
                     .iter()
                     .filter(|v| v.version < row.kek_version)
@@ -1001,9 +1058,82 @@ impl Vault {
                     current_version: row.kek_version,
                     versions,
                     data_keys_to_rewrap: to_rewrap,
+                    policy,
+                    next_rotation_due,
                 })
             })
             .await
+    }
+
+    /// Sets the tenant's rotation policy (`None`: the server's default).
+    pub async fn set_rotation_policy(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        max_age: Option<Duration>,
+        max_encryptions: Option<u64>,
+    ) -> Result<TenantKeyStatus> {
+        let tenant = permit.tenant()?.clone();
+        if max_age.is_some_and(|d| d.is_zero()) {
+            return Err(Error::invalid(
+                "max_age_seconds",
+                "must be at least 1 second",
+            ));
+        }
+        if max_encryptions.is_some_and(|n| n == 0 || n > 1 << 32) {
+            return Err(Error::invalid("max_encryptions", "must be 1 to 2^32"));
+        }
+        let age_ms = max_age.map(|d| d.as_millis() as i64);
+        self.mutate(call, move |conn| {
+            active_tenant(conn, &tenant)?;
+            store::set_rotation_policy(conn, tenant.as_str(), age_ms, max_encryptions)
+        })
+        .await?;
+        self.key_status(permit).await
+    }
+
+    /// Rotates every tenant KEK its policy says is due; returns how many.
+    pub async fn rotate_due_keys(&self) -> Result<usize> {
+        let now = now_ms();
+        let limits = self.limits.clone();
+        let due: Vec<store::RotationState> = self
+            .store
+            .read(move |c| {
+                Ok(store::rotation_states(c)?
+                    .into_iter()
+                    .filter(|st| RotationPolicy::effective(st, &limits).due(st, now))
+                    .collect())
+            })
+            .await?;
+        let mut rotated = 0;
+        for st in due {
+            let tenant = TenantId::parse(&st.tenant)
+                .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
+            let call = Arc::new(Call::system("key.rotate.auto"));
+            call.set_tenant(tenant.as_str());
+            call.set_resource(format!("tenant-kek:{tenant}"));
+            let (keys, limits, version) = (self.keys.clone(), self.limits.clone(), st.version);
+            // Checked again inside the job: another pass may have rotated it.
+            let done = self
+                .mutate(&call, move |conn| {
+                    match store::rotation_state(conn, tenant.as_str())? {
+                        Some(now_st)
+                            if now_st.version == version
+                                && RotationPolicy::effective(&now_st, &limits)
+                                    .due(&now_st, now_ms()) =>
+                        {
+                            rotate_kek(&keys, conn, &tenant).map(|_| true)
+                        }
+                        _ => Ok(false),
+                    }
+                })
+                .await?;
+            if done {
+                tracing::info!(tenant = %st.tenant, from = version, "key-encryption key rotated by policy");
+                rotated += 1;
+            }
+        }
+        Ok(rotated)
     }
 
     /// One pass of the rewrap job: rewraps data keys left under old KEK

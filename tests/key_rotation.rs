@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+
 use rusqlite::Connection;
 use strongbox::api::pb;
 use strongbox::client::Client;
@@ -227,4 +228,82 @@ async fn rotation_under_load_loses_nothing() {
             key.as_bytes()
         );
     }
+}
+
+async fn set_policy(
+    admin: &Client,
+    max_age: Option<u64>,
+    max_enc: Option<u64>,
+) -> Result<pb::TenantKeyStatus, tonic::Status> {
+    admin
+        .keys()
+        .set_rotation_policy(pb::SetRotationPolicyRequest {
+            tenant: "t".into(),
+            max_age_seconds: max_age,
+            max_encryptions: max_enc,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn until_version(admin: &Client, version: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(admin, "t").await.current_version < version {
+        assert!(
+            Instant::now() < deadline,
+            "no automatic rotation to v{version}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_rotates_by_age_and_by_count() {
+    let s = TestServer::start().await;
+    let (admin, u) = s.tenant_with_user("t").await;
+    let st = status(&admin, "t").await;
+    assert!(st.rotation_policy_is_default);
+    assert_eq!(st.rotation_max_age_seconds, 90 * 86400);
+    let created = st.versions[0].created_at_unix_ms;
+    assert_eq!(st.next_rotation_due_unix_ms, created + 90 * 86400 * 1000);
+
+    // By count: the 4th data key wrapped under v1 makes it due.
+    let st = set_policy(&admin, None, Some(4)).await.unwrap();
+    assert!(!st.rotation_policy_is_default);
+    assert_eq!(st.rotation_max_encryptions, 4);
+    for i in 0..3 {
+        put_ok(&u, "t", &format!("s{i}"), "c", "k", b"v").await;
+    }
+    until_version(&admin, 2).await;
+    // By age: one second.
+    set_policy(&admin, Some(1), None).await.unwrap();
+    until_version(&admin, 3).await;
+    for i in 0..3 {
+        assert_eq!(
+            get_value(&u, "t", &format!("s{i}"), "c", "k")
+                .await
+                .unwrap(),
+            b"v"
+        );
+    }
+    // The rotations are on record, by the system.
+    let auto: i64 = Connection::open(s.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'key.rotate.auto' AND principal = 'system' AND outcome = 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(auto >= 2, "{auto}");
+    assert_status(
+        set_policy(&admin, Some(0), None).await,
+        tonic::Code::InvalidArgument,
+        "max_age_seconds",
+    );
+    assert_status(
+        set_policy(&admin, None, Some(0)).await,
+        tonic::Code::InvalidArgument,
+        "max_encryptions",
+    );
 }

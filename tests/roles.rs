@@ -40,6 +40,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "RevokeApiKey",
             "RotateTenantKey",
             "GetTenantKeyStatus",
+            "SetRotationPolicy",
         ],
     ),
     ("writer", &["PutRecord", "DeleteRecord"]),
@@ -116,6 +117,7 @@ fn code_table_matches_spec_table() {
         ("RotateTenantKey", Action::KeyRotate),
         ("GetTenantKeyStatus", Action::KeyStatus),
         ("RotateRootKey", Action::KeyRotateRoot),
+        ("SetRotationPolicy", Action::KeyPolicy),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

@@ -128,6 +128,10 @@ pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatu
         tenant: tenant.to_owned(),
         current_version: s.current_version,
         data_keys_to_rewrap: s.data_keys_to_rewrap,
+        rotation_max_age_seconds: (s.policy.max_age_ms / 1000).max(0) as u64,
+        rotation_max_encryptions: s.policy.max_encryptions,
+        rotation_policy_is_default: s.policy.default,
+        next_rotation_due_unix_ms: s.next_rotation_due,
         versions: s
             .versions
             .into_iter()

@@ -677,6 +677,31 @@ impl KeyService for Api {
         .await
     }
 
+    async fn set_rotation_policy(
+        &self,
+        req: Request<pb::SetRotationPolicyRequest>,
+    ) -> GrpcResult<pb::TenantKeyStatus> {
+        self.handle(req, "key.policy", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant-kek:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::KeyPolicy, Some(&tenant))
+                .await?;
+            let r = req.into_inner();
+            let status = self
+                .vault
+                .set_rotation_policy(
+                    &permit,
+                    &call,
+                    r.max_age_seconds.map(Duration::from_secs),
+                    r.max_encryptions,
+                )
+                .await?;
+            Ok(convert::key_status(&tenant, status))
+        })
+        .await
+    }
+
     async fn get_tenant_key_status(
         &self,
         req: Request<pb::GetTenantKeyStatusRequest>,

@@ -553,6 +553,25 @@ async fn audit(client: &Client, cmd: AuditCmd, json: bool) -> anyhow::Result<()>
 async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
     let mut svc = client.keys();
     let status = match cmd {
+        KeyCmd::Policy {
+            tenant,
+            max_age,
+            max_encryptions,
+        } => {
+            let max_age_seconds = max_age
+                .map(|d| {
+                    humantime::parse_duration(&d)
+                        .map(|d| d.as_secs())
+                        .with_context(|| format!("--max-age: '{d}' is not a duration like 90d"))
+                })
+                .transpose()?;
+            svc.set_rotation_policy(pb::SetRotationPolicyRequest {
+                tenant,
+                max_age_seconds,
+                max_encryptions,
+            })
+            .await?
+        }
         KeyCmd::RotateRoot => {
             let r = svc
                 .rotate_root_key(pb::RotateRootKeyRequest {})
@@ -583,6 +602,12 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             "tenant": status.tenant,
             "current_version": status.current_version,
             "data_keys_to_rewrap": status.data_keys_to_rewrap,
+            "rotation": {
+                "max_age_seconds": status.rotation_max_age_seconds,
+                "max_encryptions": status.rotation_max_encryptions,
+                "default_policy": status.rotation_policy_is_default,
+                "next_due": (status.next_rotation_due_unix_ms != 0).then(|| fmt_time(status.next_rotation_due_unix_ms)),
+            },
             "versions": status.versions.iter().map(|v| json!({
                 "version": v.version, "state": v.state, "created_at": fmt_time(v.created_at_unix_ms),
                 "data_keys": v.data_keys, "encryptions": v.encryptions,
@@ -594,6 +619,21 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             "tenant {}: current KEK v{}, {} data keys to rewrap",
             status.tenant, status.current_version, status.data_keys_to_rewrap
         );
+        if status.next_rotation_due_unix_ms != 0 {
+            println!(
+                "  rotates every {} or after {} encryptions ({}); next due {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    status.rotation_max_age_seconds
+                )),
+                status.rotation_max_encryptions,
+                if status.rotation_policy_is_default {
+                    "server default"
+                } else {
+                    "tenant policy"
+                },
+                fmt_time(status.next_rotation_due_unix_ms)
+            );
+        }
         for v in &status.versions {
             println!(
                 "  v{}\t{}\tcreated {}\t{} data keys\t{} encryptions{}",

@@ -88,6 +88,17 @@ pub enum KeyCmd {
     },
     /// Rotate the root key (operator): every key under it is rewrapped at once.
     RotateRoot,
+    /// Set when the tenant's KEK rotates automatically (tenant admin).
+    Policy {
+        #[arg(long)]
+        tenant: String,
+        /// Rotate when the current version is this old, e.g. `90d`.
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Rotate once the current version has made this many encryptions.
+        #[arg(long)]
+        max_encryptions: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -819,3 +819,59 @@ pub fn set_kek(conn: &Connection, tenant: &str, version: u32, wrapped: &[u8]) ->
     )?;
     Ok(())
 }
+
+/// A tenant's current KEK and its rotation policy, for the scheduler.
+#[derive(Clone, Debug)]
+pub struct RotationState {
+    pub tenant: String,
+    pub version: u32,
+    pub created_at: i64,
+    pub wraps: u64,
+    /// The tenant's own policy; `None`: the server's default.
+    pub max_age_ms: Option<i64>,
+    pub max_wraps: Option<u64>,
+}
+
+fn rotation_row(r: &Row<'_>) -> rusqlite::Result<RotationState> {
+    Ok(RotationState {
+        tenant: r.get(0)?,
+        version: r.get(1)?,
+        created_at: r.get(2)?,
+        wraps: r.get::<_, i64>(3)? as u64,
+        max_age_ms: r.get(4)?,
+        max_wraps: r.get::<_, Option<i64>>(5)?.map(|n| n as u64),
+    })
+}
+
+const ROTATION_SQL: &str =
+    "SELECT t.id, t.kek_version, k.created_at, k.wraps, t.rotate_after_ms, t.rotate_after_wraps
+     FROM tenants t JOIN tenant_keks k ON k.tenant_id = t.id AND k.version = t.kek_version
+     WHERE t.state = 'active'";
+
+/// Every active tenant's rotation state.
+pub fn rotation_states(conn: &Connection) -> Result<Vec<RotationState>> {
+    let mut stmt = conn.prepare_cached(ROTATION_SQL)?;
+    let rows = stmt.query_map([], rotation_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One tenant's rotation state.
+pub fn rotation_state(conn: &Connection, tenant: &str) -> Result<Option<RotationState>> {
+    Ok(conn
+        .prepare_cached(&format!("{ROTATION_SQL} AND t.id = ?1"))?
+        .query_row([tenant], rotation_row)
+        .optional()?)
+}
+
+pub fn set_rotation_policy(
+    conn: &Connection,
+    tenant: &str,
+    max_age_ms: Option<i64>,
+    max_wraps: Option<u64>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET rotate_after_ms = ?2, rotate_after_wraps = ?3 WHERE id = ?1",
+        params![tenant, max_age_ms, max_wraps.map(|n| n as i64)],
+    )?;
+    Ok(())
+}

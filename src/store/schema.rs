@@ -156,6 +156,11 @@ CREATE INDEX data_keys_by_kek ON data_keys (tenant_id, kek_version) WHERE wrappe
 ALTER TABLE data_keys ADD COLUMN purged_at INTEGER;
 CREATE INDEX data_keys_to_purge ON data_keys (destroyed_at) WHERE destroyed_at IS NOT NULL AND purged_at IS NULL;
 "#,
+    r#"
+-- Automatic KEK rotation: a tenant's own policy (NULL: the server's).
+ALTER TABLE tenants ADD COLUMN rotate_after_ms INTEGER;
+ALTER TABLE tenants ADD COLUMN rotate_after_wraps INTEGER;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

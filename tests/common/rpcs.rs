@@ -55,6 +55,7 @@ pub const RPC_ORDER: &[&str] = &[
     "RotateTenantKey",
     "GetTenantKeyStatus",
     "RotateRootKey",
+    "SetRotationPolicy",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -232,6 +233,14 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
             .get_tenant_key_status(pb::GetTenantKeyStatusRequest { tenant: t })
             .await),
         "RotateRootKey" => rid(c.keys().rotate_root_key(pb::RotateRootKeyRequest {}).await),
+        "SetRotationPolicy" => rid(c
+            .keys()
+            .set_rotation_policy(pb::SetRotationPolicyRequest {
+                tenant: t,
+                max_age_seconds: Some(30 * 86400),
+                max_encryptions: None,
+            })
+            .await),
         other => panic!("no call for RPC {other}: add it to tests/common/rpcs.rs"),
     }
 }
