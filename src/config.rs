@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The root key file; `<data_dir>/root.key` if unset.
     pub root_key_file: Option<PathBuf>,
+    /// Take the root key from this environment variable instead of a file.
+    pub root_key_env: Option<String>,
     pub limits: Limits,
     pub read_connections: usize,
     /// How often due tenant shreds and row purges are looked for.
@@ -56,6 +58,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             root_key_file: None,
+            root_key_env: None,
             limits: Limits::default(),
             read_connections: 4,
             housekeeping_interval: Duration::from_secs(30),
@@ -75,6 +78,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     root_key_file: Option<PathBuf>,
+    root_key_env: Option<String>,
     max_value_bytes: Option<usize>,
     tenant_shred_grace: Option<String>,
     read_connections: Option<usize>,
@@ -149,6 +153,7 @@ impl ServerConfig {
                 cfg.listen = parse_listen(&l)?;
             }
             cfg.root_key_file = f.root_key_file.or(cfg.root_key_file);
+            cfg.root_key_env = f.root_key_env.or(cfg.root_key_env);
             if let Some(n) = f.max_value_bytes {
                 cfg.limits.max_value_bytes = n;
             }

@@ -43,11 +43,19 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cfg = ServerConfig::load(
+    let mut cfg = ServerConfig::load(
         args.config.as_deref(),
         args.data_dir,
         args.listen.as_deref(),
     )?;
+    // Flags override the file.
+    if let Some(tls) = strongbox::config::tls_files(args.tls_cert, args.tls_key, args.client_ca)? {
+        cfg.tls = Some(tls);
+    }
+    cfg.insecure_plaintext |= args.insecure_plaintext;
+    if args.root_key_env.is_some() {
+        cfg.root_key_env = args.root_key_env;
+    }
     let running = server::start(cfg).await?;
     // Scripts and tests read the bound address (the real port for :0) here.
     println!("listening on {}", running.addr);

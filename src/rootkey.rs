@@ -123,7 +123,11 @@ impl RootKeyProvider for KeyFileProvider {
         let _ = fs::remove_file(&next);
         Self::create(&next)?;
         sync_dir(&self.path)?;
-        Ok(Arc::new(Self::open(&next)?))
+        // Read from the staged file, but named for where it will live once
+        // promoted: a later rotation stages beside the canonical path.
+        let mut successor = Self::open(&next)?;
+        successor.path = self.path.clone();
+        Ok(Arc::new(successor))
     }
 
     fn promote_successor(&self) -> Result<()> {
@@ -144,6 +148,61 @@ impl RootKeyProvider for KeyFileProvider {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Unavailable(format!("root key successor: {e}"))),
         }
+    }
+}
+
+/// The root key from an environment variable (64 hex characters): for
+/// platforms that inject secrets into the environment. Nothing is written
+/// to disk. Rotation is refused: the variable cannot be rewritten from
+/// here (move to a key file or an HSM to rotate online).
+pub struct EnvProvider {
+    key: SecretKey,
+    var: String,
+}
+
+impl EnvProvider {
+    pub fn from_env(var: &str) -> Result<Self> {
+        let fail = |what: &str| Error::FailedPrecondition(format!("root key from ${var}: {what}"));
+        let text = Zeroizing::new(std::env::var(var).map_err(|_| fail("the variable is not set"))?);
+        let bytes = Zeroizing::new(
+            hex::decode(text.trim())
+                .map_err(|_| fail(&format!("must hold {} hex characters", KEY_LEN * 2)))?,
+        );
+        let key = SecretKey::from_slice(&bytes)
+            .map_err(|_| fail(&format!("must hold {} hex characters", KEY_LEN * 2)))?;
+        Ok(EnvProvider {
+            key,
+            var: var.to_owned(),
+        })
+    }
+}
+
+impl RootKeyProvider for EnvProvider {
+    fn describe(&self) -> String {
+        format!("env:{}", self.var)
+    }
+
+    fn wrap(&self, label: &str, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>> {
+        Ok(crypto::wrap_key(&self.key, label, aad, key))
+    }
+
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
+        crypto::unwrap_key(&self.key, label, aad, wrapped)
+    }
+
+    fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>> {
+        Err(Error::FailedPrecondition(format!(
+            "the root key comes from ${}, which the server cannot rewrite; to rotate, serve with a key file (see docs/runbooks/root-key-rotation.md)",
+            self.var
+        )))
+    }
+
+    fn promote_successor(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn discard_successor(&self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@ use crate::api::{Api, pb};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::keyring::{self, Keyring};
-use crate::rootkey::{KeyFileProvider, RootKeyProvider};
+use crate::rootkey::{EnvProvider, KeyFileProvider, RootKeyProvider};
 use crate::store::{DB_FILE, Store};
 use crate::vault::Vault;
 
@@ -73,7 +73,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let store = tokio::task::spawn_blocking(move || Store::open(&db, cfg.read_connections))
         .await
         .map_err(|e| Error::Internal(format!("open task: {e}")))??;
-    let root = open_root(&cfg.root_key_path(), &store).await?;
+    let root: Arc<dyn RootKeyProvider> = match &cfg.root_key_env {
+        Some(var) => Arc::new(EnvProvider::from_env(var)?),
+        None => open_root(&cfg.root_key_path(), &store).await?,
+    };
     let keys = Arc::new(Keyring::new(root));
     let vault = Vault::open(store, keys, cfg.limits.clone()).await?;
     let key_file = cfg.operator_key_path();

@@ -122,6 +122,20 @@ async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
         std::fs::read(&old_root).unwrap()
     );
     everything_checks_out(&s, &key, &receipt).await;
+    // The provider in use is named for the canonical file, so a second
+    // rotation stages beside it, not beside the staged name.
+    assert!(r.root.ends_with("root.key"), "{}", r.root);
+    let second = s
+        .operator()
+        .await
+        .keys()
+        .rotate_root_key(pb::RotateRootKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.root.ends_with("root.key"), "{}", second.root);
+    assert!(!staged(&s).exists());
+    everything_checks_out(&s, &key, &receipt).await;
     s.restart().await;
     everything_checks_out(&s, &key, &receipt).await;
 

@@ -291,3 +291,51 @@ fn cli_speaks_tls() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("via-cli\t"));
     drop(s);
 }
+
+#[test]
+fn serve_flags_turn_on_mtls_and_refuse_plaintext_beyond_loopback() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    // A public address without TLS flags: refused, saying why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-plaintext"));
+    // With --tls-cert/--tls-key/--client-ca: mTLS.
+    let args: Vec<std::ffi::OsString> = vec![
+        "--tls-cert".into(),
+        pki.path("server.pem").into_os_string(),
+        "--tls-key".into(),
+        pki.path("server.key").into_os_string(),
+        "--client-ca".into(),
+        pki.path("ca.pem").into_os_string(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (mut server, endpoint) = spawn_binary(&args, dir.path());
+    let port = endpoint.rsplit(':').next().unwrap().to_owned();
+    let https = format!("https://localhost:{port}");
+    let op_key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Client::connect_tls(&https, Some(op_key.trim()), &pki.client("billing"))
+            .await
+            .unwrap();
+        list_tenants(&c).await.unwrap();
+        match Client::connect_tls(&https, Some(op_key.trim()), &pki.server_only()).await {
+            Err(_) => {}
+            Ok(c) => assert!(
+                list_tenants(&c).await.is_err(),
+                "a client without a certificate got in"
+            ),
+        }
+        match Client::connect(&endpoint, Some(op_key.trim())).await {
+            Err(_) => {}
+            Ok(c) => assert!(list_tenants(&c).await.is_err(), "plaintext got in"),
+        }
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

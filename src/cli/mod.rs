@@ -146,6 +146,10 @@ pub struct ServeArgs {
     /// Serve plaintext beyond loopback (only behind a TLS-terminating proxy).
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Take the root key (64 hex characters) from this environment variable
+    /// instead of the key file.
+    #[arg(long)]
+    pub root_key_env: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -348,3 +348,41 @@ pub fn spawn_binary_logging(
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
     (child, format!("http://{addr}"))
 }
+
+/// As [`spawn_binary`], with extra environment variables; `Err` with the
+/// server's stderr if it exits instead of listening.
+pub fn try_spawn_binary_env(
+    args: &[&std::ffi::OsStr],
+    cwd: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> Result<(std::process::Child, String), String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().strip_prefix("listening on ") {
+        Some(addr) => Ok((child, format!("http://{addr}"))),
+        None => {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            child.wait().unwrap();
+            Err(err)
+        }
+    }
+}
