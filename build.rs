@@ -20,6 +20,7 @@ const NO_DEBUG: &[&str] = &[
     ".strongbox.v1.ExportSubjectResponse",
     ".strongbox.v1.SubjectHeader",
     ".strongbox.v1.ShredSubjectRequest",
+    ".strongbox.v1.ReencryptDataKeysRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -96,10 +96,11 @@ pub enum Action {
     KeyStatus,
     KeyRotateRoot,
     KeyPolicy,
+    KeyReencrypt,
 }
 
 impl Action {
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 24] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -123,6 +124,7 @@ impl Action {
         Action::KeyStatus,
         Action::KeyRotateRoot,
         Action::KeyPolicy,
+        Action::KeyReencrypt,
     ];
 
     /// The name used in messages and (later) the audit log.
@@ -151,6 +153,7 @@ impl Action {
             Action::KeyStatus => "key.status",
             Action::KeyRotateRoot => "key.rotate-root",
             Action::KeyPolicy => "key.policy",
+            Action::KeyReencrypt => "key.reencrypt",
         }
     }
 
@@ -199,6 +202,7 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::KeyRotate,
             A::KeyStatus,
             A::KeyPolicy,
+            A::KeyReencrypt,
         ],
     ),
     (Role::Writer, &[A::RecordPut, A::RecordDelete]),

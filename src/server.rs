@@ -231,6 +231,14 @@ async fn housekeeping(
             Ok(n) => tracing::info!(tenants = n, "key-encryption keys rotated by policy"),
             Err(e) => tracing::warn!(error = %e, "automatic rotation failed; will retry"),
         }
+        match vault.reencrypt_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                records = n,
+                "data-key re-encryption: records moved to fresh keys"
+            ),
+            Err(e) => tracing::warn!(error = %e, "data-key re-encryption failed; will retry"),
+        }
         match vault.rewrap_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
             Ok((0, 0)) => {}
             Ok((rewrapped, retired)) => tracing::info!(

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, Call, Outcome};
 use crate::authz::{self, Action, Permit, Principal, Role};
-use crate::crypto::{self, label};
+use crate::crypto::{self, SecretKey, label};
 use crate::error::{Error, Result};
 use crate::ids::{Category, ContentType, PrincipalName, RecordKey, SubjectId, TenantId};
 use crate::keyring::{self, BlindId, Keyring, aad};
@@ -99,6 +99,8 @@ pub struct TenantKeyStatus {
     /// The rotation policy in force, and when the current KEK is next due.
     pub policy: RotationPolicy,
     pub next_rotation_due: i64,
+    /// Data-key re-encryption jobs still running.
+    pub reencrypt_jobs: u64,
 }
 
 /// When a tenant's KEK is rotated automatically.
@@ -287,6 +289,11 @@ fn record_resource(owner: &[u8], category: &str, key: &str) -> String {
         hex::encode(owner)
     };
     format!("record:{owner}/{category}/{key}")
+}
+
+/// Whether data key `id` exists and is not destroyed.
+fn dek_alive(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(store::dek_get(conn, id)?.and_then(|d| d.wrapped).is_some())
 }
 
 fn record_not_found(category: &str, key: &str) -> Error {
@@ -1060,9 +1067,171 @@ impl Vault {
                     data_keys_to_rewrap: to_rewrap,
                     policy,
                     next_rotation_due,
+                    reencrypt_jobs: store::reencrypt_jobs_of(conn, tenant.as_str())?.len() as u64,
                 })
             })
             .await
+    }
+
+    /// Starts re-encrypting one subject's records (or every subject's and
+    /// the tenant-level records) under fresh data keys, for a suspected
+    /// data-key compromise. New writes use the fresh keys at once; the job
+    /// moves existing records, then destroys the old keys. Returns how
+    /// many jobs it started (owners already being re-encrypted are left to
+    /// their running job).
+    pub async fn start_reencrypt(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        subject: Option<SubjectId>,
+    ) -> Result<usize> {
+        let tenant = permit.tenant()?.clone();
+        let keys = self.keys.clone();
+        let c = call.clone();
+        let started = self
+            .mutate(call, move |conn| {
+                let t = tenant.as_str();
+                let trow = active_tenant(conn, &tenant)?;
+                let owners = match &subject {
+                    Some(s) => {
+                        let blind = keys.blind_id(conn, &tenant, s)?;
+                        c.set_resource(format!("subject:{}", hex::encode(blind)));
+                        let row =
+                            store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
+                        vec![(blind.to_vec(), row.dek_id.ok_or_else(subject_not_found)?)]
+                    }
+                    None => store::owners_of_tenant(conn, t)?,
+                };
+                let running = store::reencrypt_jobs_of(conn, t)?;
+                let now = now_ms();
+                let mut started = 0;
+                for (owner, old) in owners {
+                    if running.iter().any(|(_, new)| *new == old) {
+                        continue;
+                    }
+                    let (row, dek) = keys.new_dek(conn, &tenant, &owner, trow.kek_version)?;
+                    store::dek_insert(conn, &row, now)?;
+                    if owner.is_empty() {
+                        store::set_tenant_dek(conn, t, &row.id)?;
+                    } else {
+                        // The sealed subject id moves to the new key too.
+                        let subject_row =
+                            store::subject_get(conn, t, &owner)?.ok_or_else(subject_not_found)?;
+                        let sealed = subject_row.sealed_subject.ok_or_else(subject_not_found)?;
+                        let old_row = store::dek_get(conn, &old)?.ok_or_else(subject_not_found)?;
+                        let old_key = keys
+                            .dek(conn, &tenant, &old_row)?
+                            .ok_or_else(subject_not_found)?;
+                        let plain = crypto::open(
+                            &old_key,
+                            label::SUBJECT_ID,
+                            &aad::subject_id(t, &owner, &old),
+                            &sealed,
+                        )
+                        .map_err(|_| {
+                            Error::Corrupt("the sealed subject id failed authentication".into())
+                        })?;
+                        let resealed = crypto::seal(
+                            &dek,
+                            label::SUBJECT_ID,
+                            &aad::subject_id(t, &owner, &row.id),
+                            &plain,
+                        );
+                        store::set_subject_dek(conn, t, &owner, &row.id, &resealed)?;
+                    }
+                    keys.remember_dek(&tenant, &row.id, &dek);
+                    store::reencrypt_insert(
+                        conn,
+                        &store::ReencryptJob {
+                            old_dek: old,
+                            new_dek: row.id,
+                            tenant_id: t.to_owned(),
+                            owner,
+                        },
+                        now,
+                    )?;
+                    started += 1;
+                }
+                Ok(started)
+            })
+            .await?;
+        self.purge_wanted.notify_one();
+        Ok(started)
+    }
+
+    /// One pass of the re-encryption jobs: moves records from each job's
+    /// old data key to its new one, `batch` per transaction with `pause`
+    /// between, and when none are left destroys the old key. Progress is
+    /// the rows themselves and the job table: it resumes after a restart.
+    /// Returns the records moved.
+    pub async fn reencrypt_pass(&self, batch: usize, pause: Duration) -> Result<usize> {
+        let jobs = self.store.read(store::reencrypt_jobs).await?;
+        let mut moved = 0;
+        for job in jobs {
+            loop {
+                let (keys, j) = (self.keys.clone(), job.clone());
+                let n = self
+                    .store
+                    .write(move |conn| {
+                        let tenant = TenantId::parse(&j.tenant_id)
+                            .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
+                        let t = tenant.as_str();
+                        let key = |id: &str| -> Result<Option<Arc<SecretKey>>> {
+                            match store::dek_get(conn, id)? {
+                                Some(row) => keys.dek(conn, &tenant, &row),
+                                None => Ok(None),
+                            }
+                        };
+                        // A shred may have destroyed either key meanwhile.
+                        let (Some(old), Some(new)) = (key(&j.old_dek)?, key(&j.new_dek)?) else {
+                            return Ok(0);
+                        };
+                        let recs = store::records_under(conn, &j.old_dek, batch)?;
+                        for (rowid, r) in &recs {
+                            let old_aad = aad::record(t, &r.owner, &r.category, &r.key, r.version, &r.content_type, &j.old_dek);
+                            let plain = crypto::open(&old, label::RECORD, &old_aad, &r.ciphertext).map_err(|_| {
+                                Error::Corrupt(format!("record '{}/{}' failed authentication; it stays under its old key", r.category, r.key))
+                            })?;
+                            let new_aad = aad::record(t, &r.owner, &r.category, &r.key, r.version, &r.content_type, &j.new_dek);
+                            store::record_reseal(conn, *rowid, &j.new_dek, &crypto::seal(&new, label::RECORD, &new_aad, &plain))?;
+                        }
+                        Ok(recs.len())
+                    })
+                    .await?;
+                moved += n;
+                if n < batch {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            self.finish_reencrypt(&job).await?;
+        }
+        Ok(moved)
+    }
+
+    /// Destroys a job's old data key once no live record is under it.
+    async fn finish_reencrypt(&self, job: &store::ReencryptJob) -> Result<()> {
+        let call = Arc::new(Call::system("key.reencrypt.finish"));
+        call.set_tenant(&job.tenant_id);
+        call.set_resource(format!("dek:{}", job.old_dek));
+        let j = job.clone();
+        let done = self
+            .mutate(&call, move |conn| {
+                if !store::records_under(conn, &j.old_dek, 1)?.is_empty() {
+                    return Ok(false);
+                }
+                store::tombstones_follow(conn, &j.old_dek, &j.new_dek)?;
+                store::dek_destroy(conn, &j.old_dek, now_ms())?;
+                store::reencrypt_delete(conn, &j.old_dek)?;
+                Ok(true)
+            })
+            .await?;
+        if done {
+            self.keys.forget_dek(&job.old_dek);
+            self.store.checkpoint().await?;
+            tracing::info!(tenant = %job.tenant_id, dek = %job.old_dek, "data key re-encrypted and destroyed");
+        }
+        Ok(())
     }
 
     /// Sets the tenant's rotation policy (`None`: the server's default).
@@ -1468,7 +1637,12 @@ impl Vault {
                 // Tombstones, and rows left under an older, destroyed data
                 // key (their purge may not have run yet), are not live; the
                 // version still continues from them.
-                let live = head.as_ref().filter(|h| !h.deleted && h.dek_id == dek_id);
+                // During a re-encryption a row may still be under the
+                // owner's old (live) data key: that is live too.
+                let live = match &head {
+                    Some(h) if !h.deleted && (h.dek_id == dek_id || dek_alive(conn, &h.dek_id)?) => Some(h),
+                    _ => None,
+                };
                 check_expected_version(put.expected_version, live.map(|h| h.version))?;
                 let version = head.as_ref().map_or(1, |h| h.version + 1);
                 let created_at = live.map_or(now, |h| h.created_at);
@@ -1756,16 +1930,23 @@ impl Vault {
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
                 let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
-                let dek_id = row.dek_id.ok_or_else(subject_not_found)?;
-                let records = store::records_count_for_dek(conn, &dek_id)?;
+                row.dek_id.ok_or_else(subject_not_found)?;
+                // Every live key of the subject: during a re-encryption the
+                // old one still holds records too.
+                let deks = store::live_deks_of_owner(conn, t, &blind)?;
                 let now = now_ms();
-                store::dek_destroy(conn, &dek_id, now)?;
+                let mut records = 0;
+                for dek_id in &deks {
+                    records += store::records_count_for_dek(conn, dek_id)?;
+                    store::dek_destroy(conn, dek_id, now)?;
+                    store::reencrypt_delete(conn, dek_id)?;
+                }
                 store::subject_erase(conn, t, &blind, now)?;
                 let mut receipt = DeletionReceipt {
                     receipt_id: keyring::new_id("rcpt"),
                     tenant: t.to_owned(),
                     subject_blind_id: blind.to_vec(),
-                    destroyed_key_ids: vec![dek_id],
+                    destroyed_key_ids: deks,
                     records_made_unreadable: records,
                     shredded_at: now,
                     mac: Vec::new(),

@@ -307,3 +307,170 @@ async fn policy_rotates_by_age_and_by_count() {
         "max_encryptions",
     );
 }
+
+async fn reencrypt(admin: &Client, subject: &str) -> u64 {
+    admin
+        .keys()
+        .reencrypt_data_keys(pb::ReencryptDataKeysRequest {
+            tenant: "t".into(),
+            subject: subject.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs_started
+}
+
+async fn until_no_reencrypt_jobs(admin: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(admin, "t").await.reencrypt_jobs > 0 {
+        assert!(Instant::now() < deadline, "re-encryption did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The data key id each record of the tenant is sealed under, by key.
+fn deks_by_record(c: &Connection) -> std::collections::HashMap<String, String> {
+    c.prepare("SELECT key, dek_id FROM records WHERE deleted_at IS NULL")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_moves_records_to_fresh_keys_and_destroys_the_old() {
+    let s = TestServer::start().await;
+    let (admin, u) = s.tenant_with_user("t").await;
+    for i in 0..150 {
+        put_ok(
+            &u,
+            "t",
+            "alice",
+            "c",
+            &format!("a{i}"),
+            format!("alice {i}").as_bytes(),
+        )
+        .await;
+    }
+    put_ok(&u, "t", "bob", "c", "b0", b"bob").await;
+    put_ok(&u, "t", "", "infra", "cfg", b"tenant").await;
+    let c = Connection::open(s.db_path()).unwrap();
+    let before = deks_by_record(&c);
+    let alice_old = before["a0"].clone();
+    let alice_wrapped: Vec<u8> = c
+        .query_row(
+            "SELECT wrapped FROM data_keys WHERE id = ?1",
+            [&alice_old],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    assert_eq!(reencrypt(&admin, "alice").await, 1);
+    // Writes go on meanwhile: a new record, and a compare-and-set update of
+    // a record that may still be under the old key.
+    put_ok(&u, "t", "alice", "c", "during", b"new").await;
+    let mut cas = put("t", "alice", "c", "a7", b"updated");
+    cas.expected_version = Some(1);
+    u.records().put_record(cas).await.unwrap();
+    until_no_reencrypt_jobs(&admin).await;
+
+    let after = deks_by_record(&c);
+    assert!(
+        after
+            .iter()
+            .filter(|(k, _)| k.starts_with('a'))
+            .all(|(_, d)| *d != alice_old),
+        "every alice record moved"
+    );
+    assert_eq!(after["b0"], before["b0"], "bob was not in scope");
+    let live: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT wrapped FROM data_keys WHERE id = ?1",
+            [&alice_old],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(live, None, "the old data key is destroyed");
+    for (_, bytes) in data_dir_bytes(&s.data_dir()) {
+        assert!(
+            !contains(&bytes, &alice_wrapped),
+            "the old data key's bytes are still on disk"
+        );
+    }
+    for i in (0..150).step_by(11) {
+        let want = if i == 7 {
+            "updated".to_string()
+        } else {
+            format!("alice {i}")
+        };
+        assert_eq!(
+            get_value(&u, "t", "alice", "c", &format!("a{i}"))
+                .await
+                .unwrap(),
+            want.into_bytes()
+        );
+    }
+    assert_eq!(
+        get_value(&u, "t", "alice", "c", "a7").await.unwrap(),
+        b"updated"
+    );
+    assert_eq!(
+        get_value(&u, "t", "alice", "c", "during").await.unwrap(),
+        b"new"
+    );
+    // The sealed subject id moved too: export still names her.
+    let (header, records) = export(&u, "t", "alice").await;
+    assert_eq!(header.subject, "alice");
+    assert_eq!(records.len(), 151);
+
+    // The whole tenant: alice, bob and the tenant-level key.
+    assert_eq!(reencrypt(&admin, "").await, 3);
+    until_no_reencrypt_jobs(&admin).await;
+    let last = deks_by_record(&c);
+    assert_ne!(last["b0"], before["b0"]);
+    assert_ne!(last["cfg"], before["cfg"]);
+    assert_eq!(get_value(&u, "t", "bob", "c", "b0").await.unwrap(), b"bob");
+    assert_eq!(
+        get_value(&u, "t", "", "infra", "cfg").await.unwrap(),
+        b"tenant"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shred_during_reencrypt_destroys_every_key_of_the_subject() {
+    let s = TestServer::start().await;
+    let (admin, u) = s.tenant_with_user("t").await;
+    for i in 0..300 {
+        put_ok(&u, "t", "carol", "c", &format!("k{i}"), b"v").await;
+    }
+    reencrypt(&admin, "carol").await;
+    let receipt = u
+        .subjects()
+        .shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: "carol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!receipt.destroyed_key_ids.is_empty());
+    assert_eq!(receipt.records_made_unreadable, 300);
+    let live: i64 = Connection::open(s.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM data_keys d JOIN tenants t ON t.id = d.tenant_id
+             WHERE d.owner != X'' AND d.wrapped IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(live, 0, "a key of the shredded subject survived");
+    assert_status(
+        get_value(&u, "t", "carol", "c", "k0").await,
+        tonic::Code::NotFound,
+        "record not found",
+    );
+    until_no_reencrypt_jobs(&admin).await;
+}

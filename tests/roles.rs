@@ -41,6 +41,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "RotateTenantKey",
             "GetTenantKeyStatus",
             "SetRotationPolicy",
+            "ReencryptDataKeys",
         ],
     ),
     ("writer", &["PutRecord", "DeleteRecord"]),
@@ -118,6 +119,7 @@ fn code_table_matches_spec_table() {
         ("GetTenantKeyStatus", Action::KeyStatus),
         ("RotateRootKey", Action::KeyRotateRoot),
         ("SetRotationPolicy", Action::KeyPolicy),
+        ("ReencryptDataKeys", Action::KeyReencrypt),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

@@ -132,6 +132,7 @@ pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatu
         rotation_max_encryptions: s.policy.max_encryptions,
         rotation_policy_is_default: s.policy.default,
         next_rotation_due_unix_ms: s.next_rotation_due,
+        reencrypt_jobs: s.reencrypt_jobs,
         versions: s
             .versions
             .into_iter()

@@ -28,6 +28,7 @@ redacted_debug!(
     ExportSubjectResponse,
     SubjectHeader,
     ShredSubjectRequest,
+    ReencryptDataKeysRequest,
 );
 
 #[cfg(test)]

@@ -702,6 +702,25 @@ impl KeyService for Api {
         .await
     }
 
+    async fn reencrypt_data_keys(
+        &self,
+        req: Request<pb::ReencryptDataKeysRequest>,
+    ) -> GrpcResult<pb::ReencryptDataKeysResponse> {
+        self.handle(req, "key.reencrypt", async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant-deks:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::KeyReencrypt, Some(&tenant))
+                .await?;
+            let subject = convert::opt_subject(&req.get_ref().subject)?;
+            let started = self.vault.start_reencrypt(&permit, &call, subject).await?;
+            Ok(pb::ReencryptDataKeysResponse {
+                jobs_started: started as u64,
+            })
+        })
+        .await
+    }
+
     async fn get_tenant_key_status(
         &self,
         req: Request<pb::GetTenantKeyStatusRequest>,

@@ -553,6 +553,24 @@ async fn audit(client: &Client, cmd: AuditCmd, json: bool) -> anyhow::Result<()>
 async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
     let mut svc = client.keys();
     let status = match cmd {
+        KeyCmd::Reencrypt { tenant, subject } => {
+            let r = svc
+                .reencrypt_data_keys(pb::ReencryptDataKeysRequest {
+                    tenant,
+                    subject: subject.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&json!({ "jobs_started": r.jobs_started }));
+            } else {
+                println!(
+                    "re-encryption started for {} data keys; `key status` shows the jobs still running",
+                    r.jobs_started
+                );
+            }
+            return Ok(());
+        }
         KeyCmd::Policy {
             tenant,
             max_age,
@@ -602,6 +620,7 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             "tenant": status.tenant,
             "current_version": status.current_version,
             "data_keys_to_rewrap": status.data_keys_to_rewrap,
+            "reencrypt_jobs": status.reencrypt_jobs,
             "rotation": {
                 "max_age_seconds": status.rotation_max_age_seconds,
                 "max_encryptions": status.rotation_max_encryptions,
@@ -616,8 +635,11 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
         }));
     } else {
         println!(
-            "tenant {}: current KEK v{}, {} data keys to rewrap",
-            status.tenant, status.current_version, status.data_keys_to_rewrap
+            "tenant {}: current KEK v{}, {} data keys to rewrap, {} re-encryption jobs running",
+            status.tenant,
+            status.current_version,
+            status.data_keys_to_rewrap,
+            status.reencrypt_jobs
         );
         if status.next_rotation_due_unix_ms != 0 {
             println!(

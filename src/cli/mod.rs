@@ -88,6 +88,15 @@ pub enum KeyCmd {
     },
     /// Rotate the root key (operator): every key under it is rewrapped at once.
     RotateRoot,
+    /// Re-encrypt a subject's (or the whole tenant's) records under fresh
+    /// data keys and destroy the old keys: for a suspected data-key compromise.
+    Reencrypt {
+        #[arg(long)]
+        tenant: String,
+        /// Only this subject (default: every subject and the tenant-level data).
+        #[arg(long)]
+        subject: Option<String>,
+    },
     /// Set when the tenant's KEK rotates automatically (tenant admin).
     Policy {
         #[arg(long)]

@@ -141,6 +141,7 @@ pub fn tenant_destroy(conn: &Connection, id: &str, now: i64) -> Result<TenantDes
         params![id, now],
     )?;
     conn.execute("DELETE FROM subjects WHERE tenant_id = ?1", [id])?;
+    conn.execute("DELETE FROM reencrypt_jobs WHERE tenant_id = ?1", [id])?;
     conn.execute(
         "DELETE FROM api_keys WHERE principal_id IN (SELECT id FROM principals WHERE tenant_id = ?1)",
         [id],
@@ -872,6 +873,136 @@ pub fn set_rotation_policy(
     conn.execute(
         "UPDATE tenants SET rotate_after_ms = ?2, rotate_after_wraps = ?3 WHERE id = ?1",
         params![tenant, max_age_ms, max_wraps.map(|n| n as i64)],
+    )?;
+    Ok(())
+}
+
+/// A data-key re-encryption in progress.
+#[derive(Clone, Debug)]
+pub struct ReencryptJob {
+    pub old_dek: String,
+    pub new_dek: String,
+    pub tenant_id: String,
+    pub owner: Vec<u8>,
+}
+
+pub fn reencrypt_insert(conn: &Connection, j: &ReencryptJob, now: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO reencrypt_jobs (old_dek, new_dek, tenant_id, owner, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![j.old_dek, j.new_dek, j.tenant_id, j.owner, now],
+    )?;
+    Ok(())
+}
+
+pub fn reencrypt_jobs(conn: &Connection) -> Result<Vec<ReencryptJob>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT old_dek, new_dek, tenant_id, owner FROM reencrypt_jobs ORDER BY started_at",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ReencryptJob {
+            old_dek: r.get(0)?,
+            new_dek: r.get(1)?,
+            tenant_id: r.get(2)?,
+            owner: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn reencrypt_delete(conn: &Connection, old_dek: &str) -> Result<()> {
+    conn.execute("DELETE FROM reencrypt_jobs WHERE old_dek = ?1", [old_dek])?;
+    Ok(())
+}
+
+/// Jobs of a tenant: (old, new) pairs, for status and shredding.
+pub fn reencrypt_jobs_of(conn: &Connection, tenant: &str) -> Result<Vec<(String, String)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT old_dek, new_dek FROM reencrypt_jobs WHERE tenant_id = ?1")?;
+    let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Up to `limit` live records sealed under data key `dek`.
+pub fn records_under(conn: &Connection, dek: &str, limit: usize) -> Result<Vec<(i64, RecordRow)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT rowid, {RECORD_COLS} FROM records WHERE dek_id = ?1 AND deleted_at IS NULL LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![dek, limit as i64], |r| {
+        let rowid: i64 = r.get(0)?;
+        Ok((
+            rowid,
+            RecordRow {
+                owner: r.get(1)?,
+                category: r.get(2)?,
+                key: r.get(3)?,
+                version: r.get::<_, i64>(4)? as u64,
+                dek_id: r.get(5)?,
+                content_type: r.get(6)?,
+                ciphertext: r.get(7)?,
+                size: r.get::<_, i64>(8)? as u64,
+                created_at: r.get(9)?,
+                updated_at: r.get(10)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn record_reseal(conn: &Connection, rowid: i64, dek: &str, ciphertext: &[u8]) -> Result<()> {
+    conn.prepare_cached("UPDATE records SET dek_id = ?2, ciphertext = ?3 WHERE rowid = ?1")?
+        .execute(params![rowid, dek, ciphertext])?;
+    Ok(())
+}
+
+/// Tombstones (deleted records) under `dek` follow it to `new` so the
+/// version sequence survives the old key's destruction.
+pub fn tombstones_follow(conn: &Connection, dek: &str, new: &str) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE records SET dek_id = ?2 WHERE dek_id = ?1 AND deleted_at IS NOT NULL",
+    )?
+    .execute(params![dek, new])?;
+    Ok(())
+}
+
+/// Every live data key of an owner: the current one, and during a
+/// re-encryption the old one too.
+pub fn live_deks_of_owner(conn: &Connection, tenant: &str, owner: &[u8]) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM data_keys WHERE tenant_id = ?1 AND owner = ?2 AND wrapped IS NOT NULL",
+    )?;
+    let rows = stmt.query_map(params![tenant, owner], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Every owner (subject blind id, or empty for tenant-level) of a tenant
+/// that has a live data key, with that key.
+pub fn owners_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<(Vec<u8>, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT blind_id, dek_id FROM subjects WHERE tenant_id = ?1 AND dek_id IS NOT NULL
+         UNION ALL SELECT X'', dek_id FROM tenants WHERE id = ?1 AND dek_id IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn set_subject_dek(
+    conn: &Connection,
+    tenant: &str,
+    blind: &[u8],
+    dek: &str,
+    sealed_subject: &[u8],
+) -> Result<()> {
+    conn.execute(
+        "UPDATE subjects SET dek_id = ?3, sealed_subject = ?4 WHERE tenant_id = ?1 AND blind_id = ?2",
+        params![tenant, blind, dek, sealed_subject],
+    )?;
+    Ok(())
+}
+
+pub fn set_tenant_dek(conn: &Connection, tenant: &str, dek: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET dek_id = ?2 WHERE id = ?1",
+        params![tenant, dek],
     )?;
     Ok(())
 }

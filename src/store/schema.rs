@@ -160,6 +160,16 @@ CREATE INDEX data_keys_to_purge ON data_keys (destroyed_at) WHERE destroyed_at I
 -- Automatic KEK rotation: a tenant's own policy (NULL: the server's).
 ALTER TABLE tenants ADD COLUMN rotate_after_ms INTEGER;
 ALTER TABLE tenants ADD COLUMN rotate_after_wraps INTEGER;
+
+-- Data-key re-encryption jobs: records of `owner` move from `old_dek` to
+-- `new_dek`; the row goes when the old key is destroyed.
+CREATE TABLE reencrypt_jobs (
+    old_dek     TEXT PRIMARY KEY,
+    new_dek     TEXT NOT NULL,
+    tenant_id   TEXT NOT NULL,
+    owner       BLOB NOT NULL,
+    started_at  INTEGER NOT NULL
+);
 "#,
 ];
 

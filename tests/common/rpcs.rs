@@ -56,6 +56,7 @@ pub const RPC_ORDER: &[&str] = &[
     "GetTenantKeyStatus",
     "RotateRootKey",
     "SetRotationPolicy",
+    "ReencryptDataKeys",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -233,6 +234,13 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
             .get_tenant_key_status(pb::GetTenantKeyStatusRequest { tenant: t })
             .await),
         "RotateRootKey" => rid(c.keys().rotate_root_key(pb::RotateRootKeyRequest {}).await),
+        "ReencryptDataKeys" => rid(c
+            .keys()
+            .reencrypt_data_keys(pb::ReencryptDataKeysRequest {
+                tenant: t.clone(),
+                subject: "alice".into(),
+            })
+            .await),
         "SetRotationPolicy" => rid(c
             .keys()
             .set_rotation_policy(pb::SetRotationPolicyRequest {
