@@ -98,6 +98,20 @@ async fn runbooks_run_as_written() {
         common::put_ok(&app, "acme", subject, "contact", key, b"value").await;
     }
 
+    let out = run(
+        "suspected-key-compromise.md",
+        dir.path(),
+        &endpoint,
+        &admin_key,
+    );
+    assert!(out.contains("0 re-encryption jobs running"), "{out}");
+    assert_eq!(
+        common::get_value(&app, "acme", "bob@example.com", "contact", "email")
+            .await
+            .unwrap(),
+        b"value"
+    );
+
     let out = run("subject-deletion-request.md", dir.path(), &endpoint, &dpo);
     assert!(out.contains("valid"), "{out}");
     assert!(
