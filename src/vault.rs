@@ -1727,9 +1727,7 @@ impl Vault {
                 key: r.key.as_str(),
             };
             let live = match store::record_head(conn, addr)? {
-                Some(h) if !h.deleted => store::dek_get(conn, &h.dek_id)?
-                    .and_then(|d| d.wrapped)
-                    .map(|_| h.version),
+                Some(h) if !h.deleted && dek_alive(conn, &h.dek_id)? => Some(h.version),
                 _ => None,
             };
             if expected_version.is_some() {
@@ -1930,7 +1928,9 @@ impl Vault {
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
                 let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
-                row.dek_id.ok_or_else(subject_not_found)?;
+                if row.dek_id.is_none() {
+                    return Err(subject_not_found());
+                }
                 // Every live key of the subject: during a re-encryption the
                 // old one still holds records too.
                 let deks = store::live_deks_of_owner(conn, t, &blind)?;

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use strongbox::api::pb;
 use strongbox::client::Client;
 
 fn spawn_server(data_dir: &std::path::Path) -> (std::process::Child, String) {
@@ -24,14 +23,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let op = Client::connect(&endpoint, Some(op_key.trim()))
         .await
         .unwrap();
-    op.tenants()
-        .create_tenant(pb::CreateTenantRequest {
-            tenant: "t".into(),
-            name: String::new(),
-        })
-        .await
-        .unwrap();
-    let admin_key = new_principal(&op, "t", "admin", &["admin"]).await;
+    let admin_key = tenant_with_admin(&op, "t").await;
     let key = new_principal(
         &op.as_key(&admin_key).unwrap(),
         "t",

@@ -18,16 +18,7 @@ async fn root_key_from_an_environment_variable() {
     let op = Client::connect(&endpoint, Some(op_key.trim()))
         .await
         .unwrap();
-    op.tenants()
-        .create_tenant(pb::CreateTenantRequest {
-            tenant: "t".into(),
-            name: String::new(),
-        })
-        .await
-        .unwrap();
-    let admin = op
-        .as_key(&new_principal(&op, "t", "admin", &["admin"]).await)
-        .unwrap();
+    let admin = op.as_key(&tenant_with_admin(&op, "t").await).unwrap();
     let rw_key = new_principal(&admin, "t", "rw", &["writer", "reader"]).await;
     put_ok(&op.as_key(&rw_key).unwrap(), "t", "s", "c", "k", b"secret").await;
     // Rotation needs a provider the server can rewrite: refused, clearly.

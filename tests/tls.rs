@@ -205,14 +205,7 @@ async fn a_pinned_principal_needs_its_certificate() {
     let op = Client::connect_tls(&https, Some(&s.operator_key), &pki.client("other"))
         .await
         .unwrap();
-    op.tenants()
-        .create_tenant(pb::CreateTenantRequest {
-            tenant: "t".into(),
-            name: String::new(),
-        })
-        .await
-        .unwrap();
-    let admin_key = new_principal(&op, "t", "admin", &["admin"]).await;
+    let admin_key = tenant_with_admin(&op, "t").await;
     let admin = op.as_key(&admin_key).unwrap();
     let pinned = admin
         .principals()

@@ -922,28 +922,13 @@ pub fn reencrypt_jobs_of(conn: &Connection, tenant: &str) -> Result<Vec<(String,
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Up to `limit` live records sealed under data key `dek`.
+/// Up to `limit` live records sealed under data key `dek`, with rowids.
 pub fn records_under(conn: &Connection, dek: &str, limit: usize) -> Result<Vec<(i64, RecordRow)>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT rowid, {RECORD_COLS} FROM records WHERE dek_id = ?1 AND deleted_at IS NULL LIMIT ?2"
+        "SELECT {RECORD_COLS}, rowid FROM records WHERE dek_id = ?1 AND deleted_at IS NULL LIMIT ?2"
     ))?;
     let rows = stmt.query_map(params![dek, limit as i64], |r| {
-        let rowid: i64 = r.get(0)?;
-        Ok((
-            rowid,
-            RecordRow {
-                owner: r.get(1)?,
-                category: r.get(2)?,
-                key: r.get(3)?,
-                version: r.get::<_, i64>(4)? as u64,
-                dek_id: r.get(5)?,
-                content_type: r.get(6)?,
-                ciphertext: r.get(7)?,
-                size: r.get::<_, i64>(8)? as u64,
-                created_at: r.get(9)?,
-                updated_at: r.get(10)?,
-            },
-        ))
+        Ok((r.get(10)?, record_row(r)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

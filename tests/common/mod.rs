@@ -386,3 +386,16 @@ pub fn try_spawn_binary_env(
         }
     }
 }
+
+/// Creates `tenant` through an operator client and its first admin;
+/// returns the admin's API key.
+pub async fn tenant_with_admin(op: &Client, tenant: &str) -> String {
+    op.tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: tenant.into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap();
+    new_principal(op, tenant, "admin", &["admin"]).await
+}
