@@ -40,7 +40,7 @@ impl BenchOp {
     }
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "mixed")]
     pub op: BenchOp,

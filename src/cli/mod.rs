@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 pub use bench::{BenchArgs, BenchOp};
 
 /// Command-line interface of the `strongbox` binary.
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(
     name = "strongbox",
     version,
@@ -48,7 +48,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
@@ -74,7 +74,7 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum KeyCmd {
     /// Rotate a tenant's key-encryption key (tenant admin); old data keys are rewrapped in the background.
     Rotate {
@@ -110,7 +110,7 @@ pub enum KeyCmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum AuditCmd {
     /// Walk the MAC chain: `ok` with the count and head, or the first bad entry (exit 1).
     Verify,
@@ -132,7 +132,7 @@ pub enum AuditCmd {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct ServeArgs {
     /// Data directory (default ./strongbox-data).
     #[arg(long)]
@@ -161,7 +161,7 @@ pub struct ServeArgs {
     pub root_key_env: Option<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum TenantCmd {
     /// Create a tenant with fresh keys.
     Create {
@@ -184,7 +184,7 @@ pub enum TenantCmd {
     CancelShred { tenant: String },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum PrincipalCmd {
     /// Create a principal; prints its API key once.
     Create {
@@ -223,7 +223,7 @@ pub enum PrincipalCmd {
 }
 
 /// Which record: tenant, optional subject, category, key.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct RecordAddrArgs {
     #[arg(long)]
     pub tenant: String,
@@ -236,7 +236,7 @@ pub struct RecordAddrArgs {
     pub key: String,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum RecordCmd {
     /// Store a value (from --value, --file, or stdin).
     Put {
@@ -278,7 +278,7 @@ pub enum RecordCmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum SubjectCmd {
     /// Everything stored about a subject, as JSON on stdout.
     Export {
