@@ -246,16 +246,7 @@ pub fn deks_to_rewrap(
          ORDER BY d.id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after_id, limit as i64], |r| {
-        Ok((
-            DekRow {
-                id: r.get(0)?,
-                tenant_id: r.get(1)?,
-                owner: r.get(2)?,
-                kek_version: r.get(3)?,
-                wrapped: r.get(4)?,
-            },
-            r.get(5)?,
-        ))
+        Ok((dek_row(r)?, r.get(5)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -309,20 +300,23 @@ pub fn dek_insert(conn: &Connection, d: &DekRow, now: i64) -> Result<()> {
     kek_count_wrap(conn, &d.tenant_id, d.kek_version)
 }
 
+/// A data key from columns `id, tenant_id, owner, kek_version, wrapped`.
+fn dek_row(r: &Row<'_>) -> rusqlite::Result<DekRow> {
+    Ok(DekRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        owner: r.get(2)?,
+        kek_version: r.get(3)?,
+        wrapped: r.get(4)?,
+    })
+}
+
 pub fn dek_get(conn: &Connection, id: &str) -> Result<Option<DekRow>> {
     Ok(conn
         .prepare_cached(
             "SELECT id, tenant_id, owner, kek_version, wrapped FROM data_keys WHERE id = ?1",
         )?
-        .query_row([id], |r| {
-            Ok(DekRow {
-                id: r.get(0)?,
-                tenant_id: r.get(1)?,
-                owner: r.get(2)?,
-                kek_version: r.get(3)?,
-                wrapped: r.get(4)?,
-            })
-        })
+        .query_row([id], dek_row)
         .optional()?)
 }
 
@@ -601,6 +595,20 @@ pub struct PrincipalRow {
     pub cert_cn: Option<String>,
 }
 
+const PRINCIPAL_COLS: &str = "id, tenant_id, name, roles, created_at, cert_cn";
+
+/// A principal from columns `PRINCIPAL_COLS` starting at `at`.
+fn principal_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PrincipalRow> {
+    Ok(PrincipalRow {
+        id: r.get(at)?,
+        tenant_id: r.get(at + 1)?,
+        name: r.get(at + 2)?,
+        roles: r.get(at + 3)?,
+        created_at: r.get(at + 4)?,
+        cert_cn: r.get(at + 5)?,
+    })
+}
+
 pub fn principal_insert(conn: &Connection, p: &PrincipalRow) -> Result<()> {
     conn.execute(
         "INSERT INTO principals (id, tenant_id, name, roles, created_at, cert_cn) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -638,18 +646,10 @@ pub fn tenant_has_live_role(conn: &Connection, tenant: &str, role: &str, now: i6
 
 /// A tenant's principals, by name.
 pub fn principals_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<PrincipalRow>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id, tenant_id, name, roles, created_at, cert_cn FROM principals WHERE tenant_id = ?1 ORDER BY name")?;
-    let rows = stmt.query_map([tenant], |r| {
-        Ok(PrincipalRow {
-            id: r.get(0)?,
-            tenant_id: r.get(1)?,
-            name: r.get(2)?,
-            roles: r.get(3)?,
-            created_at: r.get(4)?,
-            cert_cn: r.get(5)?,
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {PRINCIPAL_COLS} FROM principals WHERE tenant_id = ?1 ORDER BY name"
+    ))?;
+    let rows = stmt.query_map([tenant], |r| principal_row(r, 0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -675,19 +675,10 @@ pub fn api_keys_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<ApiKeyR
 
 pub fn principal_get(conn: &Connection, id: &str) -> Result<Option<PrincipalRow>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT id, tenant_id, name, roles, created_at, cert_cn FROM principals WHERE id = ?1",
-        )?
-        .query_row([id], |r| {
-            Ok(PrincipalRow {
-                id: r.get(0)?,
-                tenant_id: r.get(1)?,
-                name: r.get(2)?,
-                roles: r.get(3)?,
-                created_at: r.get(4)?,
-                cert_cn: r.get(5)?,
-            })
-        })
+        .prepare_cached(&format!(
+            "SELECT {PRINCIPAL_COLS} FROM principals WHERE id = ?1"
+        ))?
+        .query_row([id], |r| principal_row(r, 0))
         .optional()?)
 }
 
@@ -732,7 +723,7 @@ pub fn api_key_lookup(
     Ok(conn
         .prepare_cached(
             "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at,
-                    p.id, p.tenant_id, p.name, p.roles, p.created_at, k.last_used_at, p.cert_cn
+                    p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn, k.last_used_at
              FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1",
         )?
         .query_row([key_id], |r| {
@@ -744,16 +735,9 @@ pub fn api_key_lookup(
                     created_at: r.get(3)?,
                     expires_at: r.get(4)?,
                     revoked_at: r.get(5)?,
-                    last_used_at: r.get(11)?,
+                    last_used_at: r.get(12)?,
                 },
-                PrincipalRow {
-                    id: r.get(6)?,
-                    tenant_id: r.get(7)?,
-                    name: r.get(8)?,
-                    roles: r.get(9)?,
-                    created_at: r.get(10)?,
-                    cert_cn: r.get(12)?,
-                },
+                principal_row(r, 6)?,
             ))
         })
         .optional()?)
