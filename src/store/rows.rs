@@ -655,21 +655,11 @@ pub fn principals_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<Princ
 
 /// The keys of a tenant's principals (hashes included; callers drop them).
 pub fn api_keys_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<ApiKeyRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at
-         FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE p.tenant_id = ?1 ORDER BY k.created_at",
-    )?;
-    let rows = stmt.query_map([tenant], |r| {
-        Ok(ApiKeyRow {
-            key_id: r.get(0)?,
-            principal_id: r.get(1)?,
-            secret_hash: r.get(2)?,
-            created_at: r.get(3)?,
-            expires_at: r.get(4)?,
-            revoked_at: r.get(5)?,
-            last_used_at: r.get(6)?,
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {API_KEY_COLS} FROM api_keys k JOIN principals p ON p.id = k.principal_id
+         WHERE p.tenant_id = ?1 ORDER BY k.created_at"
+    ))?;
+    let rows = stmt.query_map([tenant], api_key_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -707,6 +697,21 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<i64>,
 }
 
+const API_KEY_COLS: &str = "k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at";
+
+/// An API key from columns `API_KEY_COLS` (the first seven).
+fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        key_id: r.get(0)?,
+        principal_id: r.get(1)?,
+        secret_hash: r.get(2)?,
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+        last_used_at: r.get(6)?,
+    })
+}
+
 pub fn api_key_insert(conn: &Connection, k: &ApiKeyRow) -> Result<()> {
     conn.execute(
         "INSERT INTO api_keys (key_id, principal_id, secret_hash, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -721,25 +726,11 @@ pub fn api_key_lookup(
     key_id: &str,
 ) -> Result<Option<(ApiKeyRow, PrincipalRow)>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at,
-                    p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn, k.last_used_at
-             FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1",
-        )?
-        .query_row([key_id], |r| {
-            Ok((
-                ApiKeyRow {
-                    key_id: r.get(0)?,
-                    principal_id: r.get(1)?,
-                    secret_hash: r.get(2)?,
-                    created_at: r.get(3)?,
-                    expires_at: r.get(4)?,
-                    revoked_at: r.get(5)?,
-                    last_used_at: r.get(12)?,
-                },
-                principal_row(r, 6)?,
-            ))
-        })
+        .prepare_cached(&format!(
+            "SELECT {API_KEY_COLS}, p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn
+             FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1"
+        ))?
+        .query_row([key_id], |r| Ok((api_key_row(r)?, principal_row(r, 7)?)))
         .optional()?)
 }
 
