@@ -29,14 +29,6 @@ fn entries_with_request_id(s: &TestServer, id: &str) -> Vec<(String, String, Str
         .collect()
 }
 
-async fn verify(c: &Client) -> pb::VerifyAuditResponse {
-    c.audit()
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn list(
     c: &Client,
     req: pb::ListAuditEntriesRequest,
@@ -94,7 +86,7 @@ async fn every_rpc_writes_exactly_one_entry() {
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].1, "failed");
     assert_eq!(e[0].3, Code::InvalidArgument as i32);
-    assert!(verify(&op).await.ok);
+    assert!(verify_audit(&op).await.ok);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,7 +213,7 @@ async fn fail_closed_when_the_audit_table_cannot_be_written() {
         .query_row("SELECT count(*) FROM subjects", [], |r| r.get(0))
         .unwrap();
     assert_eq!(subjects, 1, "no subject row was half-written");
-    assert!(verify(&s.operator().await).await.ok);
+    assert!(verify_audit(&s.operator().await).await.ok);
 }
 
 /// A server with a few dozen audit entries, stopped, and its chain state.
@@ -238,9 +230,9 @@ async fn audited_server() -> TestServer {
 async fn tampered(tamper: &str) -> pb::VerifyAuditResponse {
     let s = audited_server().await;
     let op = s.operator().await;
-    assert!(verify(&op).await.ok, "the untouched chain verifies");
+    assert!(verify_audit(&op).await.ok, "the untouched chain verifies");
     db(&s).execute_batch(tamper).unwrap();
-    verify(&op).await
+    verify_audit(&op).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -308,7 +300,7 @@ async fn fail_truncated_tail_with_head_rewound_by_hand() {
         [&head],
     )
     .unwrap();
-    let r = verify(&op).await;
+    let r = verify_audit(&op).await;
     assert!(!r.ok);
     assert!(r.problem.contains("head row's MAC"), "{}", r.problem);
 }
@@ -330,7 +322,7 @@ async fn fail_entry_rewritten_with_a_plain_sha256() {
         params![crypto::sha256(&forged).to_vec()],
     )
     .unwrap();
-    let r = verify(&op).await;
+    let r = verify_audit(&op).await;
     assert!(!r.ok);
     assert_eq!(r.first_bad_seq, 12, "{}", r.problem);
 }

@@ -103,14 +103,5 @@ async fn an_expired_deadline_fails_the_call_and_nothing_breaks() {
         e.message()
     );
     put_ok(&u, "t", "s", "c", "k2", b"v").await;
-    assert!(
-        s.operator()
-            .await
-            .audit()
-            .verify_audit(strongbox::api::pb::VerifyAuditRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .ok
-    );
+    assert!(verify_audit(&s.operator().await).await.ok);
 }

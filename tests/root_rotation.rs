@@ -77,24 +77,9 @@ async fn everything_checks_out(s: &TestServer, key: &str, receipt: &pb::Deletion
         get_value(&u, "t", "", "infra", "cfg").await.unwrap(),
         b"tenant-level"
     );
-    let valid = u
-        .subjects()
-        .verify_receipt(pb::VerifyReceiptRequest {
-            receipt: Some(receipt.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .valid;
+    let valid = receipt_valid(&u, receipt).await;
     assert!(valid, "a receipt issued before the rotation verifies");
-    let audit = s
-        .operator()
-        .await
-        .audit()
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = verify_audit(&s.operator().await).await;
     assert!(audit.ok, "{}", audit.problem);
 }
 

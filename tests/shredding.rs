@@ -238,27 +238,11 @@ async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
         get_value(&u, "t", "bob", "contact", "email").await.unwrap(),
         b"bob-email"
     );
-    let valid = u
-        .subjects()
-        .verify_receipt(pb::VerifyReceiptRequest {
-            receipt: Some(receipt.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .valid;
+    let valid = receipt_valid(&u, &receipt).await;
     assert!(valid, "a receipt verifies after restart");
     let mut forged = receipt;
     forged.records_made_unreadable = 30;
-    let valid = u
-        .subjects()
-        .verify_receipt(pb::VerifyReceiptRequest {
-            receipt: Some(forged),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .valid;
+    let valid = receipt_valid(&u, &forged).await;
     assert!(!valid, "an altered receipt fails");
 }
 

@@ -399,3 +399,24 @@ pub async fn tenant_with_admin(op: &Client, tenant: &str) -> String {
         .unwrap();
     new_principal(op, tenant, "admin", &["admin"]).await
 }
+
+/// Whether the server says `receipt` is genuine and unaltered.
+pub async fn receipt_valid(c: &Client, receipt: &pb::DeletionReceipt) -> bool {
+    c.subjects()
+        .verify_receipt(pb::VerifyReceiptRequest {
+            receipt: Some(receipt.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .valid
+}
+
+/// The server's verdict on the whole audit chain.
+pub async fn verify_audit(c: &Client) -> pb::VerifyAuditResponse {
+    c.audit()
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
