@@ -9,10 +9,13 @@ use serde::Deserialize;
 
 use crate::api::limits::LoadLimits;
 use crate::error::{Error, Result};
+use crate::rootkey::pkcs11::{DEFAULT_KEY_LABEL, DEFAULT_PIN_ENV, Pkcs11Config};
 use crate::vault::Limits;
 
 /// The default data directory, relative to where the server starts.
 pub const DEFAULT_DATA_DIR: &str = "strongbox-data";
+/// The root key file's name inside the data directory, by default.
+pub const ROOT_KEY_FILE: &str = "root.key";
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
@@ -34,6 +37,8 @@ pub struct ServerConfig {
     pub root_key_file: Option<PathBuf>,
     /// Take the root key from this environment variable instead of a file.
     pub root_key_env: Option<String>,
+    /// Keep the root key in a PKCS#11 token instead of a file.
+    pub pkcs11: Option<Pkcs11Config>,
     pub limits: Limits,
     pub read_connections: usize,
     /// How often due tenant shreds and row purges are looked for.
@@ -59,6 +64,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             root_key_file: None,
             root_key_env: None,
+            pkcs11: None,
             limits: Limits::default(),
             read_connections: 4,
             housekeeping_interval: Duration::from_secs(30),
@@ -79,6 +85,10 @@ struct FileConfig {
     listen: Option<String>,
     root_key_file: Option<PathBuf>,
     root_key_env: Option<String>,
+    pkcs11_module: Option<PathBuf>,
+    pkcs11_token: Option<String>,
+    pkcs11_key_label: Option<String>,
+    pkcs11_pin_env: Option<String>,
     max_value_bytes: Option<usize>,
     tenant_shred_grace: Option<String>,
     read_connections: Option<usize>,
@@ -123,6 +133,42 @@ pub fn tls_files(
     }
 }
 
+/// PKCS#11 settings: module and token go together; the key label and the
+/// PIN's environment variable have defaults.
+pub fn pkcs11_config(
+    module: Option<PathBuf>,
+    token: Option<String>,
+    key_label: Option<String>,
+    pin_env: Option<String>,
+) -> Result<Option<Pkcs11Config>> {
+    match (module, token) {
+        (Some(module), Some(token)) => {
+            let key_label = key_label.unwrap_or_else(|| DEFAULT_KEY_LABEL.to_owned());
+            if key_label.is_empty() || key_label.ends_with(".next") || key_label.ends_with(".old") {
+                return Err(Error::invalid(
+                    "pkcs11_key_label",
+                    "must be non-empty and not end in .next or .old (those name staged and replaced root keys)",
+                ));
+            }
+            Ok(Some(Pkcs11Config {
+                module,
+                token,
+                key_label,
+                pin_env: pin_env.unwrap_or_else(|| DEFAULT_PIN_ENV.to_owned()),
+            }))
+        }
+        (None, None) if key_label.is_none() && pin_env.is_none() => Ok(None),
+        (None, _) => Err(Error::invalid(
+            "pkcs11_module",
+            "the PKCS#11 settings need the module (the token library's path) and the token label",
+        )),
+        (Some(_), None) => Err(Error::invalid(
+            "pkcs11_token",
+            "the PKCS#11 settings need the token label as well as the module",
+        )),
+    }
+}
+
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     s.parse().map_err(|_| {
         Error::invalid(
@@ -154,6 +200,12 @@ impl ServerConfig {
             }
             cfg.root_key_file = f.root_key_file.or(cfg.root_key_file);
             cfg.root_key_env = f.root_key_env.or(cfg.root_key_env);
+            cfg.pkcs11 = pkcs11_config(
+                f.pkcs11_module,
+                f.pkcs11_token,
+                f.pkcs11_key_label,
+                f.pkcs11_pin_env,
+            )?;
             if let Some(n) = f.max_value_bytes {
                 cfg.limits.max_value_bytes = n;
             }
@@ -202,7 +254,7 @@ impl ServerConfig {
     pub fn root_key_path(&self) -> PathBuf {
         self.root_key_file
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("root.key"))
+            .unwrap_or_else(|| self.data_dir.join(ROOT_KEY_FILE))
     }
 
     pub fn operator_key_path(&self) -> PathBuf {

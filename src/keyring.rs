@@ -29,6 +29,9 @@ const RECEIPT_KEY_META: &str = "receipt_key";
 const AUDIT_KEY_META: &str = "audit_key";
 /// The `meta` row holding a sealed check value that proves the root key.
 const ROOT_CHECK_META: &str = "root_check";
+/// Which provider holds the root key (its description, no key material),
+/// so a server started with the wrong one can say where the key is.
+const ROOT_PROVIDER_META: &str = "root_provider";
 
 /// AAD layouts: every wrapped key and ciphertext is bound to who and what
 /// it belongs to, so bytes copied to another row fail to open.
@@ -147,6 +150,19 @@ pub fn root_matches(conn: &Connection, root: &dyn RootKeyProvider) -> Result<boo
     })
 }
 
+/// The provider the database records as holding its root key, if any.
+pub fn recorded_root_provider(conn: &Connection) -> Result<Option<String>> {
+    Ok(
+        store::meta_get(conn, ROOT_PROVIDER_META)?
+            .map(|d| String::from_utf8_lossy(&d).into_owned()),
+    )
+}
+
+/// Whether the database already records a root key (a vault in use).
+pub fn has_root_check(conn: &Connection) -> Result<bool> {
+    Ok(store::meta_get(conn, ROOT_CHECK_META)?.is_some())
+}
+
 /// A fresh random key id with a readable prefix (`dek-…`, `prn-…`).
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", hex::encode(crypto::random_bytes::<16>()))
@@ -198,11 +214,18 @@ impl Keyring {
     }
 
     /// Forgets the previous root key once no reader can still need it.
-    pub fn forget_previous_root(&self) {
-        self.roots
+    /// An HSM destroys the old key object here.
+    pub fn forget_previous_root(&self) -> Result<()> {
+        let previous = self
+            .roots
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .previous = None;
+            .previous
+            .take();
+        match previous {
+            Some(old) => old.retire(),
+            None => Ok(()),
+        }
     }
 
     /// Undoes [`Keyring::swap_root`] (the rotation did not commit).
@@ -228,6 +251,7 @@ impl Keyring {
                 .map_err(|_| corrupt(what.to_owned()))?;
             new.wrap(label, aad, &key)
         };
+        store::meta_put(conn, ROOT_PROVIDER_META, new.describe().as_bytes())?;
         let mut n = 0;
         for (meta, label, aad) in [
             (ROOT_CHECK_META, label::ROOT_CHECK, aad::root_check()),
@@ -286,8 +310,13 @@ impl Keyring {
                 .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
                 .map(drop)
                 .map_err(|_| {
+                    let recorded = recorded_root_provider(conn)
+                        .ok()
+                        .flatten()
+                        .map(|d| format!(" (the vault records its root key as held by {d})"))
+                        .unwrap_or_default();
                     Error::FailedPrecondition(format!(
-                        "the root key from {} is not the one this vault's data is wrapped under",
+                        "the root key from {} is not the one this vault's data is wrapped under{recorded}",
                         self.root().describe()
                     ))
                 }),
@@ -297,7 +326,8 @@ impl Keyring {
                     &aad::root_check(),
                     &SecretKey::generate(),
                 )?;
-                store::meta_put(conn, ROOT_CHECK_META, &check)
+                store::meta_put(conn, ROOT_CHECK_META, &check)?;
+                store::meta_put(conn, ROOT_PROVIDER_META, self.root().describe().as_bytes())
             }
         }
     }

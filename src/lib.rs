@@ -9,7 +9,7 @@
 //! - [`ids`]: identifiers parsed once at the edge (`TenantId`, `SubjectId`, ...).
 //! - [`error`]: the error enum, named by meaning.
 //! - [`crypto`]: the secret key type and the one seal construction.
-//! - [`rootkey`]: root-key providers (key file; HSM later).
+//! - [`rootkey`]: root-key providers (key file, environment, PKCS#11 HSM).
 //! - [`keyring`]: the key hierarchy below the root, AAD layouts, key caches.
 //! - [`authz`]: roles, the permission table, and the `Permit`.
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
@@ -43,4 +43,21 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The environment variable that names a crash point for the kill tests.
+pub const CRASH_POINT_ENV: &str = "STRONGBOX_CRASH_POINT";
+
+/// A named point in a multi-step operation (root rotation, moving the root
+/// key, rewrap) where the kill tests stop the process. When
+/// `$STRONGBOX_CRASH_POINT` names this point, the process says so on stderr
+/// and then stalls, so the test can SIGKILL it exactly there. Otherwise it
+/// does nothing; it never runs in normal operation.
+pub fn crash_point(name: &str) {
+    if std::env::var_os(CRASH_POINT_ENV).is_some_and(|v| v == name) {
+        eprintln!("crash point reached: {name}");
+        loop {
+            std::thread::park();
+        }
+    }
 }

@@ -55,6 +55,16 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     cfg.insecure_plaintext |= args.insecure_plaintext;
     if args.root_key_env.is_some() {
         cfg.root_key_env = args.root_key_env;
+        cfg.pkcs11 = None;
+    }
+    if let Some(p11) = args.pkcs11.config()? {
+        cfg.pkcs11 = Some(p11);
+        cfg.root_key_env = None;
+    }
+    if cfg.root_key_env.is_some() && cfg.pkcs11.is_some() {
+        anyhow::bail!(
+            "root_key_env and pkcs11_module: the root key comes from one place; set only one"
+        );
     }
     let running = server::start(cfg).await?;
     // Scripts and tests read the bound address (the real port for :0) here.

@@ -2,8 +2,10 @@
 //! vault, bootstrap operator key, the gRPC services with health and
 //! reflection, and the housekeeping task (due tenant shreds, purges).
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -15,6 +17,7 @@ use crate::api::{Api, pb};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::keyring::{self, Keyring};
+use crate::rootkey::pkcs11::{Hsm, HsmProvider, Pkcs11Config};
 use crate::rootkey::{EnvProvider, KeyFileProvider, RootKeyProvider};
 use crate::store::{DB_FILE, Store};
 use crate::vault::Vault;
@@ -38,6 +41,8 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
+    /// The data directory's lock, held while the server runs.
+    _lock: std::fs::File,
 }
 
 impl RunningServer {
@@ -69,14 +74,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .mode(0o700)
         .create(&cfg.data_dir)
         .map_err(|e| Error::Unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+    let lock = lock_data_dir(&cfg.data_dir)?;
     let db = cfg.data_dir.join(DB_FILE);
-    let store = tokio::task::spawn_blocking(move || Store::open(&db, cfg.read_connections))
-        .await
-        .map_err(|e| Error::Internal(format!("open task: {e}")))??;
-    let root: Arc<dyn RootKeyProvider> = match &cfg.root_key_env {
-        Some(var) => Arc::new(EnvProvider::from_env(var)?),
-        None => open_root(&cfg.root_key_path(), &store).await?,
-    };
+    let readers = cfg.read_connections;
+    let store = blocking(move || Store::open(&db, readers)).await?;
+    let root = open_root(&cfg, &store).await?;
     let keys = Arc::new(Keyring::new(root));
     let vault = Vault::open(store, keys, cfg.limits.clone()).await?;
     let key_file = cfg.operator_key_path();
@@ -168,39 +170,249 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         stop,
         serving,
         housekeeping,
+        _lock: lock,
     })
 }
 
-/// Opens the root key, finishing a root rotation that a crash cut short:
-/// whichever of the key file and its staged successor opens the database's
-/// check value is the root key; a successor that does not is discarded.
-async fn open_root(path: &std::path::Path, store: &Store) -> Result<Arc<dyn RootKeyProvider>> {
-    let current = Arc::new(KeyFileProvider::open_or_create(path)?);
-    let staged = KeyFileProvider::successor_path(path);
-    let c = current.clone();
-    if store
-        .read(move |conn| keyring::root_matches(conn, &*c))
-        .await?
+/// Runs `f` (storage or HSM work) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+}
+
+/// The lock file a server holds on its data directory while it runs.
+pub const LOCK_FILE: &str = "strongbox.lock";
+
+/// Takes the data directory's lock, so two servers never share one vault
+/// (each would cache keys the other shreds) and the offline move of the
+/// root key never runs under a live server. Held until the file is dropped;
+/// the file holds the holder's process id.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::Unavailable(format!("data dir lock {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // The holder's pid, for `kill "$(cat strongbox.lock)"` and for
+            // finding which process holds the vault.
+            let mut f = &file;
+            f.set_len(0)
+                .and_then(|_| writeln!(f, "{}", std::process::id()))
+                .map_err(|e| {
+                    Error::Unavailable(format!("data dir lock {}: {e}", path.display()))
+                })?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::FailedPrecondition(format!(
+            "data dir {} is in use by a running server (it holds {LOCK_FILE}); stop it first",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Unavailable(format!(
+            "data dir lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+type Provider = Arc<dyn RootKeyProvider>;
+
+/// Opens the configured root-key provider: the environment variable, the
+/// PKCS#11 token, or the key file (created for a new vault).
+async fn open_root(cfg: &ServerConfig, store: &Store) -> Result<Provider> {
+    if let Some(var) = &cfg.root_key_env {
+        return Ok(Arc::new(EnvProvider::from_env(var)?));
+    }
+    let fresh = !store.read(keyring::has_root_check).await?;
+    let (current, staged) = match &cfg.pkcs11 {
+        Some(p11) => {
+            let p11 = p11.clone();
+            blocking(move || {
+                let hsm = Hsm::connect(&p11)?;
+                let label = &p11.key_label;
+                let staged = HsmProvider::find_staged(&hsm, label)?;
+                let current = match HsmProvider::find(&hsm, label)? {
+                    Some(k) => Some(k),
+                    // A new vault gets its root key generated in the token.
+                    None if fresh && staged.is_none() => {
+                        tracing::info!(key = %p11.uri(), "generated the root key inside the HSM");
+                        Some(HsmProvider::create(&hsm, label)?)
+                    }
+                    None => None,
+                };
+                Ok((
+                    current.map(|k| Arc::new(k) as Provider),
+                    staged.map(|k| Arc::new(k) as Provider),
+                ))
+            })
+            .await?
+        }
+        None => {
+            let path = cfg.root_key_path();
+            if !fresh && !path.exists() {
+                let recorded = store
+                    .read(keyring::recorded_root_provider)
+                    .await?
+                    .map(|d| format!("; the vault records its root key as held by {d}"))
+                    .unwrap_or_default();
+                return Err(Error::FailedPrecondition(format!(
+                    "root key file {} does not exist and this vault is not new{recorded}",
+                    path.display()
+                )));
+            }
+            let current: Provider = Arc::new(KeyFileProvider::open_or_create(&path)?);
+            let staged = KeyFileProvider::open_staged(&path)?.map(|k| Arc::new(k) as Provider);
+            (Some(current), staged)
+        }
+    };
+    match recover_root(store, current, staged).await? {
+        Some(root) => Ok(root),
+        None => {
+            let recorded = store
+                .read(keyring::recorded_root_provider)
+                .await?
+                .map(|d| format!(" (the vault records its root key as held by {d})"))
+                .unwrap_or_default();
+            let uri = cfg.pkcs11.as_ref().map(|p| p.uri()).unwrap_or_default();
+            Err(Error::FailedPrecondition(format!(
+                "pkcs11_key_label: {uri} does not exist and this vault is not new{recorded}; to move a vault's root key into the HSM, run `strongbox key move-root` first (docs/runbooks/root-key-to-hsm.md)"
+            )))
+        }
+    }
+}
+
+/// Picks the root key, finishing a root rotation that a crash cut short:
+/// whichever of the current key and a staged successor opens the
+/// database's check value is the root key. A successor that does not is
+/// discarded; one that does is promoted. With neither matching, the
+/// current key is returned for `Vault::open` to refuse with its message.
+async fn recover_root(
+    store: &Store,
+    current: Option<Provider>,
+    staged: Option<Provider>,
+) -> Result<Option<Provider>> {
+    let matches = |root: Provider| store.read(move |conn| keyring::root_matches(conn, &*root));
+    if let Some(c) = &current
+        && matches(c.clone()).await?
     {
-        if staged.exists() {
-            current.discard_successor()?;
+        let c2 = c.clone();
+        blocking(move || c2.discard_successor()).await?;
+        if staged.is_some() {
             tracing::warn!("discarded a root key staged by a rotation that did not commit");
         }
         return Ok(current);
     }
-    if staged.exists() {
-        let next = Arc::new(KeyFileProvider::open(&staged)?);
+    if let Some(s) = staged
+        && matches(s.clone()).await?
+    {
+        let s2 = s.clone();
+        // Promote, then destroy what the promotion replaced: no reader of
+        // the old root key exists yet.
+        blocking(move || {
+            s2.promote_successor()?;
+            s2.discard_successor()
+        })
+        .await?;
+        tracing::warn!("finished a root rotation cut short: the staged root key is now in use");
+        return Ok(Some(s));
+    }
+    Ok(current)
+}
+
+/// What `strongbox key move-root` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveOutcome {
+    /// Every key held under the root key was rewrapped into the HSM.
+    Moved {
+        keys: usize,
+        from: String,
+        to: String,
+    },
+    /// A move cut short after its commit was finished (the HSM key promoted).
+    Finished { to: String },
+    /// The vault's root key already is this HSM key.
+    AlreadyThere { to: String },
+}
+
+/// Moves a vault's root key from its key file (or environment variable)
+/// into a PKCS#11 token, with no server running on the vault: generates a
+/// new root key inside the token, rewraps every key held under the root
+/// key in one transaction (audited), then promotes it. A kill at any point
+/// leaves a vault that opens with the old key or, after the commit, the
+/// new one; running the command again finishes or restarts the move.
+pub async fn move_root_to_hsm(
+    data_dir: &Path,
+    root_key_file: Option<PathBuf>,
+    root_key_env: Option<String>,
+    target: &Pkcs11Config,
+) -> Result<MoveOutcome> {
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        return Err(Error::NotFound(format!(
+            "data_dir: no vault at {} (no {DB_FILE})",
+            data_dir.display()
+        )));
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let store = blocking(move || Store::open(&db, 1)).await?;
+    let to = target.uri();
+    let p11 = target.clone();
+    let hsm = blocking(move || Hsm::connect(&p11)).await?;
+    let label = target.key_label.clone();
+    let (h, l) = (hsm.clone(), label.clone());
+    let (existing, staged) = blocking(move || {
+        Ok((
+            HsmProvider::find(&h, &l)?.map(|k| Arc::new(k) as Provider),
+            HsmProvider::find_staged(&h, &l)?.map(|k| Arc::new(k) as Provider),
+        ))
+    })
+    .await?;
+    let had_existing = existing.is_some();
+    if let Some(root) = recover_root(&store, existing, staged.clone()).await? {
         if store
-            .read(move |conn| keyring::root_matches(conn, &*next))
+            .read({
+                let root = root.clone();
+                move |conn| keyring::root_matches(conn, &*root)
+            })
             .await?
         {
-            current.promote_successor()?;
-            tracing::warn!("finished a root rotation cut short: the staged root key is now in use");
-            return Ok(Arc::new(KeyFileProvider::open(path)?));
+            return Ok(if had_existing {
+                MoveOutcome::AlreadyThere { to }
+            } else {
+                MoveOutcome::Finished { to }
+            });
+        }
+        if had_existing {
+            return Err(Error::FailedPrecondition(format!(
+                "pkcs11_key_label: the token already holds a key {to} that does not open this vault; choose another --pkcs11-key-label"
+            )));
         }
     }
-    // Neither matches: `Vault::open` refuses with a clear message.
-    Ok(current)
+    // The source: the environment variable, or the key file with any root
+    // rotation it was in the middle of finished first.
+    let source = match root_key_env {
+        Some(var) => Arc::new(EnvProvider::from_env(&var)?) as Provider,
+        None => {
+            let path = root_key_file.unwrap_or_else(|| data_dir.join(crate::config::ROOT_KEY_FILE));
+            let current: Provider = Arc::new(KeyFileProvider::open(&path)?);
+            let staged = KeyFileProvider::open_staged(&path)?.map(|k| Arc::new(k) as Provider);
+            recover_root(&store, Some(current), staged)
+                .await?
+                .ok_or_else(|| Error::Internal("no key file provider".into()))?
+        }
+    };
+    let from = source.describe();
+    let vault = Vault::open(store, Arc::new(Keyring::new(source)), Default::default()).await?;
+    let next = blocking(move || HsmProvider::stage(&hsm, &label)).await?;
+    let call = Arc::new(crate::audit::Call::system("key.move-root"));
+    call.set_principal("offline: strongbox key move-root");
+    let keys = vault.move_root(&call, Arc::new(next)).await?;
+    Ok(MoveOutcome::Moved { keys, from, to })
 }
 
 /// Runs due tenant shreds and purges rows of destroyed keys: on a timer,

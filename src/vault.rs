@@ -1382,8 +1382,35 @@ impl Vault {
     /// staged successor (`server::open_root`). Returns the keys rewrapped.
     pub async fn rotate_root(&self, _permit: &Permit, call: &Arc<Call>) -> Result<usize> {
         let _one_at_a_time = self.root_rotation.lock().await;
+        let next = self.keys.root().stage_successor()?;
+        self.replace_root(call, next, "root-rotation").await
+    }
+
+    /// Moves every key held under the root key to `next`, a successor
+    /// another provider staged (the move from a key file into an HSM), the
+    /// same way a rotation does. Run with no server on the vault
+    /// (`server::move_root_to_hsm`).
+    pub async fn move_root(
+        &self,
+        call: &Arc<Call>,
+        next: Arc<dyn crate::rootkey::RootKeyProvider>,
+    ) -> Result<usize> {
+        let _one_at_a_time = self.root_rotation.lock().await;
+        self.replace_root(call, next, "move-root").await
+    }
+
+    /// Rewraps under the staged `next` in one transaction with the call's
+    /// audit entry, then promotes `next`; `crash_points` names this
+    /// operation's points for the kill tests.
+    async fn replace_root(
+        &self,
+        call: &Arc<Call>,
+        next: Arc<dyn crate::rootkey::RootKeyProvider>,
+        crash_points: &str,
+    ) -> Result<usize> {
+        crate::crash_point(&format!("{crash_points}:staged"));
         let current = self.keys.root();
-        let next = current.stage_successor()?;
+        let from = current.describe();
         let (keys, old, new) = (self.keys.clone(), current.clone(), next.clone());
         let result = self
             .mutate(call, move |conn| {
@@ -1395,21 +1422,26 @@ impl Vault {
         let n = match result {
             Ok(n) => n,
             Err(e) => {
-                self.keys.restore_root(current.clone());
-                current.discard_successor()?;
+                self.keys.restore_root(current);
+                next.discard_successor()?;
                 return Err(e);
             }
         };
-        current.promote_successor()?;
+        crate::crash_point(&format!("{crash_points}:committed"));
+        next.promote_successor()?;
+        crate::crash_point(&format!("{crash_points}:promoted"));
         self.store.checkpoint().await?;
         // Readers whose snapshot predates the commit may still unwrap under
         // the old root for a moment; then it is dropped from memory.
         let keys = self.keys.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            keys.forget_previous_root();
+            let retired = tokio::task::spawn_blocking(move || keys.forget_previous_root()).await;
+            if let Ok(Err(e)) = retired {
+                tracing::warn!(error = %e, "the replaced root key was not destroyed now; it is at the next start");
+            }
         });
-        tracing::info!(keys = n, root = %next.describe(), "root key rotated");
+        tracing::info!(keys = n, %from, root = %next.describe(), "root key replaced");
         Ok(n)
     }
 

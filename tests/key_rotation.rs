@@ -13,22 +13,11 @@ use rusqlite::Connection;
 use strongbox::api::pb;
 use strongbox::client::Client;
 
-async fn status(admin: &Client, tenant: &str) -> pb::TenantKeyStatus {
-    admin
-        .keys()
-        .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
-            tenant: tenant.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Waits until no data key is left under an old version and it is retired.
 async fn until_retired(admin: &Client, tenant: &str, version: u32) -> pb::TenantKeyStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = status(admin, tenant).await;
+        let st = key_status(admin, tenant).await;
         let v = st.versions.iter().find(|v| v.version == version).unwrap();
         if st.data_keys_to_rewrap == 0 && v.state == "retired" {
             return st;
@@ -76,7 +65,7 @@ async fn rotate_rewrap_retire() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let before = status(&admin, "t").await;
+    let before = key_status(&admin, "t").await;
     assert_eq!(before.current_version, 1);
     assert_eq!(
         before.versions[0].encryptions, 51,
@@ -248,7 +237,7 @@ async fn set_policy(
 
 async fn until_version(admin: &Client, version: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status(admin, "t").await.current_version < version {
+    while key_status(admin, "t").await.current_version < version {
         assert!(
             Instant::now() < deadline,
             "no automatic rotation to v{version}"
@@ -261,7 +250,7 @@ async fn until_version(admin: &Client, version: u32) {
 async fn policy_rotates_by_age_and_by_count() {
     let s = TestServer::start().await;
     let (admin, u) = s.tenant_with_user("t").await;
-    let st = status(&admin, "t").await;
+    let st = key_status(&admin, "t").await;
     assert!(st.rotation_policy_is_default);
     assert_eq!(st.rotation_max_age_seconds, 90 * 86400);
     let created = st.versions[0].created_at_unix_ms;
@@ -323,7 +312,7 @@ async fn reencrypt(admin: &Client, subject: &str) -> u64 {
 
 async fn until_no_reencrypt_jobs(admin: &Client) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status(admin, "t").await.reencrypt_jobs > 0 {
+    while key_status(admin, "t").await.reencrypt_jobs > 0 {
         assert!(Instant::now() < deadline, "re-encryption did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

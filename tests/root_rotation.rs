@@ -10,11 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
-use rusqlite::Connection;
 use strongbox::api::pb;
-use strongbox::crypto::label;
-use strongbox::keyring::aad;
-use strongbox::rootkey::{KeyFileProvider, RootKeyProvider};
+use strongbox::rootkey::KeyFileProvider;
 
 fn root_key(s: &TestServer) -> std::path::PathBuf {
     s.data_dir().join("root.key")
@@ -29,64 +26,10 @@ fn copy_private(from: &Path, to: &Path) {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// A tenant with records, a shredded subject's receipt, and audit entries.
-async fn populated(s: &TestServer) -> (String, pb::DeletionReceipt) {
-    let (_, key) = s.tenant_with_user_key("t").await;
-    let u = s.client(&key).await;
-    for i in 0..20 {
-        put_ok(
-            &u,
-            "t",
-            &format!("person-{i}@example.com"),
-            "contact",
-            "email",
-            format!("v{i}").as_bytes(),
-        )
-        .await;
-    }
-    put_ok(&u, "t", "", "infra", "cfg", b"tenant-level").await;
-    put_ok(&u, "t", "gone", "c", "k", b"x").await;
-    let receipt = u
-        .subjects()
-        .shred_subject(pb::ShredSubjectRequest {
-            tenant: "t".into(),
-            subject: "gone".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (key, receipt)
-}
-
-async fn everything_checks_out(s: &TestServer, key: &str, receipt: &pb::DeletionReceipt) {
-    let u = s.client(key).await;
-    for i in 0..20 {
-        // Found by subject id: the blind index still matches.
-        let v = get_value(
-            &u,
-            "t",
-            &format!("person-{i}@example.com"),
-            "contact",
-            "email",
-        )
-        .await
-        .unwrap();
-        assert_eq!(v, format!("v{i}").into_bytes());
-    }
-    assert_eq!(
-        get_value(&u, "t", "", "infra", "cfg").await.unwrap(),
-        b"tenant-level"
-    );
-    let valid = receipt_valid(&u, receipt).await;
-    assert!(valid, "a receipt issued before the rotation verifies");
-    let audit = verify_audit(&s.operator().await).await;
-    assert!(audit.ok, "{}", audit.problem);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
     let mut s = TestServer::start().await;
-    let (key, receipt) = populated(&s).await;
+    let p = populate(&s.operator().await).await;
     let old_copy = tempfile::tempdir().unwrap();
     let old_root = old_copy.path().join("root.key");
     copy_private(&root_key(&s), &old_root);
@@ -106,7 +49,7 @@ async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
         std::fs::read(root_key(&s)).unwrap(),
         std::fs::read(&old_root).unwrap()
     );
-    everything_checks_out(&s, &key, &receipt).await;
+    check_populated(&s.operator().await, &p).await;
     // The provider in use is named for the canonical file, so a second
     // rotation stages beside it, not beside the staged name.
     assert!(r.root.ends_with("root.key"), "{}", r.root);
@@ -120,50 +63,19 @@ async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
         .into_inner();
     assert!(second.root.ends_with("root.key"), "{}", second.root);
     assert!(!staged(&s).exists());
-    everything_checks_out(&s, &key, &receipt).await;
+    check_populated(&s.operator().await, &p).await;
     s.restart().await;
-    everything_checks_out(&s, &key, &receipt).await;
+    check_populated(&s.operator().await, &p).await;
 
     // The old root key unwraps none of the keys now stored.
     let old = KeyFileProvider::open(&old_root).unwrap();
-    let c = Connection::open(s.db_path()).unwrap();
-    let (version, wrapped): (u32, Vec<u8>) = c
-        .query_row(
-            "SELECT version, wrapped FROM tenant_keks WHERE tenant_id = 't'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert!(
-        old.unwrap(label::WRAP_KEK, &aad::kek("t", version), &wrapped)
-            .is_err()
-    );
-    let index: Vec<u8> = c
-        .query_row(
-            "SELECT wrapped_index_key FROM tenants WHERE id = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert!(
-        old.unwrap(label::WRAP_INDEX_KEY, &aad::index_key("t"), &index)
-            .is_err()
-    );
-    let audit_key: Vec<u8> = c
-        .query_row("SELECT value FROM meta WHERE name = 'audit_key'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert!(
-        old.unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &audit_key)
-            .is_err()
-    );
+    old_root_opens_nothing(&s.db_path(), &old);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_before_the_commit_keeps_the_old_root() {
     let mut s = TestServer::start().await;
-    let (key, receipt) = populated(&s).await;
+    let p = populate(&s.operator().await).await;
     s.stop().await;
     let before = std::fs::read(root_key(&s)).unwrap();
     // The state a crash leaves after step 1: a staged successor, nothing
@@ -175,13 +87,13 @@ async fn crash_before_the_commit_keeps_the_old_root() {
         "the uncommitted successor is discarded"
     );
     assert_eq!(std::fs::read(root_key(&s)).unwrap(), before);
-    everything_checks_out(&s, &key, &receipt).await;
+    check_populated(&s.operator().await, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_after_the_commit_finishes_the_rotation_at_start() {
     let mut s = TestServer::start().await;
-    let (key, receipt) = populated(&s).await;
+    let p = populate(&s.operator().await).await;
     let old_copy = tempfile::tempdir().unwrap();
     let old_root = old_copy.path().join("root.key");
     copy_private(&root_key(&s), &old_root);
@@ -204,13 +116,13 @@ async fn crash_after_the_commit_finishes_the_rotation_at_start() {
         new_root,
         "the staged successor was promoted"
     );
-    everything_checks_out(&s, &key, &receipt).await;
+    check_populated(&s.operator().await, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_root_key_is_refused_with_a_clear_error() {
     let mut s = TestServer::start().await;
-    populated(&s).await;
+    populate(&s.operator().await).await;
     s.stop().await;
     std::fs::remove_file(root_key(&s)).unwrap();
     KeyFileProvider::open_or_create(&root_key(&s)).unwrap();

@@ -13,37 +13,59 @@ use common::{new_principal, spawn_binary};
 use strongbox::api::pb;
 use strongbox::client::Client;
 
-/// The runnable shell of a runbook: its `sh` blocks not marked skip.
-fn runnable(runbook: &str) -> String {
+/// The runnable shell of a runbook, split at `runbook-test: restart`
+/// markers (where the test restarts the server as the runbook says): its
+/// `sh` blocks not marked skip.
+fn runnable_parts(runbook: &str) -> Vec<String> {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("docs/runbooks")
             .join(runbook),
     )
     .unwrap();
-    let mut script = String::new();
+    let mut parts = vec![String::new()];
     let mut skip_next = false;
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
         if line.starts_with("<!-- runbook-test: skip") {
             skip_next = true;
+        } else if line.starts_with("<!-- runbook-test: restart") {
+            parts.push(String::new());
         } else if line.trim() == "```sh" {
             let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
             if !skip_next {
+                let script = parts.last_mut().unwrap();
                 script.push_str(&block.join("\n"));
                 script.push('\n');
             }
             skip_next = false;
         }
     }
-    assert!(!script.trim().is_empty(), "{runbook} has no runnable block");
-    script
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !part.trim().is_empty(),
+            "{runbook} part {i} has no runnable block"
+        );
+    }
+    parts
 }
 
 fn run(runbook: &str, dir: &Path, endpoint: &str, key: &str) -> String {
+    let script = runnable_parts(runbook).concat();
+    run_script(runbook, &script, dir, endpoint, key, &[])
+}
+
+fn run_script(
+    runbook: &str,
+    script: &str,
+    dir: &Path,
+    endpoint: &str,
+    key: &str,
+    envs: &[(&str, &str)],
+) -> String {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_strongbox")).parent().unwrap();
     let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &runnable(runbook)])
+        .args(["-euo", "pipefail", "-c", script])
         .current_dir(dir)
         .env(
             "PATH",
@@ -57,6 +79,7 @@ fn run(runbook: &str, dir: &Path, endpoint: &str, key: &str) -> String {
         .env("STRONGBOX_API_KEY", key)
         .env("TENANT", "acme")
         .env("SUBJECT", "alice@example.com")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -144,4 +167,67 @@ async fn runbooks_run_as_written() {
 
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_move_into_an_hsm_runs_as_written() {
+    let hsm = common::SoftHsm::new("strongbox");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = spawn_binary(&[], dir.path());
+    let data = dir.path().join("strongbox-data");
+    let operator = std::fs::read_to_string(data.join("operator.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let op = Client::connect(&endpoint, Some(&operator)).await.unwrap();
+    let p = common::populate(&op).await;
+
+    let mut env: Vec<(&str, String)> = hsm.env();
+    env.push(("PKCS11_MODULE", hsm.module.display().to_string()));
+    env.push(("PKCS11_TOKEN", hsm.token.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let parts = runnable_parts("root-key-to-hsm.md");
+    assert_eq!(parts.len(), 2);
+    let out = run_script(
+        "root-key-to-hsm.md",
+        &parts[0],
+        dir.path(),
+        &endpoint,
+        &operator,
+        &env,
+    );
+    assert!(
+        out.contains("root key moved: 5 keys rewrapped from key-file:strongbox-data/root.key to pkcs11:token=strongbox;object=strongbox-root"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok: the root key cannot leave the HSM"),
+        "{out}"
+    );
+    // The runbook stopped the server.
+    assert!(
+        server.wait().unwrap().code().is_some(),
+        "stopped by SIGTERM, gracefully"
+    );
+
+    // Step 5, as the runbook's config says.
+    let args = hsm.args("strongbox-root");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let serve = common::Serve::start(&args, dir.path(), &env).unwrap();
+    let out = run_script(
+        "root-key-to-hsm.md",
+        &parts[1],
+        dir.path(),
+        &serve.endpoint,
+        &operator,
+        &env,
+    );
+    assert!(out.starts_with("ok: "), "{out}");
+    assert!(out.contains("offline: strongbox key move-root"), "{out}");
+    assert!(
+        !data.join("root.key").exists(),
+        "the key file was destroyed"
+    );
+    common::check_populated(&serve.operator(&data).await, &p).await;
+    serve.kill();
 }

@@ -15,6 +15,16 @@ use crate::client::Client;
 use crate::vault::fmt_time;
 
 pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The commands that work on the data directory or the HSM directly.
+    match cli.command {
+        Command::Key(KeyCmd::MoveRoot(args)) => {
+            return super::offline::move_root(args, cli.json).await;
+        }
+        Command::Key(KeyCmd::HsmCheck(args)) => {
+            return super::offline::hsm_check(args, cli.json).await;
+        }
+        _ => {}
+    }
     let tls = crate::client::ClientTls {
         ca_cert: cli.ca_cert.clone(),
         client_cert: cli.client_cert.clone(),
@@ -589,6 +599,9 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
                 max_encryptions,
             })
             .await?
+        }
+        KeyCmd::MoveRoot(_) | KeyCmd::HsmCheck(_) => {
+            anyhow::bail!("key move-root and key hsm-check run without a server")
         }
         KeyCmd::RotateRoot => {
             let r = svc

@@ -4,6 +4,7 @@
 
 mod bench;
 mod commands;
+mod offline;
 mod output;
 
 use std::path::PathBuf;
@@ -97,6 +98,12 @@ pub enum KeyCmd {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Move the vault's root key from its key file into a PKCS#11 HSM.
+    /// Offline: stop the server first; runs on the data directory itself.
+    MoveRoot(MoveRootArgs),
+    /// Show how the HSM holds the root key (sensitive, never extractable,
+    /// generated inside the token). Talks to the token, not the server.
+    HsmCheck(Pkcs11Args),
     /// Set when the tenant's KEK rotates automatically (tenant admin).
     Policy {
         #[arg(long)]
@@ -132,6 +139,51 @@ pub enum AuditCmd {
     },
 }
 
+/// Where the root key lives in a PKCS#11 token. The user PIN is read from
+/// an environment variable, never a flag.
+#[derive(Args, Clone)]
+pub struct Pkcs11Args {
+    /// PKCS#11 module (the token's library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, requires = "pkcs11_token")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the token that holds the root key.
+    #[arg(long, requires = "pkcs11_module")]
+    pub pkcs11_token: Option<String>,
+    /// Label of the root key object in the token (default strongbox-root).
+    #[arg(long)]
+    pub pkcs11_key_label: Option<String>,
+    /// Environment variable holding the token's user PIN (default STRONGBOX_PKCS11_PIN).
+    #[arg(long)]
+    pub pkcs11_pin_env: Option<String>,
+}
+
+impl Pkcs11Args {
+    /// The settings, if a module and token were given.
+    pub fn config(&self) -> crate::error::Result<Option<crate::rootkey::pkcs11::Pkcs11Config>> {
+        crate::config::pkcs11_config(
+            self.pkcs11_module.clone(),
+            self.pkcs11_token.clone(),
+            self.pkcs11_key_label.clone(),
+            self.pkcs11_pin_env.clone(),
+        )
+    }
+}
+
+#[derive(Args)]
+pub struct MoveRootArgs {
+    /// The vault's data directory (default ./strongbox-data).
+    #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The key file the root key is in now (default DATA_DIR/root.key).
+    #[arg(long, conflicts_with = "root_key_env")]
+    pub root_key_file: Option<PathBuf>,
+    /// Or the environment variable it is in now.
+    #[arg(long)]
+    pub root_key_env: Option<String>,
+    #[command(flatten)]
+    pub pkcs11: Pkcs11Args,
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Data directory (default ./strongbox-data).
@@ -157,8 +209,11 @@ pub struct ServeArgs {
     pub insecure_plaintext: bool,
     /// Take the root key (64 hex characters) from this environment variable
     /// instead of the key file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pkcs11_module")]
     pub root_key_env: Option<String>,
+    /// Keep the root key in a PKCS#11 token (HSM) instead of the key file.
+    #[command(flatten)]
+    pub pkcs11: Pkcs11Args,
 }
 
 #[derive(Subcommand)]

@@ -356,35 +356,7 @@ pub fn try_spawn_binary_env(
     cwd: &std::path::Path,
     envs: &[(&str, &str)],
 ) -> Result<(std::process::Child, String), String> {
-    use std::io::{BufRead, BufReader, Read};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .envs(envs.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    match line.trim().strip_prefix("listening on ") {
-        Some(addr) => Ok((child, format!("http://{addr}"))),
-        None => {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            child.wait().unwrap();
-            Err(err)
-        }
-    }
+    Serve::start(args, cwd, envs).map(|s| (s.child, s.endpoint))
 }
 
 /// Creates `tenant` through an operator client and its first admin;
@@ -416,6 +388,336 @@ pub async fn receipt_valid(c: &Client, receipt: &pb::DeletionReceipt) -> bool {
 pub async fn verify_audit(c: &Client) -> pb::VerifyAuditResponse {
     c.audit()
         .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A `strongbox serve` child process whose stderr is watched line by line
+/// (for crash points and log checks).
+pub struct Serve {
+    pub child: std::process::Child,
+    pub endpoint: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Serve {
+    /// Starts `strongbox serve --listen 127.0.0.1:0 ARGS` in `cwd`; `Err`
+    /// with its stderr if it exits instead of listening.
+    pub fn start(
+        args: &[&std::ffi::OsStr],
+        cwd: &std::path::Path,
+        envs: &[(&str, &str)],
+    ) -> Result<Serve, String> {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        match line.trim().strip_prefix("listening on ") {
+            Some(addr) => Ok(Serve {
+                child,
+                endpoint: format!("http://{addr}"),
+                lines,
+                seen: Vec::new(),
+            }),
+            None => {
+                child.wait().unwrap();
+                Err(lines.iter().collect::<Vec<_>>().join("\n"))
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The operator's client (the bootstrap key in `data_dir`).
+    pub async fn operator(&self, data_dir: &std::path::Path) -> Client {
+        let key = std::fs::read_to_string(data_dir.join("operator.key")).unwrap();
+        Client::connect(&self.endpoint, Some(key.trim()))
+            .await
+            .unwrap()
+    }
+}
+
+/// A SoftHSM2 token in a temporary directory (its own config, so tests
+/// never share tokens). Processes see it through `SOFTHSM2_CONF`.
+pub struct SoftHsm {
+    pub dir: TempDir,
+    pub conf: PathBuf,
+    pub module: PathBuf,
+    pub token: String,
+}
+
+/// The test token's user PIN.
+pub const HSM_PIN: &str = "4711-test";
+
+impl SoftHsm {
+    /// Initializes a fresh token labelled `token`.
+    pub fn new(token: &str) -> SoftHsm {
+        let module = softhsm_module();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", token])
+            .args(["--so-pin", "so-4711", "--pin", HSM_PIN])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util: install SoftHSM2 (scripts/test does)");
+        assert!(out.status.success(), "{out:?}");
+        SoftHsm {
+            dir,
+            conf,
+            module,
+            token: token.to_owned(),
+        }
+    }
+
+    /// `SOFTHSM2_CONF` and the PIN variable, for a child process.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SOFTHSM2_CONF", self.conf.display().to_string()),
+            ("STRONGBOX_PKCS11_PIN", HSM_PIN.to_owned()),
+        ]
+    }
+
+    /// The `--pkcs11-*` flags naming this token and `label`.
+    pub fn args(&self, label: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            "--pkcs11-module".into(),
+            self.module.clone().into(),
+            "--pkcs11-token".into(),
+            self.token.clone().into(),
+            "--pkcs11-key-label".into(),
+            label.into(),
+        ]
+    }
+}
+
+/// The SoftHSM2 module: `$STRONGBOX_TEST_PKCS11_MODULE`, or where distributions put it.
+pub fn softhsm_module() -> PathBuf {
+    if let Some(m) = std::env::var_os("STRONGBOX_TEST_PKCS11_MODULE") {
+        return m.into();
+    }
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+        "/usr/lib64/softhsm/libsofthsm2.so",
+        "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("SoftHSM2 is not installed: run scripts/test, which installs it")
+}
+
+/// Runs the `strongbox` client binary in `cwd`; returns (success, stdout, stderr).
+pub fn run_cli(
+    args: &[&std::ffi::OsStr],
+    cwd: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(args)
+        .current_dir(cwd)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What [`populate`] wrote: the reader-writer's key and a receipt.
+pub struct Populated {
+    pub key: String,
+    pub receipt: pb::DeletionReceipt,
+}
+
+/// Tenant `t` with 20 subjects' records, a tenant-level record, and a
+/// shredded subject's receipt, made through `op` (an operator client).
+pub async fn populate(op: &Client) -> Populated {
+    let admin = op.as_key(&tenant_with_admin(op, "t").await).unwrap();
+    let key = new_principal(&admin, "t", "rw", &["writer", "reader", "privacy-officer"]).await;
+    let u = op.as_key(&key).unwrap();
+    for i in 0..20 {
+        let v = format!("v{i}");
+        put_ok(
+            &u,
+            "t",
+            &format!("person-{i}@example.com"),
+            "contact",
+            "email",
+            v.as_bytes(),
+        )
+        .await;
+    }
+    put_ok(&u, "t", "", "infra", "cfg", b"tenant-level").await;
+    put_ok(&u, "t", "gone", "c", "k", b"x").await;
+    let receipt = u
+        .subjects()
+        .shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: "gone".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    Populated { key, receipt }
+}
+
+/// Everything [`populate`] wrote reads back through `op`'s server: records
+/// found by subject (blind index), the receipt verifies, the audit chain holds.
+pub async fn check_populated(op: &Client, p: &Populated) {
+    let u = op.as_key(&p.key).unwrap();
+    for i in 0..20 {
+        let v = get_value(
+            &u,
+            "t",
+            &format!("person-{i}@example.com"),
+            "contact",
+            "email",
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, format!("v{i}").into_bytes());
+    }
+    assert_eq!(
+        get_value(&u, "t", "", "infra", "cfg").await.unwrap(),
+        b"tenant-level"
+    );
+    assert!(
+        receipt_valid(&u, &p.receipt).await,
+        "a receipt issued earlier verifies"
+    );
+    let audit = verify_audit(op).await;
+    assert!(audit.ok, "{}", audit.problem);
+}
+
+/// Asks `op`'s server to rotate the root key, waits until the server
+/// reports `crash_point`, and SIGKILLs it there.
+pub async fn rotate_root_killed_at(mut serve: Serve, op: &Client, crash_point: &str) {
+    let keys = op.keys();
+    let call = tokio::spawn(async move {
+        let mut keys = keys;
+        keys.rotate_root_key(pb::RotateRootKeyRequest {}).await
+    });
+    let marker = format!("crash point reached: {crash_point}");
+    let reached = tokio::task::block_in_place(|| serve.wait_for(&marker, Duration::from_secs(30)));
+    assert!(reached, "the server never reached {crash_point}");
+    serve.kill();
+    assert!(
+        call.await.unwrap().is_err(),
+        "the call cannot have succeeded: the server died at {crash_point}"
+    );
+}
+
+/// The crash points of a root-key replacement, in order.
+pub const ROOT_CRASH_POINTS: [&str; 3] = ["staged", "committed", "promoted"];
+
+/// `old` (a replaced root key) unwraps none of tenant `t`'s keys nor the
+/// audit key stored in the database at `db`.
+pub fn old_root_opens_nothing(db: &std::path::Path, old: &dyn strongbox::rootkey::RootKeyProvider) {
+    use strongbox::crypto::label;
+    use strongbox::keyring::aad;
+    let c = rusqlite::Connection::open(db).unwrap();
+    let (version, kek): (u32, Vec<u8>) = c
+        .query_row(
+            "SELECT version, wrapped FROM tenant_keks WHERE tenant_id = 't'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let index: Vec<u8> = c
+        .query_row(
+            "SELECT wrapped_index_key FROM tenants WHERE id = 't'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let audit_key: Vec<u8> = c
+        .query_row("SELECT value FROM meta WHERE name = 'audit_key'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        old.unwrap(label::WRAP_KEK, &aad::kek("t", version), &kek)
+            .is_err()
+    );
+    assert!(
+        old.unwrap(label::WRAP_INDEX_KEY, &aad::index_key("t"), &index)
+            .is_err()
+    );
+    assert!(
+        old.unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &audit_key)
+            .is_err()
+    );
+}
+
+/// Tenant `tenant`'s key status, as its admin sees it.
+pub async fn key_status(admin: &Client, tenant: &str) -> pb::TenantKeyStatus {
+    admin
+        .keys()
+        .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
+            tenant: tenant.into(),
+        })
         .await
         .unwrap()
         .into_inner()

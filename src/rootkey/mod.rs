@@ -1,7 +1,7 @@
 //! Root-key providers: the top of the key hierarchy. A provider wraps and
 //! unwraps the keys held directly under the root key (tenant KEKs, tenant
 //! index keys, the receipt key) and never hands out the root key itself, so
-//! an HSM provider can do every wrap inside the device.
+//! the HSM provider ([`pkcs11`]) does every wrap inside the device.
 
 use std::fs;
 use std::io::Write;
@@ -13,6 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, CryptoError, KEY_LEN, SecretKey};
 use crate::error::{Error, Result};
+
+pub mod pkcs11;
 
 /// Holds the root key and wraps keys under it.
 pub trait RootKeyProvider: Send + Sync {
@@ -30,6 +32,12 @@ pub trait RootKeyProvider: Send + Sync {
     fn promote_successor(&self) -> Result<()>;
     /// Drops a staged successor that was never promoted.
     fn discard_successor(&self) -> Result<()>;
+    /// Destroys this root key once a rotation replaced it and no reader
+    /// can still need it. A key file's old key is already gone (the
+    /// promotion renamed over it); an HSM key object is destroyed here.
+    fn retire(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The default provider: a 256-bit key in a file (hex, mode 0600).
@@ -78,6 +86,18 @@ impl KeyFileProvider {
         Ok(())
     }
 
+    /// The successor a root rotation staged beside `path`, if any: read
+    /// from `<path>.new` but named for `path`, where it lives once promoted.
+    pub fn open_staged(path: &Path) -> Result<Option<Self>> {
+        let next = Self::successor_path(path);
+        if !next.exists() {
+            return Ok(None);
+        }
+        let mut successor = Self::open(&next)?;
+        successor.path = path.to_owned();
+        Ok(Some(successor))
+    }
+
     /// Opens an existing key file.
     pub fn open(path: &Path) -> Result<Self> {
         let fail = |what: String| {
@@ -123,10 +143,9 @@ impl RootKeyProvider for KeyFileProvider {
         let _ = fs::remove_file(&next);
         Self::create(&next)?;
         sync_dir(&self.path)?;
-        // Read from the staged file, but named for where it will live once
-        // promoted: a later rotation stages beside the canonical path.
-        let mut successor = Self::open(&next)?;
-        successor.path = self.path.clone();
+        let successor = Self::open_staged(&self.path)?.ok_or_else(|| {
+            Error::Unavailable(format!("root key successor {} vanished", next.display()))
+        })?;
         Ok(Arc::new(successor))
     }
 
