@@ -109,6 +109,11 @@ struct Cache {
     destroyed_deks: HashSet<String>,
     destroyed_tenants: HashSet<String>,
     audit: Option<Arc<SecretKey>>,
+    /// tenant -> minimum decryption version (0: none)
+    min_versions: HashMap<String, u32>,
+    /// (tenant, KEK version) -> when a call last used data under it, not
+    /// yet written to the database (housekeeping flushes it).
+    kek_use: HashMap<(String, u32), i64>,
 }
 
 /// Keys of a new tenant, wrapped and ready to store.
@@ -427,6 +432,7 @@ impl Keyring {
     ) -> Result<(DekRow, Arc<SecretKey>)> {
         let kek = self.kek(conn, tenant, kek_version)?;
         let (row, dek) = self.new_dek_under(tenant, owner, kek_version, &kek);
+        self.note_kek_use(tenant.as_str(), kek_version);
         Ok((row, Arc::new(dek)))
     }
 
@@ -488,8 +494,80 @@ impl Keyring {
         Ok(key)
     }
 
-    /// The unwrapped data key of `row`, or `None` if it was destroyed.
+    /// The unwrapped data key of `row` for a call, or `None` if it was
+    /// destroyed. Refused if it is wrapped under a KEK version below the
+    /// tenant's minimum decryption version, whether or not it is cached.
+    /// Records the version's use.
     pub fn dek(
+        &self,
+        conn: &Connection,
+        tenant: &TenantId,
+        row: &DekRow,
+    ) -> Result<Option<Arc<SecretKey>>> {
+        let min = self.min_decrypt_version(conn, tenant)?;
+        if row.wrapped.is_some() && row.kek_version < min {
+            return Err(Error::FailedPrecondition(format!(
+                "data key {} is wrapped under key-encryption key v{} of tenant '{}', below the tenant's minimum decryption version v{min}; the rewrap job moves it to the current version (`strongbox key status` shows how many are left)",
+                row.id,
+                row.kek_version,
+                tenant.as_str()
+            )));
+        }
+        let key = self.dek_for_job(conn, tenant, row)?;
+        if key.is_some() {
+            self.note_kek_use(tenant.as_str(), row.kek_version);
+        }
+        Ok(key)
+    }
+
+    /// The tenant's minimum decryption version (0: none), cached.
+    pub fn min_decrypt_version(&self, conn: &Connection, tenant: &TenantId) -> Result<u32> {
+        let t = tenant.as_str();
+        if let Some(v) = self.cache().min_versions.get(t) {
+            return Ok(*v);
+        }
+        let v = store::min_decrypt_version(conn, t)?.unwrap_or(0);
+        // A setter racing this read wins: its value is inserted after its
+        // commit, and this one only fills a gap.
+        Ok(*self.cache().min_versions.entry(t.to_owned()).or_insert(v))
+    }
+
+    /// Makes a committed minimum decryption version take effect.
+    pub fn set_min_decrypt_version(&self, tenant: &TenantId, version: u32) {
+        self.cache()
+            .min_versions
+            .insert(tenant.as_str().to_owned(), version);
+    }
+
+    fn note_kek_use(&self, tenant: &str, version: u32) {
+        self.cache()
+            .kek_use
+            .insert((tenant.to_owned(), version), crate::now_ms());
+    }
+
+    /// KEK uses not yet written to the database, for `tenant`: version -> time.
+    pub fn pending_kek_use(&self, tenant: &str) -> HashMap<u32, i64> {
+        self.cache()
+            .kek_use
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, v), at)| (*v, *at))
+            .collect()
+    }
+
+    /// Takes every KEK use not yet written, for housekeeping to write.
+    pub fn take_kek_use(&self) -> Vec<(String, u32, i64)> {
+        self.cache()
+            .kek_use
+            .drain()
+            .map(|((t, v), at)| (t, v, at))
+            .collect()
+    }
+
+    /// The unwrapped data key of `row`, or `None` if it was destroyed, for
+    /// the jobs that move data keys forward (rewrap, re-encryption): they
+    /// may still open keys below the minimum decryption version.
+    pub fn dek_for_job(
         &self,
         conn: &Connection,
         tenant: &TenantId,
@@ -593,6 +671,8 @@ impl Keyring {
         cache.deks.retain(|_, (owner, _)| owner != t);
         cache.keks.retain(|(owner, _), _| owner != t);
         cache.index.remove(t);
+        cache.min_versions.remove(t);
+        cache.kek_use.retain(|(owner, _), _| owner != t);
         cache.destroyed_tenants.insert(t.to_owned());
     }
 

@@ -425,10 +425,16 @@ async fn housekeeping(
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = vault.purge_requested() => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = vault.purge_requested() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            if let Err(e) = vault.flush_kek_use().await {
+                tracing::warn!(error = %e, "recording key-encryption key use failed");
+            }
+            return;
         }
         if let Err(e) = vault.run_due_tenant_shreds().await {
             tracing::warn!(error = %e, "running due tenant shreds failed");
@@ -437,6 +443,9 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
             Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
+        }
+        if let Err(e) = vault.flush_kek_use().await {
+            tracing::warn!(error = %e, "recording key-encryption key use failed");
         }
         match vault.rotate_due_keys().await {
             Ok(0) => {}

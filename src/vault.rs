@@ -101,6 +101,8 @@ pub struct TenantKeyStatus {
     pub next_rotation_due: i64,
     /// Data-key re-encryption jobs still running.
     pub reencrypt_jobs: u64,
+    /// Data keys under older KEK versions are refused to calls (0: none).
+    pub min_decryption_version: u32,
 }
 
 /// When a tenant's KEK is rotated automatically.
@@ -1035,6 +1037,7 @@ impl Vault {
     pub async fn key_status(&self, permit: &Permit) -> Result<TenantKeyStatus> {
         let tenant = permit.tenant()?.clone();
         let limits = self.limits.clone();
+        let keys = self.keys.clone();
         self.store
             .read(move |conn| {
                 let row = store::tenant_get(conn, tenant.as_str())?
@@ -1056,6 +1059,13 @@ impl Vault {
                             0,
                         ),
                     };
+                let mut versions = versions;
+                let pending = keys.pending_kek_use(tenant.as_str());
+                for v in &mut versions {
+                    if let Some(at) = pending.get(&v.version) {
+                        v.last_used_at = Some(v.last_used_at.unwrap_or(0).max(*at));
+                    }
+                }
                 let to_rewrap = versions
                     .iter()
                     .filter(|v| v.version < row.kek_version)
@@ -1068,6 +1078,8 @@ impl Vault {
                     policy,
                     next_rotation_due,
                     reencrypt_jobs: store::reencrypt_jobs_of(conn, tenant.as_str())?.len() as u64,
+                    min_decryption_version: store::min_decrypt_version(conn, tenant.as_str())?
+                        .unwrap_or(0),
                 })
             })
             .await
@@ -1120,7 +1132,7 @@ impl Vault {
                         let sealed = subject_row.sealed_subject.ok_or_else(subject_not_found)?;
                         let old_row = store::dek_get(conn, &old)?.ok_or_else(subject_not_found)?;
                         let old_key = keys
-                            .dek(conn, &tenant, &old_row)?
+                            .dek_for_job(conn, &tenant, &old_row)?
                             .ok_or_else(subject_not_found)?;
                         let plain = crypto::open(
                             &old_key,
@@ -1178,7 +1190,7 @@ impl Vault {
                         let t = tenant.as_str();
                         let key = |id: &str| -> Result<Option<Arc<SecretKey>>> {
                             match store::dek_get(conn, id)? {
-                                Some(row) => keys.dek(conn, &tenant, &row),
+                                Some(row) => keys.dek_for_job(conn, &tenant, &row),
                                 None => Ok(None),
                             }
                         };
@@ -1234,13 +1246,15 @@ impl Vault {
         Ok(())
     }
 
-    /// Sets the tenant's rotation policy (`None`: the server's default).
+    /// Sets the tenant's rotation policy (`None`: the server's default)
+    /// and, if given, its minimum decryption version (0: none).
     pub async fn set_rotation_policy(
         &self,
         permit: &Permit,
         call: &Arc<Call>,
         max_age: Option<Duration>,
         max_encryptions: Option<u64>,
+        min_decryption_version: Option<u32>,
     ) -> Result<TenantKeyStatus> {
         let tenant = permit.tenant()?.clone();
         if max_age.is_some_and(|d| d.is_zero()) {
@@ -1253,12 +1267,45 @@ impl Vault {
             return Err(Error::invalid("max_encryptions", "must be 1 to 2^32"));
         }
         let age_ms = max_age.map(|d| d.as_millis() as i64);
+        let t = tenant.clone();
         self.mutate(call, move |conn| {
-            active_tenant(conn, &tenant)?;
-            store::set_rotation_policy(conn, tenant.as_str(), age_ms, max_encryptions)
+            let row = active_tenant(conn, &t)?;
+            if let Some(min) = min_decryption_version {
+                if min > row.kek_version {
+                    return Err(Error::invalid(
+                        "min_decryption_version",
+                        format!(
+                            "must be at most the current version {} (0 removes the minimum)",
+                            row.kek_version
+                        ),
+                    ));
+                }
+                store::set_min_decrypt_version(conn, t.as_str(), min)?;
+            }
+            store::set_rotation_policy(conn, t.as_str(), age_ms, max_encryptions)
         })
         .await?;
+        if let Some(min) = min_decryption_version {
+            self.keys.set_min_decrypt_version(&tenant, min);
+        }
         self.key_status(permit).await
+    }
+
+    /// Writes down when each KEK version was last used (kept in memory
+    /// between housekeeping runs); returns how many versions it updated.
+    pub async fn flush_kek_use(&self) -> Result<usize> {
+        let uses = self.keys.take_kek_use();
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        self.store
+            .write(move |conn| {
+                for (tenant, version, at) in &uses {
+                    store::kek_note_use(conn, tenant, *version, *at)?;
+                }
+                Ok(uses.len())
+            })
+            .await
     }
 
     /// Rotates every tenant KEK its policy says is due; returns how many.

@@ -12,6 +12,7 @@ use common::*;
 use rusqlite::Connection;
 use strongbox::api::pb;
 use strongbox::client::Client;
+use tonic::Code;
 
 /// Waits until no data key is left under an old version and it is retired.
 async fn until_retired(admin: &Client, tenant: &str, version: u32) -> pb::TenantKeyStatus {
@@ -230,6 +231,7 @@ async fn set_policy(
             tenant: "t".into(),
             max_age_seconds: max_age,
             max_encryptions: max_enc,
+            min_decryption_version: None,
         })
         .await
         .map(|r| r.into_inner())
@@ -462,4 +464,126 @@ async fn shred_during_reencrypt_destroys_every_key_of_the_subject() {
         "record not found",
     );
     until_no_reencrypt_jobs(&admin).await;
+}
+
+async fn set_min_version(admin: &Client, min: u32) -> Result<pb::TenantKeyStatus, tonic::Status> {
+    admin
+        .keys()
+        .set_rotation_policy(pb::SetRotationPolicyRequest {
+            tenant: "t".into(),
+            min_decryption_version: Some(min),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn version(st: &pb::TenantKeyStatus, v: u32) -> &pb::KekVersionStatus {
+    st.versions.iter().find(|x| x.version == v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_minimum_decryption_version_refuses_old_keys_until_rewrapped() {
+    const N: usize = 3000;
+    let s = TestServer::start().await;
+    let (admin, u) = s.tenant_with_user("t").await;
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let u = u.clone();
+            tokio::spawn(async move {
+                for i in (w..N).step_by(16) {
+                    let v = format!("v{i}");
+                    put_ok(&u, "t", &format!("s{i}"), "c", "k", v.as_bytes()).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let last = format!("s{}", N - 1);
+
+    // A read uses v1 and leaves the data key cached.
+    let t0 = strongbox::now_ms();
+    assert_eq!(
+        get_value(&u, "t", &last, "c", "k").await.unwrap(),
+        format!("v{}", N - 1).into_bytes()
+    );
+    let st = key_status(&admin, "t").await;
+    assert!(version(&st, 1).last_used_unix_ms >= t0, "{st:?}");
+    assert_eq!(st.min_decryption_version, 0);
+
+    // No minimum beyond the current version.
+    assert_status(
+        set_min_version(&admin, 2).await,
+        Code::InvalidArgument,
+        "min_decryption_version: must be at most the current version 1",
+    );
+
+    admin
+        .keys()
+        .rotate_tenant_key(pb::RotateTenantKeyRequest { tenant: "t".into() })
+        .await
+        .unwrap();
+    let st = set_min_version(&admin, 2).await.unwrap();
+    assert_eq!(st.min_decryption_version, 2);
+    assert!(
+        st.data_keys_to_rewrap > 0,
+        "the rewrap has not finished: {st:?}"
+    );
+    // The newest subjects are the last the rewrap reaches: still under v1,
+    // refused for reads (the cached key included) and writes.
+    assert_status(
+        u.records().get_record(get("t", &last, "c", "k")).await,
+        Code::FailedPrecondition,
+        "below the tenant's minimum decryption version v2",
+    );
+    assert_status(
+        u.records()
+            .put_record(put("t", &format!("s{}", N - 2), "c", "k2", b"x"))
+            .await,
+        Code::FailedPrecondition,
+        "minimum decryption version",
+    );
+    // A new subject's key is under v2.
+    put_ok(&u, "t", "newcomer", "c", "k", b"fresh").await;
+    assert_eq!(
+        get_value(&u, "t", "newcomer", "c", "k").await.unwrap(),
+        b"fresh"
+    );
+
+    // The rewrap still moves everything, and then all of it reads again.
+    let st = until_retired(&admin, "t", 1).await;
+    assert_eq!(st.min_decryption_version, 2);
+    for i in (0..N).rev().step_by(29) {
+        assert_eq!(
+            get_value(&u, "t", &format!("s{i}"), "c", "k")
+                .await
+                .unwrap(),
+            format!("v{i}").into_bytes()
+        );
+    }
+    let st = key_status(&admin, "t").await;
+    assert!(version(&st, 2).last_used_unix_ms >= version(&st, 1).last_used_unix_ms);
+    assert_eq!(
+        set_min_version(&admin, 0)
+            .await
+            .unwrap()
+            .min_decryption_version,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_use_survives_a_restart() {
+    let mut s = TestServer::start().await;
+    let admin_key = tenant_with_admin(&s.operator().await, "t").await;
+    let key = new_principal(&s.client(&admin_key).await, "t", "rw", &["writer"]).await;
+    put_ok(&s.client(&key).await, "t", "a", "c", "k", b"x").await;
+    let used = version(&key_status(&s.client(&admin_key).await, "t").await, 1).last_used_unix_ms;
+    assert!(used > 0);
+    // Housekeeping writes it down on every run and when the server stops.
+    s.restart().await;
+    let st = key_status(&s.client(&admin_key).await, "t").await;
+    assert_eq!(version(&st, 1).last_used_unix_ms, used);
 }

@@ -128,6 +128,10 @@ async fn runbooks_run_as_written() {
         &admin_key,
     );
     assert!(out.contains("0 re-encryption jobs running"), "{out}");
+    assert!(
+        out.contains("minimum decryption version v2") && out.contains("retired"),
+        "{out}"
+    );
     assert_eq!(
         common::get_value(&app, "acme", "bob@example.com", "contact", "email")
             .await

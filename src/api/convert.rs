@@ -133,6 +133,7 @@ pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatu
         rotation_policy_is_default: s.policy.default,
         next_rotation_due_unix_ms: s.next_rotation_due,
         reencrypt_jobs: s.reencrypt_jobs,
+        min_decryption_version: s.min_decryption_version,
         versions: s
             .versions
             .into_iter()
@@ -150,6 +151,7 @@ pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatu
                 data_keys: v.data_keys,
                 encryptions: v.wraps,
                 retired_at_unix_ms: v.retired_at.unwrap_or(0),
+                last_used_unix_ms: v.last_used_at.unwrap_or(0),
             })
             .collect(),
     }

@@ -695,6 +695,7 @@ impl KeyService for Api {
                     &call,
                     r.max_age_seconds.map(Duration::from_secs),
                     r.max_encryptions,
+                    r.min_decryption_version,
                 )
                 .await?;
             Ok(convert::key_status(&tenant, status))

@@ -585,6 +585,7 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             tenant,
             max_age,
             max_encryptions,
+            min_decryption_version,
         } => {
             let max_age_seconds = max_age
                 .map(|d| {
@@ -597,6 +598,7 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
                 tenant,
                 max_age_seconds,
                 max_encryptions,
+                min_decryption_version,
             })
             .await?
         }
@@ -634,6 +636,7 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             "current_version": status.current_version,
             "data_keys_to_rewrap": status.data_keys_to_rewrap,
             "reencrypt_jobs": status.reencrypt_jobs,
+            "min_decryption_version": status.min_decryption_version,
             "rotation": {
                 "max_age_seconds": status.rotation_max_age_seconds,
                 "max_encryptions": status.rotation_max_encryptions,
@@ -644,6 +647,7 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
                 "version": v.version, "state": v.state, "created_at": fmt_time(v.created_at_unix_ms),
                 "data_keys": v.data_keys, "encryptions": v.encryptions,
                 "retired_at": (v.retired_at_unix_ms != 0).then(|| fmt_time(v.retired_at_unix_ms)),
+                "last_used": (v.last_used_unix_ms != 0).then(|| fmt_time(v.last_used_unix_ms)),
             })).collect::<Vec<_>>(),
         }));
     } else {
@@ -669,14 +673,25 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
                 fmt_time(status.next_rotation_due_unix_ms)
             );
         }
+        if status.min_decryption_version != 0 {
+            println!(
+                "  minimum decryption version v{}: data keys under older versions are refused until rewrapped",
+                status.min_decryption_version
+            );
+        }
         for v in &status.versions {
             println!(
-                "  v{}\t{}\tcreated {}\t{} data keys\t{} encryptions{}",
+                "  v{}\t{}\tcreated {}\t{} data keys\t{} encryptions\tlast used {}{}",
                 v.version,
                 v.state,
                 fmt_time(v.created_at_unix_ms),
                 v.data_keys,
                 v.encryptions,
+                if v.last_used_unix_ms != 0 {
+                    fmt_time(v.last_used_unix_ms)
+                } else {
+                    "never".into()
+                },
                 if v.retired_at_unix_ms != 0 {
                     format!("\tretired {}", fmt_time(v.retired_at_unix_ms))
                 } else {

@@ -104,7 +104,8 @@ pub enum KeyCmd {
     /// Show how the HSM holds the root key (sensitive, never extractable,
     /// generated inside the token). Talks to the token, not the server.
     HsmCheck(Pkcs11Args),
-    /// Set when the tenant's KEK rotates automatically (tenant admin).
+    /// Set when the tenant's KEK rotates automatically, and the minimum
+    /// decryption version (tenant admin).
     Policy {
         #[arg(long)]
         tenant: String,
@@ -114,6 +115,10 @@ pub enum KeyCmd {
         /// Rotate once the current version has made this many encryptions.
         #[arg(long)]
         max_encryptions: Option<u64>,
+        /// Refuse data keys still wrapped under KEK versions below this one
+        /// (the rewrap job still moves them); 0 removes the minimum.
+        #[arg(long)]
+        min_decryption_version: Option<u32>,
     },
 }
 

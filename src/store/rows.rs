@@ -189,12 +189,15 @@ pub struct KekRow {
     pub retired_at: Option<i64>,
     /// Data keys still wrapped under it.
     pub data_keys: u64,
+    /// When a call last used data under it (as last recorded).
+    pub last_used_at: Option<i64>,
 }
 
 pub fn keks_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<KekRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT k.version, k.created_at, k.wraps, k.retired_at,
-                (SELECT count(*) FROM data_keys d WHERE d.tenant_id = k.tenant_id AND d.kek_version = k.version AND d.wrapped IS NOT NULL)
+                (SELECT count(*) FROM data_keys d WHERE d.tenant_id = k.tenant_id AND d.kek_version = k.version AND d.wrapped IS NOT NULL),
+                k.last_used_at
          FROM tenant_keks k WHERE k.tenant_id = ?1 ORDER BY k.version",
     )?;
     let rows = stmt.query_map([tenant], |r| {
@@ -204,9 +207,34 @@ pub fn keks_of_tenant(conn: &Connection, tenant: &str) -> Result<Vec<KekRow>> {
             wraps: r.get::<_, i64>(2)? as u64,
             retired_at: r.get(3)?,
             data_keys: r.get::<_, i64>(4)? as u64,
+            last_used_at: r.get(5)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Records that a call used data under a KEK version at `at` (keeps the latest).
+pub fn kek_note_use(conn: &Connection, tenant: &str, version: u32, at: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE tenant_keks SET last_used_at = max(coalesce(last_used_at, 0), ?3)
+         WHERE tenant_id = ?1 AND version = ?2",
+    )?
+    .execute(params![tenant, version, at])?;
+    Ok(())
+}
+
+/// The tenant's minimum decryption version (0: none); `None` if no such tenant.
+pub fn min_decrypt_version(conn: &Connection, tenant: &str) -> Result<Option<u32>> {
+    Ok(conn
+        .prepare_cached("SELECT min_decrypt_version FROM tenants WHERE id = ?1")?
+        .query_row([tenant], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn set_min_decrypt_version(conn: &Connection, tenant: &str, version: u32) -> Result<()> {
+    conn.prepare_cached("UPDATE tenants SET min_decrypt_version = ?2 WHERE id = ?1")?
+        .execute(params![tenant, version])?;
+    Ok(())
 }
 
 /// Counts one more encryption (a data key wrapped) under a KEK version.

@@ -171,6 +171,13 @@ CREATE TABLE reencrypt_jobs (
     started_at  INTEGER NOT NULL
 );
 "#,
+    r#"
+-- A tenant's minimum decryption version: data keys wrapped under an older
+-- KEK version are refused to every call (the rewrap job still moves them).
+-- 0: none. And when each KEK version last protected a call's data.
+ALTER TABLE tenants ADD COLUMN min_decrypt_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tenant_keks ADD COLUMN last_used_at INTEGER;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

@@ -247,6 +247,7 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
                 tenant: t,
                 max_age_seconds: Some(30 * 86400),
                 max_encryptions: None,
+                min_decryption_version: None,
             })
             .await),
         other => panic!("no call for RPC {other}: add it to tests/common/rpcs.rs"),
