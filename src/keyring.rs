@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-use crate::crypto::{self, CryptoError, SecretKey, label};
+use crate::crypto::{self, SecretKey, label};
 use crate::error::{Error, Result};
 use crate::ids::{SubjectId, TenantId};
-use crate::rootkey::RootKeyProvider;
+use crate::rootkey::{RootKeyProvider, UnwrapError};
 use crate::store::{self, DekRow};
 
 /// Unwrapped data keys kept in memory at most; past it, an arbitrary entry
@@ -147,12 +147,14 @@ fn corrupt(what: String) -> Error {
 /// Whether `root` opens the database's root check value (a database with
 /// none yet matches any root key).
 pub fn root_matches(conn: &Connection, root: &dyn RootKeyProvider) -> Result<bool> {
-    Ok(match store::meta_get(conn, ROOT_CHECK_META)? {
-        Some(sealed) => root
-            .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
-            .is_ok(),
-        None => true,
-    })
+    let Some(sealed) = store::meta_get(conn, ROOT_CHECK_META)? else {
+        return Ok(true);
+    };
+    match root.unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed) {
+        Ok(_) => Ok(true),
+        Err(UnwrapError::NotAuthentic) => Ok(false),
+        Err(e) => Err(e.into_error(|| format!("the root check value with {}", root.describe()))),
+    }
 }
 
 /// The provider the database records as holding its root key, if any.
@@ -193,20 +195,30 @@ impl Keyring {
             .clone()
     }
 
-    /// Unwraps under the current root key, or the previous one.
+    /// Unwraps `what` under the current root key, or the previous one.
     fn root_unwrap(
         &self,
         label: &str,
         aad: &[u8],
         wrapped: &[u8],
-    ) -> Result<SecretKey, CryptoError> {
+        what: impl FnOnce() -> String,
+    ) -> Result<SecretKey> {
         let roots = self.roots.read().unwrap_or_else(|p| p.into_inner());
-        roots.current.unwrap(label, aad, wrapped).or_else(|e| {
-            roots
-                .previous
-                .as_ref()
-                .map_or(Err(e), |p| p.unwrap(label, aad, wrapped))
-        })
+        let first = match roots.current.unwrap(label, aad, wrapped) {
+            Ok(k) => return Ok(k),
+            Err(e) => e,
+        };
+        let err = match roots
+            .previous
+            .as_ref()
+            .map(|p| p.unwrap(label, aad, wrapped))
+        {
+            Some(Ok(k)) => return Ok(k),
+            // A provider that could not answer is the news, not the other's "no".
+            Some(Err(second @ UnwrapError::Unavailable(_))) => second,
+            _ => first,
+        };
+        Err(err.into_error(what))
     }
 
     /// Makes `next` the root key new wraps use, keeping the current one
@@ -253,7 +265,7 @@ impl Keyring {
         let move_key = |label: &str, aad: &[u8], wrapped: &[u8], what: &str| -> Result<Vec<u8>> {
             let key = old
                 .unwrap(label, aad, wrapped)
-                .map_err(|_| corrupt(what.to_owned()))?;
+                .map_err(|e| e.into_error(|| what.to_owned()))?;
             new.wrap(label, aad, &key)
         };
         store::meta_put(conn, ROOT_PROVIDER_META, new.describe().as_bytes())?;
@@ -314,7 +326,10 @@ impl Keyring {
                 .root()
                 .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
                 .map(drop)
-                .map_err(|_| {
+                .map_err(|e| {
+                    if let UnwrapError::Unavailable(_) = e {
+                        return e.into_error(|| "the root check value".into());
+                    }
                     let recorded = recorded_root_provider(conn)
                         .ok()
                         .flatten()
@@ -363,10 +378,12 @@ impl Keyring {
         }
         let wrapped = store::meta_get(conn, AUDIT_KEY_META)?
             .ok_or_else(|| Error::Internal("the audit key is missing".into()))?;
-        let key = Arc::new(
-            self.root_unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &wrapped)
-                .map_err(|_| corrupt("the audit key".into()))?,
-        );
+        let key = Arc::new(self.root_unwrap(
+            label::WRAP_AUDIT_KEY,
+            &aad::audit_key(),
+            &wrapped,
+            || "the audit key".into(),
+        )?);
         self.cache().audit = Some(key.clone());
         Ok(key)
     }
@@ -375,8 +392,12 @@ impl Keyring {
     pub fn receipt_key(&self, conn: &Connection) -> Result<SecretKey> {
         let wrapped = store::meta_get(conn, RECEIPT_KEY_META)?
             .ok_or_else(|| Error::Internal("the receipt key is missing".into()))?;
-        self.root_unwrap(label::WRAP_RECEIPT_KEY, &aad::receipt_key(), &wrapped)
-            .map_err(|_| corrupt("the receipt key".into()))
+        self.root_unwrap(
+            label::WRAP_RECEIPT_KEY,
+            &aad::receipt_key(),
+            &wrapped,
+            || "the receipt key".into(),
+        )
     }
 
     /// Generates a tenant's index key, KEK v1 and tenant-level data key.
@@ -445,10 +466,12 @@ impl Keyring {
         let wrapped = store::tenant_get(conn, t)?
             .and_then(|row| row.wrapped_index_key)
             .ok_or_else(|| Error::NotFound(format!("tenant '{t}' not found")))?;
-        let key = Arc::new(
-            self.root_unwrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &wrapped)
-                .map_err(|_| corrupt(format!("the index key of tenant '{t}'")))?,
-        );
+        let key = Arc::new(self.root_unwrap(
+            label::WRAP_INDEX_KEY,
+            &aad::index_key(t),
+            &wrapped,
+            || format!("the index key of tenant '{t}'"),
+        )?);
         let mut cache = self.cache();
         if !cache.destroyed_tenants.contains(t) {
             cache.index.insert(t.to_owned(), key.clone());
@@ -483,10 +506,12 @@ impl Keyring {
                 "key-encryption key v{version} of tenant '{t}' is destroyed"
             ))
         })?;
-        let key = Arc::new(
-            self.root_unwrap(label::WRAP_KEK, &aad::kek(t, version), &wrapped)
-                .map_err(|_| corrupt(format!("key-encryption key v{version} of tenant '{t}'")))?,
-        );
+        let key = Arc::new(self.root_unwrap(
+            label::WRAP_KEK,
+            &aad::kek(t, version),
+            &wrapped,
+            || format!("key-encryption key v{version} of tenant '{t}'"),
+        )?);
         let mut cache = self.cache();
         if !cache.destroyed_tenants.contains(t) {
             cache.keks.insert((t.to_owned(), version), key.clone());

@@ -287,3 +287,27 @@ async fn an_hsm_root_rotation_killed_at_each_crash_point() {
         serve.kill();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hsm_that_stops_answering_is_unavailable_not_data_loss() {
+    let hsm = SoftHsm::new("strongbox");
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_hsm(&hsm, dir.path(), &[]).unwrap();
+    let op = serve.operator(&data(dir.path())).await;
+    let p = populate(&op).await;
+    serve.kill();
+    // A fresh start: no key-encryption key is cached yet.
+    let serve = serve_hsm(&hsm, dir.path(), &[]).unwrap();
+    let op = serve.operator(&data(dir.path())).await;
+    // The token's storage goes away under the running server.
+    std::fs::remove_dir_all(hsm.dir.path().join("tokens")).unwrap();
+    let u = op.as_key(&p.key).unwrap();
+    let r = u
+        .records()
+        .get_record(get("t", "person-1@example.com", "contact", "email"))
+        .await;
+    let status = r.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("root key provider"), "{status:?}");
+    serve.kill();
+}

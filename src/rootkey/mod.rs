@@ -16,6 +16,39 @@ use crate::error::{Error, Result};
 
 pub mod pkcs11;
 
+/// Why an unwrap under the root key failed.
+#[derive(Debug)]
+pub enum UnwrapError {
+    /// The wrapped bytes do not authenticate under this root key: another
+    /// root key, or moved or damaged bytes.
+    NotAuthentic,
+    /// The provider could not answer (an HSM down, a session lost): says
+    /// nothing about the bytes.
+    Unavailable(String),
+}
+
+impl From<CryptoError> for UnwrapError {
+    fn from(_: CryptoError) -> Self {
+        UnwrapError::NotAuthentic
+    }
+}
+
+impl UnwrapError {
+    /// The vault's error for a failed unwrap of `what`.
+    pub fn into_error(self, what: impl FnOnce() -> String) -> Error {
+        match self {
+            UnwrapError::NotAuthentic => Error::Corrupt(format!(
+                "{} failed authentication: the stored bytes are corrupt or were moved, or the root key is not this vault's",
+                what()
+            )),
+            UnwrapError::Unavailable(why) => Error::Unavailable(format!(
+                "the root key provider cannot unwrap {}: {why}",
+                what()
+            )),
+        }
+    }
+}
+
 /// Holds the root key and wraps keys under it.
 pub trait RootKeyProvider: Send + Sync {
     /// What the provider is, for logs and status (never key material).
@@ -23,7 +56,7 @@ pub trait RootKeyProvider: Send + Sync {
     /// Wraps `key` under the root key, bound to `label` and `aad`.
     fn wrap(&self, label: &str, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>>;
     /// Unwraps a key wrapped by [`RootKeyProvider::wrap`] with the same label and AAD.
-    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError>;
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, UnwrapError>;
     /// Makes a successor root key, durable before anything is wrapped under
     /// it, but not yet the one opened at start (root rotation, step 1).
     fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>>;
@@ -134,8 +167,8 @@ impl RootKeyProvider for KeyFileProvider {
         Ok(crypto::wrap_key(&self.key, label, aad, key))
     }
 
-    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
-        crypto::unwrap_key(&self.key, label, aad, wrapped)
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, UnwrapError> {
+        Ok(crypto::unwrap_key(&self.key, label, aad, wrapped)?)
     }
 
     fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>> {
@@ -205,8 +238,8 @@ impl RootKeyProvider for EnvProvider {
         Ok(crypto::wrap_key(&self.key, label, aad, key))
     }
 
-    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
-        crypto::unwrap_key(&self.key, label, aad, wrapped)
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, UnwrapError> {
+        Ok(crypto::unwrap_key(&self.key, label, aad, wrapped)?)
     }
 
     fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>> {

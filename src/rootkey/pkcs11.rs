@@ -29,8 +29,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
-use super::RootKeyProvider;
-use crate::crypto::{self, CryptoError, KEY_LEN, SecretKey};
+use super::{RootKeyProvider, UnwrapError};
+use crate::crypto::{self, KEY_LEN, SecretKey};
 use crate::error::{Error, Result};
 
 /// The environment variable the token's user PIN is read from by default.
@@ -358,22 +358,41 @@ impl RootKeyProvider for HsmProvider {
         Ok(out)
     }
 
-    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
+    fn unwrap(&self, label: &str, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, UnwrapError> {
         if wrapped.len() < 1 + IV_LEN + 16 || wrapped[0] != FORMAT {
-            return Err(CryptoError);
+            return Err(UnwrapError::NotAuthentic);
         }
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&wrapped[1..1 + IV_LEN]);
         let full_aad = bound_aad(label, aad);
-        let params =
-            GcmParams::new(&mut iv, &full_aad, TAG_BITS.into()).map_err(|_| CryptoError)?;
+        let params = GcmParams::new(&mut iv, &full_aad, TAG_BITS.into())
+            .map_err(|e| UnwrapError::Unavailable(e.to_string()))?;
+        let session = self.hsm.session();
         let plain = Zeroizing::new(
-            self.hsm
-                .session()
+            session
                 .decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[1 + IV_LEN..])
-                .map_err(|_| CryptoError)?,
+                .map_err(|e| match e {
+                    // The tag did not verify: not this key's, or damaged.
+                    P11Error::Pkcs11(
+                        RvError::EncryptedDataInvalid
+                        | RvError::EncryptedDataLenRange
+                        | RvError::DataInvalid
+                        | RvError::DataLenRange,
+                        _,
+                    ) => UnwrapError::NotAuthentic,
+                    // Some tokens (SoftHSM2 among them) report a tag
+                    // mismatch as a general error: if the session still
+                    // answers, the bytes were at fault, not the device.
+                    P11Error::Pkcs11(RvError::GeneralError, _)
+                        if session.get_session_info().is_ok() =>
+                    {
+                        UnwrapError::NotAuthentic
+                    }
+                    other => UnwrapError::Unavailable(format!("{}: {other}", self.describe())),
+                })?,
         );
-        SecretKey::from_slice(&plain)
+        drop(session);
+        Ok(SecretKey::from_slice(&plain)?)
     }
 
     fn stage_successor(&self) -> Result<Arc<dyn RootKeyProvider>> {
