@@ -176,7 +176,7 @@ impl Pkcs11Args {
 
 #[derive(Args)]
 pub struct MoveRootArgs {
-    /// The vault's data directory (default ./strongbox-data).
+    /// The vault's data directory.
     #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// The key file the root key is in now (default DATA_DIR/root.key).
