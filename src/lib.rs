@@ -45,6 +45,16 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Runs blocking work (files, an HSM, opening the store) off the async
+/// threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> error::Result<T> + Send + 'static,
+) -> error::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error::Error::Internal(format!("blocking task: {e}")))?
+}
+
 /// The environment variable that names a crash point for the kill tests.
 pub const CRASH_POINT_ENV: &str = "STRONGBOX_CRASH_POINT";
 

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, pb};
+use crate::blocking;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::keyring::{self, Keyring};
@@ -172,13 +173,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         housekeeping,
         _lock: lock,
     })
-}
-
-/// Runs `f` (storage or HSM work) off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
 }
 
 /// The lock file a server holds on its data directory while it runs.

@@ -1429,7 +1429,8 @@ impl Vault {
     /// staged successor (`server::open_root`). Returns the keys rewrapped.
     pub async fn rotate_root(&self, _permit: &Permit, call: &Arc<Call>) -> Result<usize> {
         let _one_at_a_time = self.root_rotation.lock().await;
-        let next = self.keys.root().stage_successor()?;
+        let root = self.keys.root();
+        let next = crate::blocking(move || root.stage_successor()).await?;
         self.replace_root(call, next, "root-rotation").await
     }
 
@@ -1470,12 +1471,14 @@ impl Vault {
             Ok(n) => n,
             Err(e) => {
                 self.keys.restore_root(current);
-                next.discard_successor()?;
+                let staged = next.clone();
+                crate::blocking(move || staged.discard_successor()).await?;
                 return Err(e);
             }
         };
         crate::crash_point(&format!("{crash_points}:committed"));
-        next.promote_successor()?;
+        let staged = next.clone();
+        crate::blocking(move || staged.promote_successor()).await?;
         crate::crash_point(&format!("{crash_points}:promoted"));
         self.store.checkpoint().await?;
         // Readers whose snapshot predates the commit may still unwrap under
