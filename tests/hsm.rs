@@ -110,12 +110,7 @@ async fn the_root_key_lives_and_stays_in_the_hsm() {
     let serve = serve_hsm(&hsm, dir.path(), &[]).unwrap();
     let op = serve.operator(&data(dir.path())).await;
     check_populated(&op, &p).await;
-    let r = op
-        .keys()
-        .rotate_root_key(pb::RotateRootKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let r = rotate_root(&op).await;
     assert_eq!(r.keys_rewrapped, 5);
     assert_eq!(r.root, format!("pkcs11:token=strongbox;object={LABEL}"));
     check_populated(&op, &p).await;
@@ -279,10 +274,7 @@ async fn an_hsm_root_rotation_killed_at_each_crash_point() {
         check_populated(&op, &p).await;
         until_gone(&hsm, dir.path(), &format!("{LABEL}.next"));
         until_gone(&hsm, dir.path(), &format!("{LABEL}.old"));
-        op.keys()
-            .rotate_root_key(pb::RotateRootKeyRequest {})
-            .await
-            .unwrap();
+        rotate_root(&op).await;
         check_populated(&op, &p).await;
         serve.kill();
     }

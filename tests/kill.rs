@@ -49,10 +49,7 @@ async fn root_rotation_killed_at_each_crash_point() {
             );
         }
         // And the vault rotates again cleanly.
-        op.keys()
-            .rotate_root_key(pb::RotateRootKeyRequest {})
-            .await
-            .unwrap();
+        rotate_root(&op).await;
         check_populated(&op, &p).await;
         serve.kill();
     }

@@ -10,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
-use strongbox::api::pb;
 use strongbox::rootkey::KeyFileProvider;
 
 fn root_key(s: &TestServer) -> std::path::PathBuf {
@@ -34,14 +33,7 @@ async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
     let old_root = old_copy.path().join("root.key");
     copy_private(&root_key(&s), &old_root);
 
-    let r = s
-        .operator()
-        .await
-        .keys()
-        .rotate_root_key(pb::RotateRootKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let r = rotate_root(&s.operator().await).await;
     // Root check, receipt and audit keys, the tenant's index key and KEK.
     assert_eq!(r.keys_rewrapped, 5);
     assert!(!staged(&s).exists(), "the successor was promoted");
@@ -53,14 +45,7 @@ async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
     // The provider in use is named for the canonical file, so a second
     // rotation stages beside it, not beside the staged name.
     assert!(r.root.ends_with("root.key"), "{}", r.root);
-    let second = s
-        .operator()
-        .await
-        .keys()
-        .rotate_root_key(pb::RotateRootKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let second = rotate_root(&s.operator().await).await;
     assert!(second.root.ends_with("root.key"), "{}", second.root);
     assert!(!staged(&s).exists());
     check_populated(&s.operator().await, &p).await;
@@ -97,12 +82,7 @@ async fn crash_after_the_commit_finishes_the_rotation_at_start() {
     let old_copy = tempfile::tempdir().unwrap();
     let old_root = old_copy.path().join("root.key");
     copy_private(&root_key(&s), &old_root);
-    s.operator()
-        .await
-        .keys()
-        .rotate_root_key(pb::RotateRootKeyRequest {})
-        .await
-        .unwrap();
+    rotate_root(&s.operator().await).await;
     s.stop().await;
     // The state a crash leaves after step 2: everything wrapped under the
     // successor, which is still only staged; the old key file in place.

@@ -141,18 +141,7 @@ impl TestServer {
         name: &str,
         roles: &[&str],
     ) -> String {
-        admin
-            .principals()
-            .create_principal(pb::CreatePrincipalRequest {
-                tenant: tenant.into(),
-                name: name.into(),
-                roles: roles.iter().map(|r| r.to_string()).collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .api_key
+        new_principal(admin, tenant, name, roles).await
     }
 
     /// A tenant with one principal holding every tenant role but admin.
@@ -718,6 +707,15 @@ pub async fn key_status(admin: &Client, tenant: &str) -> pb::TenantKeyStatus {
         .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
             tenant: tenant.into(),
         })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Rotates the root key through `op` (an operator client); panics on failure.
+pub async fn rotate_root(op: &Client) -> pb::RotateRootKeyResponse {
+    op.keys()
+        .rotate_root_key(pb::RotateRootKeyRequest {})
         .await
         .unwrap()
         .into_inner()
