@@ -12,7 +12,7 @@ use strongbox::ids::{Category, ContentType, RecordKey, SubjectId, TenantId};
 use strongbox::keyring::Keyring;
 use strongbox::rootkey::KeyFileProvider;
 use strongbox::store::Store;
-use strongbox::vault::{Limits, PutRecord, RecordRef, Vault};
+use strongbox::vault::{AuditAnchor, Limits, PutRecord, RecordRef, Vault};
 use zeroize::Zeroizing;
 
 fn seal_open(c: &mut Criterion) {
@@ -55,6 +55,7 @@ fn vault_put_get(c: &mut Criterion) {
             store,
             Arc::new(Keyring::new(Arc::new(root))),
             Limits::default(),
+            AuditAnchor::None,
         )
         .await
         .unwrap()

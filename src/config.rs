@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Serve plaintext beyond loopback anyway (a TLS proxy in front).
     pub insecure_plaintext: bool,
+    /// The audit chain's anchor file; `<data_dir>/audit.anchor` if unset.
+    /// Put it on another volume than the database.
+    pub audit_anchor: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             tls: None,
             insecure_plaintext: false,
+            audit_anchor: None,
         }
     }
 }
@@ -104,6 +108,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
+    audit_anchor: Option<PathBuf>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -167,6 +172,14 @@ pub fn pkcs11_config(
             "the PKCS#11 settings need the token label as well as the module",
         )),
     }
+}
+
+/// The file name of the audit anchor inside the data directory, by default.
+pub const AUDIT_ANCHOR_FILE: &str = "audit.anchor";
+
+/// The audit anchor file: `configured`, or `<data_dir>/audit.anchor`.
+pub fn audit_anchor_path(configured: Option<PathBuf>, data_dir: &Path) -> PathBuf {
+    configured.unwrap_or_else(|| data_dir.join(AUDIT_ANCHOR_FILE))
 }
 
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
@@ -241,6 +254,7 @@ impl ServerConfig {
             }
             cfg.tls = tls_files(f.tls_cert, f.tls_key, f.client_ca)?;
             cfg.insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
+            cfg.audit_anchor = f.audit_anchor;
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;
@@ -255,6 +269,11 @@ impl ServerConfig {
         self.root_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join(ROOT_KEY_FILE))
+    }
+
+    /// The audit anchor file: configured, or beside the database.
+    pub fn audit_anchor_path(&self) -> PathBuf {
+        audit_anchor_path(self.audit_anchor.clone(), &self.data_dir)
     }
 
     pub fn operator_key_path(&self) -> PathBuf {

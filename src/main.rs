@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use strongbox::cli::{self, Cli, Command};
+use strongbox::cli::{self, AuditCmd, Cli, Command};
 use strongbox::config::ServerConfig;
 use strongbox::server;
 
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Audit(AuditCmd::AcceptLoss(args)) => accept_loss(args, cli.json).await,
             _ => cli::run_client(cli).await,
         }
     });
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -43,6 +44,44 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = server_config(args)?;
+    let running = server::start(cfg).await?;
+    // Scripts and tests read the bound address (the real port for :0) here.
+    println!("listening on {}", running.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    Ok(())
+}
+
+async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = server_config(args.server)?;
+    let done = server::accept_audit_loss(&cfg, args.reason).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "kept_through": done.kept_through,
+                "quarantined": done.quarantined,
+                "head_seq": done.head_seq,
+            })
+        );
+    } else {
+        println!(
+            "audit chain break accepted: entries through {} kept, {} quarantined (table audit_quarantine); the acknowledgement is entry {}",
+            done.kept_through, done.quarantined, done.head_seq
+        );
+    }
+    Ok(())
+}
+
+/// The server configuration: defaults, the config file, then the flags.
+fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
     let mut cfg = ServerConfig::load(
         args.config.as_deref(),
         args.data_dir,
@@ -66,13 +105,10 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
             "root_key_env and pkcs11_module: the root key comes from one place; set only one"
         );
     }
-    let running = server::start(cfg).await?;
-    // Scripts and tests read the bound address (the real port for :0) here.
-    println!("listening on {}", running.addr);
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown().await?;
-    Ok(())
+    if args.audit_anchor.is_some() {
+        cfg.audit_anchor = args.audit_anchor;
+    }
+    Ok(cfg)
 }
 
 async fn shutdown_signal() {

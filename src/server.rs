@@ -21,7 +21,7 @@ use crate::keyring::{self, Keyring};
 use crate::rootkey::pkcs11::{Hsm, HsmProvider, Pkcs11Config};
 use crate::rootkey::{EnvProvider, KeyFileProvider, RootKeyProvider};
 use crate::store::{DB_FILE, Store};
-use crate::vault::Vault;
+use crate::vault::{AuditAnchor, Vault};
 
 /// Data keys rewrapped per transaction, and the pause between batches that
 /// leaves the writer to live traffic.
@@ -42,6 +42,7 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
+    anchoring: JoinHandle<()>,
     /// The data directory's lock, held while the server runs.
     _lock: std::fs::File,
 }
@@ -52,8 +53,13 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
         let _ = self.housekeeping.await;
-        self.serving
-            .await
+        let served = self.serving.await;
+        let _ = self.anchoring.await;
+        // After the last call: the final head is anchored.
+        if let Err(e) = self.vault.anchor_audit().await {
+            tracing::warn!(error = %e, "anchoring the audit chain at shutdown failed");
+        }
+        served
             .map_err(|e| Error::Internal(format!("server task: {e}")))?
             .map_err(|e| Error::Unavailable(format!("server: {e}")))
     }
@@ -81,7 +87,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let store = blocking(move || Store::open(&db, readers)).await?;
     let root = open_root(&cfg, &store).await?;
     let keys = Arc::new(Keyring::new(root));
-    let vault = Vault::open(store, keys, cfg.limits.clone()).await?;
+    let anchor = AuditAnchor::Check(cfg.audit_anchor_path());
+    let vault = Vault::open(store, keys, cfg.limits.clone(), anchor).await?;
     let key_file = cfg.operator_key_path();
     if vault.bootstrap_operator(&key_file).await? {
         // The key itself is never logged: only where it was written.
@@ -158,6 +165,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = on_stop.wait_for(|s| *s).await;
     }));
+    let anchoring = tokio::spawn(anchoring(
+        vault.clone(),
+        cfg.housekeeping_interval,
+        stopped.clone(),
+    ));
     let housekeeping = tokio::spawn(housekeeping(
         vault.clone(),
         cfg.audit_retention,
@@ -171,6 +183,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         stop,
         serving,
         housekeeping,
+        anchoring,
         _lock: lock,
     })
 }
@@ -343,6 +356,7 @@ pub async fn move_root_to_hsm(
     data_dir: &Path,
     root_key_file: Option<PathBuf>,
     root_key_env: Option<String>,
+    audit_anchor: PathBuf,
     target: &Pkcs11Config,
 ) -> Result<MoveOutcome> {
     let db = data_dir.join(DB_FILE);
@@ -401,12 +415,84 @@ pub async fn move_root_to_hsm(
         }
     };
     let from = source.describe();
-    let vault = Vault::open(store, Arc::new(Keyring::new(source)), Default::default()).await?;
+    let keys = Arc::new(Keyring::new(source));
+    let anchor = AuditAnchor::Check(audit_anchor);
+    let vault = Vault::open(store, keys, Default::default(), anchor).await?;
     let next = blocking(move || HsmProvider::stage(&hsm, &label)).await?;
     let call = Arc::new(crate::audit::Call::system("key.move-root"));
     call.set_principal("offline: strongbox key move-root");
     let keys = vault.move_root(&call, Arc::new(next)).await?;
     Ok(MoveOutcome::Moved { keys, from, to })
+}
+
+/// Acknowledges a broken audit chain, offline (`strongbox audit
+/// accept-loss`, with the server stopped): keeps the verified stretch of
+/// the chain, quarantines the rest, and records the acknowledgement, with
+/// the operator's `reason`, as a new entry that the anchor file records as
+/// a reset. The vault then opens again.
+pub async fn accept_audit_loss(
+    cfg: &ServerConfig,
+    reason: String,
+) -> Result<crate::audit::AcceptedLoss> {
+    let db = cfg.data_dir.join(DB_FILE);
+    if !db.exists() {
+        return Err(Error::NotFound(format!(
+            "data_dir: no vault at {} (no {DB_FILE})",
+            cfg.data_dir.display()
+        )));
+    }
+    if reason.is_empty() || reason.len() > 256 || reason.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "reason",
+            "must be 1-256 printable bytes: why the loss is accepted (an incident number)",
+        ));
+    }
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let store = blocking(move || Store::open(&db, 1)).await?;
+    let root = open_root(cfg, &store).await?;
+    let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
+    let vault = Vault::open(
+        store,
+        Arc::new(Keyring::new(root)),
+        cfg.limits.clone(),
+        anchor,
+    )
+    .await?;
+    let call = crate::audit::Call::new(
+        hex::encode(crate::crypto::random_bytes::<8>()),
+        "audit.accept-loss",
+        reason,
+        "internal".into(),
+    );
+    call.set_principal("offline: strongbox audit accept-loss");
+    let done = vault.accept_audit_loss(&Arc::new(call)).await?;
+    tracing::warn!(
+        kept_through = done.kept_through,
+        quarantined = done.quarantined,
+        head = done.head_seq,
+        "audit chain break accepted by an operator"
+    );
+    Ok(done)
+}
+
+/// Writes the audit chain's head to the anchor file: at every checkpoint
+/// (when an append asks) and at least every `every` (at most a minute)
+/// while entries are written.
+async fn anchoring(vault: Arc<Vault>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every.min(std::time::Duration::from_secs(60)));
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = vault.anchor_requested() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Err(e) = vault.anchor_audit().await {
+            tracing::warn!(error = %e, "anchoring the audit chain failed; will retry");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Runs due tenant shreds and purges rows of destroyed keys: on a timer,

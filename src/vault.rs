@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc};
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Call, Outcome};
+use crate::audit::{self, Call};
 use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto::{self, SecretKey, label};
 use crate::error::{Error, Result};
@@ -21,6 +21,8 @@ use crate::ids::{Category, ContentType, PrincipalName, RecordKey, SubjectId, Ten
 use crate::keyring::{self, BlindId, Keyring, aad};
 use crate::now_ms;
 use crate::store::{self, RecordAddr, RecordCursor, Store, TenantRow, TenantState};
+
+mod audit_trail;
 
 /// Limits and defaults the use cases enforce.
 #[derive(Clone, Debug)]
@@ -233,6 +235,23 @@ pub struct Vault {
     purge_wanted: Notify,
     auth_cache: std::sync::Mutex<AuthCache>,
     root_rotation: tokio::sync::Mutex<()>,
+    /// The audit chain's anchor outside the database (none: not anchored,
+    /// for library use such as the benches).
+    anchor: Option<Arc<audit::anchor::Anchor>>,
+    anchor_wanted: Notify,
+}
+
+/// Where a vault anchors its audit chain, and how strictly it opens it.
+#[derive(Clone, Debug)]
+pub enum AuditAnchor {
+    /// No anchor (library use: benches, unit tests).
+    None,
+    /// The anchor file; the chain must match it, or the vault does not open.
+    Check(std::path::PathBuf),
+    /// The anchor file, for `strongbox audit accept-loss`: the chain is
+    /// known to be broken; an anchor file that is itself broken is moved
+    /// aside and started afresh.
+    Accept(std::path::PathBuf),
 }
 
 /// Verified API keys by key id, and the ids revoked since start (so a
@@ -547,12 +566,24 @@ fn key_not_found(key_id: &str) -> Error {
 impl Vault {
     /// Opens the vault over `store` with keys under `keys`: checks the root
     /// key against the database and makes the vault-wide keys on first start.
-    pub async fn open(store: Store, keys: Arc<Keyring>, limits: Limits) -> Result<Arc<Self>> {
+    pub async fn open(
+        store: Store,
+        keys: Arc<Keyring>,
+        limits: Limits,
+        anchor: AuditAnchor,
+    ) -> Result<Arc<Self>> {
         let k = keys.clone();
-        store
+        let anchor = store
             .write(move |conn| {
                 k.check_root(conn)?;
-                k.ensure_vault_keys(conn)
+                k.ensure_vault_keys(conn)?;
+                match anchor {
+                    AuditAnchor::None => Ok(None),
+                    AuditAnchor::Check(path) => audit_trail::open_anchor(conn, &k, &path).map(Some),
+                    AuditAnchor::Accept(path) => {
+                        audit_trail::open_anchor_for_repair(conn, &k, &path).map(Some)
+                    }
+                }
             })
             .await?;
         Ok(Arc::new(Vault {
@@ -562,100 +593,9 @@ impl Vault {
             purge_wanted: Notify::new(),
             auth_cache: std::sync::Mutex::new(AuthCache::default()),
             root_rotation: tokio::sync::Mutex::new(()),
+            anchor: anchor.map(Arc::new),
+            anchor_wanted: Notify::new(),
         }))
-    }
-
-    /// Runs mutation `f` and the call's audit entry as one writer job: the
-    /// entry commits with the mutation, or, if `f` fails, alone (the
-    /// mutation rolled back to its savepoint). If the entry cannot be
-    /// written nothing commits and the call fails with `Unavailable`.
-    async fn mutate<T, F>(&self, call: &Arc<Call>, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-    {
-        let (keys, c) = (self.keys.clone(), call.clone());
-        let result = self
-            .store
-            .write(move |conn| {
-                conn.execute_batch("SAVEPOINT mutation")?;
-                let r = f(conn);
-                let end = if r.is_ok() {
-                    "RELEASE mutation"
-                } else {
-                    "ROLLBACK TO mutation; RELEASE mutation"
-                };
-                conn.execute_batch(end)?;
-                let (outcome, code) = Outcome::of(&r);
-                let key = keys.audit_key(conn).map_err(|e| {
-                    Error::Unavailable(format!("audit: the audit key is unavailable ({e})"))
-                })?;
-                audit::append(conn, &key, c.entry(outcome, code))?;
-                Ok(r)
-            })
-            .await?;
-        call.mark_recorded();
-        result
-    }
-
-    /// Records the call's entry on its own, durably, unless a mutation
-    /// already did: for reads (before their data is returned) and for calls
-    /// refused before reaching a use case.
-    pub async fn record(&self, call: &Arc<Call>, (outcome, code): (Outcome, i32)) -> Result<()> {
-        if call.is_recorded() {
-            return Ok(());
-        }
-        let entry = call.entry(outcome, code);
-        let keys = self.keys.clone();
-        self.store
-            .write(move |conn| {
-                let key = keys.audit_key(conn).map_err(|e| {
-                    Error::Unavailable(format!("audit: the audit key is unavailable ({e})"))
-                })?;
-                audit::append(conn, &key, entry).map(drop)
-            })
-            .await?;
-        call.mark_recorded();
-        Ok(())
-    }
-
-    /// Entries a permit may see, after `after`, at most `limit`.
-    pub async fn audit_entries(
-        &self,
-        permit: &Permit,
-        mut filter: audit::Filter,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<audit::Entry>> {
-        // A tenant auditor sees its own tenant's entries, whatever it asks.
-        if let Some(home) = permit.home_tenant() {
-            filter.tenant = Some(home.as_str().to_owned());
-        }
-        self.store
-            .read(move |c| audit::list(c, &filter, after, limit))
-            .await
-    }
-
-    /// Walks the whole audit chain.
-    pub async fn verify_audit(&self, _permit: &Permit) -> Result<audit::Report> {
-        let keys = self.keys.clone();
-        self.store
-            .read(move |c| {
-                let key = keys.audit_key(c)?;
-                audit::verify(c, &key)
-            })
-            .await
-    }
-
-    /// Prunes audit entries older than `before`, at a checkpoint.
-    pub async fn prune_audit(&self, before: i64) -> Result<u64> {
-        let keys = self.keys.clone();
-        self.store
-            .write(move |c| {
-                let key = keys.audit_key(c)?;
-                audit::prune(c, &key, before)
-            })
-            .await
     }
 
     fn auth_cache(&self) -> MutexGuard<'_, AuthCache> {

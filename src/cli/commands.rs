@@ -479,6 +479,9 @@ fn parse_since(s: &str) -> anyhow::Result<i64> {
 async fn audit(client: &Client, cmd: AuditCmd, json: bool) -> anyhow::Result<()> {
     let mut svc = client.audit();
     match cmd {
+        AuditCmd::AcceptLoss(_) => {
+            anyhow::bail!("audit accept-loss runs on the data directory, without a server")
+        }
         AuditCmd::Verify => {
             let r = svc
                 .verify_audit(pb::VerifyAuditRequest {})

@@ -126,6 +126,11 @@ pub enum KeyCmd {
 pub enum AuditCmd {
     /// Walk the MAC chain: `ok` with the count and head, or the first bad entry (exit 1).
     Verify,
+    /// Acknowledge a broken audit chain so the vault serves again. Offline:
+    /// stop the server first; takes the server's flags (data dir, config,
+    /// root key). Keeps the verified stretch, quarantines the rest, and
+    /// records the acknowledgement in the chain.
+    AcceptLoss(AcceptLossArgs),
     /// Print entries (JSON lines with --json, ready for a SIEM).
     List {
         /// Only this tenant's entries (an auditor always gets its own).
@@ -175,6 +180,16 @@ impl Pkcs11Args {
 }
 
 #[derive(Args)]
+pub struct AcceptLossArgs {
+    /// Why the loss is accepted (an incident number); recorded as the
+    /// entry's purpose.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub server: ServeArgs,
+}
+
+#[derive(Args)]
 pub struct MoveRootArgs {
     /// The vault's data directory.
     #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
@@ -185,6 +200,9 @@ pub struct MoveRootArgs {
     /// Or the environment variable it is in now.
     #[arg(long)]
     pub root_key_env: Option<String>,
+    /// The audit anchor file (default DATA_DIR/audit.anchor).
+    #[arg(long)]
+    pub audit_anchor: Option<PathBuf>,
     #[command(flatten)]
     pub pkcs11: Pkcs11Args,
 }
@@ -216,6 +234,10 @@ pub struct ServeArgs {
     /// instead of the key file.
     #[arg(long, conflicts_with = "pkcs11_module")]
     pub root_key_env: Option<String>,
+    /// The audit chain's anchor file (default DATA_DIR/audit.anchor); put
+    /// it on another volume than the database.
+    #[arg(long)]
+    pub audit_anchor: Option<PathBuf>,
     /// Keep the root key in a PKCS#11 token (HSM) instead of the key file.
     #[command(flatten)]
     pub pkcs11: Pkcs11Args,

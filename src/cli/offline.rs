@@ -22,6 +22,7 @@ pub(super) async fn move_root(args: MoveRootArgs, json: bool) -> anyhow::Result<
         &args.data_dir,
         args.root_key_file,
         args.root_key_env,
+        crate::config::audit_anchor_path(args.audit_anchor.clone(), &args.data_dir),
         &target,
     )
     .await?;

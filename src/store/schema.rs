@@ -178,6 +178,26 @@ CREATE TABLE reencrypt_jobs (
 ALTER TABLE tenants ADD COLUMN min_decrypt_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tenant_keks ADD COLUMN last_used_at INTEGER;
 "#,
+    r#"
+-- Audit entries moved aside by `strongbox audit accept-loss`: the part of a
+-- broken chain after its last verified entry, kept for forensics.
+CREATE TABLE audit_quarantine (
+    id              INTEGER PRIMARY KEY,
+    quarantined_at  INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    time            INTEGER NOT NULL,
+    request_id      TEXT NOT NULL,
+    principal       TEXT NOT NULL,
+    tenant          TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    resource        TEXT NOT NULL,
+    outcome         TEXT NOT NULL,
+    code            INTEGER NOT NULL,
+    purpose         TEXT NOT NULL,
+    peer            TEXT NOT NULL,
+    mac             BLOB NOT NULL
+);
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

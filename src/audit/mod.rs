@@ -16,6 +16,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod anchor;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::crypto::{self, SecretKey};
@@ -26,6 +28,9 @@ pub const CHECKPOINT_EVERY: u64 = 1000;
 const HEAD_META: &str = "audit_head";
 const BASE_META: &str = "audit_base";
 const GENESIS: [u8; 32] = [0; 32];
+const HEAD_LABEL: &[u8] = b"strongbox/v1/audit-head";
+const BASE_LABEL: &[u8] = b"strongbox/v1/audit-base";
+const CHECKPOINT_LABEL: &[u8] = b"strongbox/v1/audit-checkpoint";
 
 /// How a call ended, for the audit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,15 +245,92 @@ fn write_pointer(
     crate::store::meta_put(conn, name, &raw)
 }
 
+/// Why the stored chain cannot be extended: its pointers were tampered
+/// with. Always `Corrupt` (DATA_LOSS), never an outage.
+fn tampered(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!(
+        "audit: the audit trail was tampered with ({what}); every call is refused until an operator runs `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)"
+    ))
+}
+
+/// The last stored entry: its sequence number and MAC.
+fn last_entry(conn: &Connection) -> Result<Option<(u64, Vec<u8>)>> {
+    Ok(conn
+        .prepare_cached("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .optional()?)
+}
+
+/// The base row, its MAC checked.
+fn checked_base(conn: &Connection, key: &SecretKey) -> Result<Option<Pointer>> {
+    let base = read_pointer(conn, BASE_META)?;
+    if let Some(b) = &base
+        && !crypto::ct_eq(&b.mac, &head_mac(key, BASE_LABEL, b.seq, &b.head))
+    {
+        return Err(tampered("the pruning base row's MAC does not match"));
+    }
+    Ok(base)
+}
+
+/// The head the next entry chains onto, after checking that the head row
+/// is genuine (its MAC) and is the last stored entry (no entry cut off
+/// behind it, none beyond it). An append never extends a head it has not
+/// checked: otherwise the next call would launder a rewound head with a
+/// fresh, valid MAC.
+pub fn checked_head(conn: &Connection, key: &SecretKey) -> Result<(u64, Vec<u8>)> {
+    let base = checked_base(conn, key)?;
+    let last = last_entry(conn)?;
+    let Some(head) = read_pointer(conn, HEAD_META)? else {
+        if last.is_some() || base.is_some() {
+            return Err(tampered("the head row is missing but the log has entries"));
+        }
+        return Ok((0, GENESIS.to_vec()));
+    };
+    if !crypto::ct_eq(&head.mac, &head_mac(key, HEAD_LABEL, head.seq, &head.head)) {
+        return Err(tampered("the head row's MAC does not match"));
+    }
+    let consistent = match (&last, &base) {
+        (Some((seq, mac)), _) => *seq == head.seq && crypto::ct_eq(mac, &head.head),
+        // Every entry pruned: the head is the base.
+        (None, Some(b)) => b.seq == head.seq && crypto::ct_eq(&b.head, &head.head),
+        (None, None) => false,
+    };
+    if !consistent {
+        let end = last.map_or("the log is empty".to_owned(), |(s, _)| {
+            format!("the log ends at entry {s}")
+        });
+        return Err(tampered(format!(
+            "the head row names entry {} but {end}",
+            head.seq
+        )));
+    }
+    Ok((head.seq, head.head))
+}
+
 /// Appends `entry` to the chain in the caller's transaction; returns its
-/// sequence number. Any failure is `Unavailable`: the caller's transaction
-/// must then be rolled back (fail closed).
-pub fn append(conn: &Connection, key: &SecretKey, mut entry: Entry) -> Result<u64> {
+/// sequence number. A chain whose head does not check out is `Corrupt`
+/// (DATA_LOSS); any other failure is `Unavailable`. Either way the
+/// caller's transaction must be rolled back (fail closed).
+pub fn append(conn: &Connection, key: &SecretKey, entry: Entry) -> Result<u64> {
+    append_above(conn, key, entry, 0)
+}
+
+/// [`append`], refusing too when the stored head is older than `floor`,
+/// the newest sequence number anchored outside the database: the trail
+/// was rolled back or wiped.
+pub fn append_above(
+    conn: &Connection,
+    key: &SecretKey,
+    mut entry: Entry,
+    floor: u64,
+) -> Result<u64> {
     let mut inner = || -> Result<u64> {
-        let (prev_seq, prev_mac) = match read_pointer(conn, HEAD_META)? {
-            Some(p) => (p.seq, p.head),
-            None => (0, GENESIS.to_vec()),
-        };
+        let (prev_seq, prev_mac) = checked_head(conn, key)?;
+        if prev_seq < floor {
+            return Err(tampered(format!(
+                "the log ends at entry {prev_seq} but the anchor outside the database records entry {floor}"
+            )));
+        }
         entry.seq = prev_seq + 1;
         entry.mac = crypto::hmac_sha256(key, &[&entry.canonical(&prev_mac)]).to_vec();
         conn.prepare_cached(
@@ -269,14 +351,7 @@ pub fn append(conn: &Connection, key: &SecretKey, mut entry: Entry) -> Result<u6
             entry.peer,
             entry.mac
         ])?;
-        write_pointer(
-            conn,
-            key,
-            HEAD_META,
-            b"strongbox/v1/audit-head",
-            entry.seq,
-            &entry.mac,
-        )?;
+        write_pointer(conn, key, HEAD_META, HEAD_LABEL, entry.seq, &entry.mac)?;
         if entry.seq.is_multiple_of(CHECKPOINT_EVERY) {
             conn.prepare_cached(
                 "INSERT INTO audit_checkpoints (seq, head, time, mac) VALUES (?1, ?2, ?3, ?4)",
@@ -285,16 +360,35 @@ pub fn append(conn: &Connection, key: &SecretKey, mut entry: Entry) -> Result<u6
                 entry.seq as i64,
                 entry.mac,
                 entry.time,
-                head_mac(key, b"strongbox/v1/audit-checkpoint", entry.seq, &entry.mac).to_vec()
+                head_mac(key, CHECKPOINT_LABEL, entry.seq, &entry.mac).to_vec()
             ])?;
         }
         Ok(entry.seq)
     };
-    inner().map_err(|e| {
-        Error::Unavailable(format!(
+    inner().map_err(|e| match e {
+        Error::Corrupt(_) => {
+            log_tampering(&e);
+            e
+        }
+        e => Error::Unavailable(format!(
             "audit: the call cannot be recorded, so nothing was done ({e})"
-        ))
+        )),
     })
+}
+
+/// Logs detected tampering, at most once every ten seconds: every call is
+/// refused meanwhile, and each refusal must not write a log line.
+pub fn log_tampering(e: &Error) {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = crate::now_ms();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 10_000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(target: "strongbox::tamper", error = %e, "AUDIT TRAIL TAMPERING DETECTED");
+    }
 }
 
 /// What `verify` found.
@@ -332,15 +426,33 @@ const ENTRY_COLS: &str =
 /// Walks the whole chain from its base and checks every MAC, the sequence,
 /// every checkpoint and the head row.
 pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
+    verify_anchored(conn, key, None)
+}
+
+/// [`verify`], and checks the chain against `anchor`, the newest
+/// `(seq, head)` recorded outside the database: the chain must reach it
+/// and pass through it. A wiped or rolled-back trail fails here even when
+/// every row left in the database is consistent.
+pub fn verify_anchored(
+    conn: &Connection,
+    key: &SecretKey,
+    anchor: Option<(u64, &[u8])>,
+) -> Result<Report> {
     let (mut expected, mut prev) = match read_pointer(conn, BASE_META)? {
         Some(Pointer { seq, head, mac }) => {
-            if !crypto::ct_eq(&mac, &head_mac(key, b"strongbox/v1/audit-base", seq, &head)) {
+            if !crypto::ct_eq(&mac, &head_mac(key, BASE_LABEL, seq, &head)) {
                 return Ok(bad(
                     0,
                     seq,
                     head,
                     "the pruning base row's MAC does not match".into(),
                 ));
+            }
+            if let Some((aseq, ahead)) = anchor
+                && aseq == seq
+                && !crypto::ct_eq(ahead, &head)
+            {
+                return Ok(bad(0, seq, head, anchor_mismatch(aseq)));
             }
             (seq + 1, head)
         }
@@ -383,12 +495,15 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
                 ),
             ));
         }
+        if let Some((aseq, ahead)) = anchor
+            && aseq == e.seq
+            && !crypto::ct_eq(ahead, &e.mac)
+        {
+            return Ok(bad(entries, e.seq, prev, anchor_mismatch(aseq)));
+        }
         if let Some((head, cmac)) = checkpoints.get(&e.seq) {
             let ok = crypto::ct_eq(head, &e.mac)
-                && crypto::ct_eq(
-                    cmac,
-                    &head_mac(key, b"strongbox/v1/audit-checkpoint", e.seq, head),
-                );
+                && crypto::ct_eq(cmac, &head_mac(key, CHECKPOINT_LABEL, e.seq, head));
             if !ok {
                 return Ok(bad(
                     entries,
@@ -403,6 +518,18 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
         expected += 1;
     }
     let last = expected - 1;
+    if let Some((aseq, _)) = anchor
+        && aseq > last
+    {
+        return Ok(bad(
+            entries,
+            last + 1,
+            prev,
+            format!(
+                "the log ends at entry {last} but the anchor outside the database records entry {aseq}: the trail was wiped or rolled back, or restored without `strongbox restore`"
+            ),
+        ));
+    }
     if let Some(beyond) = checkpoints.keys().copied().filter(|s| *s > last).min() {
         return Ok(bad(
             entries,
@@ -424,7 +551,7 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
             ));
         }
         Some(Pointer { seq, head, mac }) => {
-            if !crypto::ct_eq(&mac, &head_mac(key, b"strongbox/v1/audit-head", seq, &head)) {
+            if !crypto::ct_eq(&mac, &head_mac(key, HEAD_LABEL, seq, &head)) {
                 return Ok(bad(
                     entries,
                     seq,
@@ -450,6 +577,12 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
         head: prev,
         problem: None,
     })
+}
+
+fn anchor_mismatch(seq: u64) -> String {
+    format!(
+        "entry {seq} is not the one the anchor outside the database records: the trail was rewritten"
+    )
 }
 
 fn bad(entries: u64, seq: u64, head: Vec<u8>, what: String) -> Report {
@@ -499,29 +632,134 @@ pub fn list(conn: &Connection, f: &Filter, after: u64, limit: usize) -> Result<V
 
 /// Deletes entries older than `before` (Unix ms), cutting only at the
 /// newest checkpoint that is entirely older, which becomes the base that
-/// verification starts from. Returns the entries deleted.
+/// verification starts from. Returns the entries deleted. Like an append,
+/// it rewrites a MAC'd pointer, so it first checks the head and base rows
+/// and the checkpoint it cuts at: a forged pointer is never re-MAC'd.
 pub fn prune(conn: &Connection, key: &SecretKey, before: i64) -> Result<u64> {
-    let cut: Option<(i64, Vec<u8>)> = conn
+    checked_head(conn, key)?;
+    // (seq, checkpoint's head, checkpoint's MAC, the entry's MAC there)
+    type Cut = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
+    let cut: Option<Cut> = conn
         .query_row(
-            "SELECT c.seq, c.head FROM audit_checkpoints c
-             WHERE NOT EXISTS (SELECT 1 FROM audit_log l WHERE l.seq <= c.seq AND l.time >= ?1)
-               AND EXISTS (SELECT 1 FROM audit_log l WHERE l.seq = c.seq)
+            "SELECT c.seq, c.head, c.mac, l.mac FROM audit_checkpoints c
+               JOIN audit_log l ON l.seq = c.seq
+             WHERE NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.seq <= c.seq AND o.time >= ?1)
              ORDER BY c.seq DESC LIMIT 1",
             [before],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((seq, head)) = cut else {
+    let Some((seq, head, cmac, entry_mac)) = cut else {
         return Ok(0);
     };
+    let genuine = crypto::ct_eq(&cmac, &head_mac(key, CHECKPOINT_LABEL, seq as u64, &head))
+        && crypto::ct_eq(&head, &entry_mac);
+    if !genuine {
+        let e = tampered(format!("checkpoint {seq} does not match the chain"));
+        log_tampering(&e);
+        return Err(e);
+    }
     let n = conn.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq])?;
-    write_pointer(
-        conn,
-        key,
-        BASE_META,
-        b"strongbox/v1/audit-base",
-        seq as u64,
-        &head,
-    )?;
+    write_pointer(conn, key, BASE_META, BASE_LABEL, seq as u64, &head)?;
     Ok(n as u64)
+}
+
+/// The end of the longest stretch of the chain, from its base, whose every
+/// entry chains onto the one before: `(seq, mac)`, `(base, base head)` or
+/// `(0, genesis)` for an empty chain. `None` when the base row itself is
+/// not genuine.
+fn verified_prefix(conn: &Connection, key: &SecretKey) -> Result<Option<(u64, Vec<u8>)>> {
+    let Ok(base) = checked_base(conn, key) else {
+        return Ok(None);
+    };
+    let (mut end, mut prev) = base.map_or((0, GENESIS.to_vec()), |b| (b.seq, b.head));
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > ?1 ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query([end as i64])?;
+    while let Some(row) = rows.next()? {
+        let e = entry_row(row)?;
+        let mac = crypto::hmac_sha256(key, &[&e.canonical(&prev)]);
+        if e.seq != end + 1 || !crypto::ct_eq(&mac, &e.mac) {
+            break;
+        }
+        (end, prev) = (e.seq, e.mac);
+    }
+    Ok(Some((end, prev)))
+}
+
+/// What `accept_loss` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedLoss {
+    /// The last entry of the chain that still verified.
+    pub kept_through: u64,
+    /// Entries after it moved to `audit_quarantine` (kept for forensics).
+    pub quarantined: u64,
+    /// The entry that records the acknowledgement: the chain's new head.
+    pub head_seq: u64,
+    pub head: Vec<u8>,
+}
+
+/// An operator's acknowledgement of a broken chain, in the caller's
+/// transaction: keeps the longest verified stretch from the base, moves
+/// every entry after it to `audit_quarantine` (nothing is deleted), makes
+/// the head point at the stretch's end, and appends `entry` (which says
+/// what was lost) on top. With the base row itself forged, every entry is
+/// quarantined and a new chain starts after the highest sequence number
+/// seen. `lost_through` is the newest entry known to have existed (the
+/// anchor's), for the entry's resource.
+pub fn accept_loss(
+    conn: &Connection,
+    key: &SecretKey,
+    mut entry: Entry,
+    lost_through: u64,
+) -> Result<AcceptedLoss> {
+    let highest: i64 = conn.query_row(
+        "SELECT max(ifnull((SELECT max(seq) FROM audit_log), 0), ifnull((SELECT max(seq) FROM audit_checkpoints), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    let highest = (highest as u64).max(lost_through);
+    // With a forged base no stretch can be trusted: a new chain starts.
+    let (kept, head, restart) = match verified_prefix(conn, key)? {
+        Some((seq, mac)) => (seq, mac, false),
+        None => {
+            write_pointer(conn, key, BASE_META, BASE_LABEL, highest, &GENESIS)?;
+            (highest, GENESIS.to_vec(), true)
+        }
+    };
+    let now = crate::now_ms();
+    let quarantined = conn.execute(
+        &format!(
+            "INSERT INTO audit_quarantine (quarantined_at, {ENTRY_COLS})
+             SELECT ?2, {ENTRY_COLS} FROM audit_log WHERE seq > ?1 OR ?3"
+        ),
+        params![kept as i64, now, restart],
+    )?;
+    conn.execute(
+        "DELETE FROM audit_log WHERE seq > ?1 OR ?2",
+        params![kept as i64, restart],
+    )?;
+    conn.execute(
+        "DELETE FROM audit_checkpoints WHERE seq > ?1",
+        [kept as i64],
+    )?;
+    write_pointer(conn, key, HEAD_META, HEAD_LABEL, kept, &head)?;
+    entry.resource = format!(
+        "audit:entries {}..{} lost or altered; {quarantined} quarantined",
+        kept + 1,
+        highest.max(kept + 1)
+    );
+    let seq = append(conn, key, entry)?;
+    let mac: Vec<u8> = conn.query_row(
+        "SELECT mac FROM audit_log WHERE seq = ?1",
+        [seq as i64],
+        |r| r.get(0),
+    )?;
+    Ok(AcceptedLoss {
+        kept_through: kept,
+        quarantined: quarantined as u64,
+        head_seq: seq,
+        head: mac,
+    })
 }

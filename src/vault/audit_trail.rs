@@ -1,0 +1,253 @@
+//! The audit use cases: writing a call's entry (with its mutation, or on
+//! its own), querying and verifying the chain, pruning it, anchoring its
+//! head outside the database, and an operator's acknowledgement of a
+//! broken chain.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use super::Vault;
+use crate::audit::anchor::{Anchor, Kind, Point};
+use crate::audit::{self, Call, Outcome};
+use crate::authz::Permit;
+use crate::crypto::SecretKey;
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+use crate::store;
+
+/// The `meta` row that says this vault's chain is anchored, so a missing
+/// anchor file is noticed rather than started afresh.
+const ANCHORED_META: &str = "audit_anchored";
+
+/// The audit key for an append: a key that cannot be had is an outage,
+/// but one that fails authentication is tampering.
+fn append_key(keys: &Keyring, conn: &Connection) -> Result<Arc<SecretKey>> {
+    keys.audit_key(conn).map_err(|e| match e {
+        Error::Corrupt(_) => e,
+        e => Error::Unavailable(format!("audit: the audit key is unavailable ({e})")),
+    })
+}
+
+/// Checks the database's chain against the anchor file at start-up, and
+/// opens it: the head row must be genuine and the last entry, and the
+/// chain must reach the newest anchored point and pass through it. The
+/// first start with anchoring records the current head.
+pub(super) fn open_anchor(
+    conn: &Connection,
+    keys: &Keyring,
+    path: &std::path::Path,
+) -> Result<Anchor> {
+    let key = keys.audit_key(conn)?;
+    let (seq, head) = audit::checked_head(conn, &key)?;
+    let anchored = store::meta_get(conn, ANCHORED_META)?.is_some();
+    if anchored && !Anchor::exists(path) {
+        return Err(Error::Corrupt(format!(
+            "audit: this vault's chain is anchored in {}, which is missing: put the anchor file back, or, if it is lost, run `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)",
+            path.display()
+        )));
+    }
+    let anchor = Anchor::open(path, &key)?;
+    if let Some(a) = anchor.newest() {
+        let report = audit::verify_anchored(conn, &key, Some((a.seq, &a.head)))?;
+        if let Some((_, problem)) = report.problem {
+            return Err(Error::Corrupt(format!(
+                "audit: {problem}; every call is refused until an operator runs `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)"
+            )));
+        }
+    }
+    if !anchored {
+        store::meta_put(conn, ANCHORED_META, b"1")?;
+    }
+    anchor.record(&key, Kind::Head, Point { seq, head })?;
+    Ok(anchor)
+}
+
+/// Opens the anchor file for `strongbox audit accept-loss`, which repairs
+/// a broken chain: no check against the database. An anchor file that is
+/// itself broken is moved aside (kept, as evidence) and a new one begun.
+pub(super) fn open_anchor_for_repair(
+    conn: &Connection,
+    keys: &Keyring,
+    path: &std::path::Path,
+) -> Result<Anchor> {
+    let key = keys.audit_key(conn)?;
+    match Anchor::open(path, &key) {
+        Err(Error::Corrupt(why)) => {
+            let aside = path.with_extension(format!("broken-{}", crate::now_ms()));
+            std::fs::rename(path, &aside)
+                .map_err(|e| Error::Unavailable(format!("audit anchor {}: {e}", path.display())))?;
+            tracing::warn!(%why, aside = %aside.display(), "moved a broken audit anchor file aside");
+            Anchor::open(path, &key)
+        }
+        other => other,
+    }
+}
+
+impl Vault {
+    /// The newest anchored sequence number: no append may extend an older
+    /// head.
+    fn audit_floor(&self) -> u64 {
+        self.anchor.as_ref().map_or(0, |a| a.floor())
+    }
+
+    /// After an append: asks for an anchor at every checkpoint.
+    fn appended(&self, seq: u64) {
+        if seq.is_multiple_of(audit::CHECKPOINT_EVERY) {
+            self.anchor_wanted.notify_one();
+        }
+    }
+
+    /// Waits until an append reaches a checkpoint.
+    pub async fn anchor_requested(&self) {
+        self.anchor_wanted.notified().await
+    }
+
+    /// Runs mutation `f` and the call's audit entry as one writer job: the
+    /// entry commits with the mutation, or, if `f` fails, alone (the
+    /// mutation rolled back to its savepoint). If the entry cannot be
+    /// written nothing commits and the call fails: `Unavailable`, or
+    /// `Corrupt` when the chain was tampered with.
+    pub(super) async fn mutate<T, F>(&self, call: &Arc<Call>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (keys, c, floor) = (self.keys.clone(), call.clone(), self.audit_floor());
+        let (seq, result) = self
+            .store
+            .write(move |conn| {
+                conn.execute_batch("SAVEPOINT mutation")?;
+                let r = f(conn);
+                let end = if r.is_ok() {
+                    "RELEASE mutation"
+                } else {
+                    "ROLLBACK TO mutation; RELEASE mutation"
+                };
+                conn.execute_batch(end)?;
+                let (outcome, code) = Outcome::of(&r);
+                let key = append_key(&keys, conn)?;
+                let seq = audit::append_above(conn, &key, c.entry(outcome, code), floor)?;
+                Ok((seq, r))
+            })
+            .await?;
+        call.mark_recorded();
+        self.appended(seq);
+        result
+    }
+
+    /// Records the call's entry on its own, durably, unless a mutation
+    /// already did: for reads (before their data is returned) and for calls
+    /// refused before reaching a use case.
+    pub async fn record(&self, call: &Arc<Call>, (outcome, code): (Outcome, i32)) -> Result<()> {
+        if call.is_recorded() {
+            return Ok(());
+        }
+        let entry = call.entry(outcome, code);
+        let (keys, floor) = (self.keys.clone(), self.audit_floor());
+        let seq = self
+            .store
+            .write(move |conn| {
+                let key = append_key(&keys, conn)?;
+                audit::append_above(conn, &key, entry, floor)
+            })
+            .await?;
+        call.mark_recorded();
+        self.appended(seq);
+        Ok(())
+    }
+
+    /// Entries a permit may see, after `after`, at most `limit`.
+    pub async fn audit_entries(
+        &self,
+        permit: &Permit,
+        mut filter: audit::Filter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::Entry>> {
+        // A tenant auditor sees its own tenant's entries, whatever it asks.
+        if let Some(home) = permit.home_tenant() {
+            filter.tenant = Some(home.as_str().to_owned());
+        }
+        self.store
+            .read(move |c| audit::list(c, &filter, after, limit))
+            .await
+    }
+
+    /// Walks the whole audit chain, and checks it against the anchor.
+    pub async fn verify_audit(&self, _permit: &Permit) -> Result<audit::Report> {
+        let keys = self.keys.clone();
+        let anchor = self.anchor.as_ref().and_then(|a| a.newest());
+        self.store
+            .read(move |c| {
+                let key = keys.audit_key(c)?;
+                audit::verify_anchored(c, &key, anchor.as_ref().map(|a| (a.seq, &a.head[..])))
+            })
+            .await
+    }
+
+    /// Prunes audit entries older than `before`, at a checkpoint.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64> {
+        let keys = self.keys.clone();
+        self.store
+            .write(move |c| {
+                let key = keys.audit_key(c)?;
+                audit::prune(c, &key, before)
+            })
+            .await
+    }
+
+    /// Writes the committed head to the anchor file if it moved on. A head
+    /// older than the anchor is tampering (`Corrupt`), logged as such.
+    /// Returns the anchored sequence number.
+    pub async fn anchor_audit(&self) -> Result<u64> {
+        let Some(anchor) = self.anchor.clone() else {
+            return Ok(0);
+        };
+        let keys = self.keys.clone();
+        let (key, (seq, head)) = self
+            .store
+            .read(move |c| {
+                let key = keys.audit_key(c)?;
+                let head = audit::checked_head(c, &key)?;
+                Ok((key, head))
+            })
+            .await?;
+        crate::blocking(move || {
+            anchor
+                .record(&key, Kind::Head, Point { seq, head })
+                .inspect_err(audit::log_tampering)
+                .map(|()| seq)
+        })
+        .await
+    }
+
+    /// An operator's acknowledgement that the chain is broken (offline,
+    /// `strongbox audit accept-loss`): keeps the verified stretch, moves
+    /// the rest to quarantine, records the acknowledgement with `reason`
+    /// as an entry on top, and anchors it with a `reset` line.
+    pub async fn accept_audit_loss(&self, call: &Arc<Call>) -> Result<audit::AcceptedLoss> {
+        let anchor = self
+            .anchor
+            .clone()
+            .ok_or_else(|| Error::Internal("accept-loss needs the anchor file".into()))?;
+        let lost_through = anchor.floor();
+        let (keys, entry) = (self.keys.clone(), call.entry(Outcome::Ok, 0));
+        let (key, done) = self
+            .store
+            .write(move |c| {
+                let key = keys.audit_key(c)?;
+                let done = audit::accept_loss(c, &key, entry, lost_through)?;
+                store::meta_put(c, ANCHORED_META, b"1")?;
+                Ok((key, done))
+            })
+            .await?;
+        call.mark_recorded();
+        let point = Point {
+            seq: done.head_seq,
+            head: done.head.clone(),
+        };
+        crate::blocking(move || anchor.record(&key, Kind::Reset, point)).await?;
+        Ok(done)
+    }
+}
