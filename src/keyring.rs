@@ -27,6 +27,9 @@ const MAX_CACHED_DEKS: usize = 100_000;
 const RECEIPT_KEY_META: &str = "receipt_key";
 /// The `meta` row holding the audit key wrapped by the root key.
 const AUDIT_KEY_META: &str = "audit_key";
+/// The `meta` row holding the key that MACs security state (principals,
+/// API keys, tenant state), wrapped by the root key.
+const STATE_KEY_META: &str = "state_key";
 /// The `meta` row holding a sealed check value that proves the root key.
 const ROOT_CHECK_META: &str = "root_check";
 /// Which provider holds the root key (its description, no key material),
@@ -91,10 +94,27 @@ pub mod aad {
         encode_fields(&[b"receipt-key"])
     }
 
+    pub fn state_key() -> Vec<u8> {
+        encode_fields(&[b"state-key"])
+    }
+
     pub fn root_check() -> Vec<u8> {
         encode_fields(&[b"root-check"])
     }
 }
+
+/// A `meta` row name, the key's wrapping label, and its AAD.
+type VaultKey = (&'static str, &'static str, fn() -> Vec<u8>);
+
+/// The vault-wide keys held directly under the root key in `meta`, with
+/// their wrapping label and AAD: the one list that key creation
+/// (`ensure_vault_keys`) and root rotation (`rewrap_root_keys`) both walk,
+/// so a key added here is made and rotated alike.
+const VAULT_KEYS: [VaultKey; 3] = [
+    (RECEIPT_KEY_META, label::WRAP_RECEIPT_KEY, aad::receipt_key),
+    (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key),
+    (STATE_KEY_META, label::WRAP_STATE_KEY, aad::state_key),
+];
 
 /// A subject's blind id: HMAC-SHA256 of the subject id under the tenant's
 /// index key. Stable across KEK rotation.
@@ -109,6 +129,7 @@ struct Cache {
     destroyed_deks: HashSet<String>,
     destroyed_tenants: HashSet<String>,
     audit: Option<Arc<SecretKey>>,
+    state: Option<Arc<SecretKey>>,
     /// tenant -> minimum decryption version (0: none)
     min_versions: HashMap<String, u32>,
     /// (tenant, KEK version) -> when a call last used data under it, not
@@ -270,17 +291,14 @@ impl Keyring {
         };
         store::meta_put(conn, ROOT_PROVIDER_META, new.describe().as_bytes())?;
         let mut n = 0;
-        for (meta, label, aad) in [
-            (ROOT_CHECK_META, label::ROOT_CHECK, aad::root_check()),
-            (
-                RECEIPT_KEY_META,
-                label::WRAP_RECEIPT_KEY,
-                aad::receipt_key(),
-            ),
-            (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key()),
-        ] {
+        let check = (
+            ROOT_CHECK_META,
+            label::ROOT_CHECK,
+            aad::root_check as fn() -> _,
+        );
+        for (meta, label, aad) in std::iter::once(check).chain(VAULT_KEYS) {
             if let Some(w) = store::meta_get(conn, meta)? {
-                store::meta_put(conn, meta, &move_key(label, &aad, &w, meta)?)?;
+                store::meta_put(conn, meta, &move_key(label, &aad(), &w, meta)?)?;
                 n += 1;
             }
         }
@@ -355,16 +373,9 @@ impl Keyring {
     /// Makes the vault-wide keys held under the root key (receipt key,
     /// audit key) if the vault has none yet.
     pub fn ensure_vault_keys(&self, conn: &Connection) -> Result<()> {
-        for (meta, label, aad) in [
-            (
-                RECEIPT_KEY_META,
-                label::WRAP_RECEIPT_KEY,
-                aad::receipt_key(),
-            ),
-            (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key()),
-        ] {
+        for (meta, label, aad) in VAULT_KEYS {
             if store::meta_get(conn, meta)?.is_none() {
-                let wrapped = self.root().wrap(label, &aad, &SecretKey::generate())?;
+                let wrapped = self.root().wrap(label, &aad(), &SecretKey::generate())?;
                 store::meta_put(conn, meta, &wrapped)?;
             }
         }
@@ -385,6 +396,23 @@ impl Keyring {
             || "the audit key".into(),
         )?);
         self.cache().audit = Some(key.clone());
+        Ok(key)
+    }
+
+    /// The key that MACs security state rows; unwrapped once, then cached.
+    pub fn state_key(&self, conn: &Connection) -> Result<Arc<SecretKey>> {
+        if let Some(k) = &self.cache().state {
+            return Ok(k.clone());
+        }
+        let wrapped = store::meta_get(conn, STATE_KEY_META)?
+            .ok_or_else(|| Error::Internal("the state key is missing".into()))?;
+        let key = Arc::new(self.root_unwrap(
+            label::WRAP_STATE_KEY,
+            &aad::state_key(),
+            &wrapped,
+            || "the state key".into(),
+        )?);
+        self.cache().state = Some(key.clone());
         Ok(key)
     }
 
@@ -463,7 +491,7 @@ impl Keyring {
         if let Some(k) = self.cache().index.get(t) {
             return Ok(k.clone());
         }
-        let wrapped = store::tenant_get(conn, t)?
+        let wrapped = crate::integrity::tenant(conn, self, t)?
             .and_then(|row| row.wrapped_index_key)
             .ok_or_else(|| Error::NotFound(format!("tenant '{t}' not found")))?;
         let key = Arc::new(self.root_unwrap(
@@ -551,7 +579,7 @@ impl Keyring {
         if let Some(v) = self.cache().min_versions.get(t) {
             return Ok(*v);
         }
-        let v = store::min_decrypt_version(conn, t)?.unwrap_or(0);
+        let v = crate::integrity::tenant(conn, self, t)?.map_or(0, |row| row.min_decrypt_version);
         // A setter racing this read wins: its value is inserted after its
         // commit, and this one only fills a gap.
         Ok(*self.cache().min_versions.entry(t.to_owned()).or_insert(v))

@@ -10,6 +10,7 @@
 //! - [`error`]: the error enum, named by meaning.
 //! - [`crypto`]: the secret key type and the one seal construction.
 //! - [`rootkey`]: root-key providers (key file, environment, PKCS#11 HSM).
+//! - [`integrity`]: MACs over security state (tenants, principals, API keys).
 //! - [`keyring`]: the key hierarchy below the root, AAD layouts, key caches.
 //! - [`authz`]: roles, the permission table, and the `Permit`.
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod ids;
+pub mod integrity;
 pub mod keyring;
 pub mod rootkey;
 pub mod server;

@@ -18,6 +18,7 @@ use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto::{self, SecretKey, label};
 use crate::error::{Error, Result};
 use crate::ids::{Category, ContentType, PrincipalName, RecordKey, SubjectId, TenantId};
+use crate::integrity;
 use crate::keyring::{self, BlindId, Keyring, aad};
 use crate::now_ms;
 use crate::store::{self, RecordAddr, RecordCursor, Store, TenantRow, TenantState};
@@ -136,11 +137,12 @@ impl RotationPolicy {
 
 /// Makes KEK version current+1 of `tenant` current, in the caller's job.
 fn rotate_kek(keys: &Keyring, conn: &Connection, tenant: &TenantId) -> Result<u32> {
-    let row = active_tenant(conn, tenant)?;
+    let row = active_tenant(conn, keys, tenant)?;
     let version = row.kek_version + 1;
     let wrapped = keys.new_kek(tenant, version)?;
     store::kek_insert(conn, tenant.as_str(), version, &wrapped, now_ms())?;
     store::tenant_set_kek_version(conn, tenant.as_str(), version)?;
+    integrity::seal_tenant(conn, keys, tenant.as_str())?;
     Ok(version)
 }
 
@@ -280,9 +282,9 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 const MAX_CACHED_API_KEYS: usize = 10_000;
 
 /// The tenant row, if the tenant exists and is active.
-fn active_tenant(conn: &Connection, tenant: &TenantId) -> Result<TenantRow> {
-    let row =
-        store::tenant_get(conn, tenant.as_str())?.ok_or_else(|| authz::tenant_not_found(tenant))?;
+fn active_tenant(conn: &Connection, keys: &Keyring, tenant: &TenantId) -> Result<TenantRow> {
+    let row = integrity::tenant(conn, keys, tenant.as_str())?
+        .ok_or_else(|| authz::tenant_not_found(tenant))?;
     match row.state {
         TenantState::Active => Ok(row),
         TenantState::ShredScheduled => Err(Error::FailedPrecondition(format!(
@@ -464,7 +466,12 @@ struct NewPrincipalRow<'a> {
     cert_cn: Option<&'a str>,
 }
 
-fn insert_principal(conn: &Connection, p: NewPrincipalRow<'_>, now: i64) -> Result<String> {
+fn insert_principal(
+    conn: &Connection,
+    keys: &Keyring,
+    p: NewPrincipalRow<'_>,
+    now: i64,
+) -> Result<String> {
     let NewPrincipalRow {
         tenant,
         name,
@@ -472,45 +479,86 @@ fn insert_principal(conn: &Connection, p: NewPrincipalRow<'_>, now: i64) -> Resu
         cert_cn,
     } = p;
     let principal_id = keyring::new_id("prn");
-    store::principal_insert(
-        conn,
-        &store::PrincipalRow {
-            id: principal_id.clone(),
-            tenant_id: tenant.map(|t| t.as_str().to_owned()),
-            name: name.to_owned(),
-            roles: roles
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            created_at: now,
-            cert_cn: cert_cn.map(str::to_owned),
-        },
-    )?;
+    let mut row = store::PrincipalRow {
+        id: principal_id.clone(),
+        tenant_id: tenant.map(|t| t.as_str().to_owned()),
+        name: name.to_owned(),
+        roles: roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        created_at: now,
+        cert_cn: cert_cn.map(str::to_owned),
+        mac: None,
+    };
+    row.mac = Some(integrity::principal_mac(&*keys.state_key(conn)?, &row).to_vec());
+    store::principal_insert(conn, &row)?;
     Ok(principal_id)
 }
 
 /// Stores an issued key's hash for `principal_id`.
 fn insert_api_key(
     conn: &Connection,
+    keys: &Keyring,
     principal_id: &str,
     key_id: &str,
     hash: &[u8; 32],
     now: i64,
     expires_at: Option<i64>,
 ) -> Result<()> {
-    store::api_key_insert(
-        conn,
-        &store::ApiKeyRow {
-            key_id: key_id.to_owned(),
-            principal_id: principal_id.to_owned(),
-            secret_hash: hash.to_vec(),
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            last_used_at: None,
-        },
-    )
+    let mut row = store::ApiKeyRow {
+        key_id: key_id.to_owned(),
+        principal_id: principal_id.to_owned(),
+        secret_hash: hash.to_vec(),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+        mac: None,
+    };
+    row.mac = Some(integrity::api_key_mac(&*keys.state_key(conn)?, &row).to_vec());
+    store::api_key_insert(conn, &row)
+}
+
+/// A tenant's principals and their API keys, every row's MAC checked.
+fn tenant_principals(
+    conn: &Connection,
+    keys: &Keyring,
+    tenant: &TenantId,
+) -> Result<(Vec<store::PrincipalRow>, Vec<store::ApiKeyRow>)> {
+    let key = keys.state_key(conn)?;
+    let principals = store::principals_of_tenant(conn, tenant.as_str())?;
+    for p in &principals {
+        integrity::check_principal(&key, p)?;
+    }
+    let api_keys = store::api_keys_of_tenant(conn, tenant.as_str())?;
+    for k in &api_keys {
+        integrity::check_api_key(&key, k)?;
+    }
+    Ok((principals, api_keys))
+}
+
+/// Whether an admin of `tenant` holds a key that is neither revoked nor
+/// expired at `now` (from MAC-checked rows: a forged "no admin" must not
+/// open the operator's way in).
+fn tenant_has_live_admin(
+    conn: &Connection,
+    keys: &Keyring,
+    tenant: &TenantId,
+    now: i64,
+) -> Result<bool> {
+    let (principals, api_keys) = tenant_principals(conn, keys, tenant)?;
+    Ok(principals
+        .iter()
+        .filter(|p| p.roles.split(',').any(|r| r == Role::Admin.as_str()))
+        .any(|p| {
+            api_keys.iter().any(|k| {
+                k.principal_id == p.id
+                    && k.revoked_at.is_none()
+                    && k.expires_at.is_none_or(|t| t > now)
+            })
+        }))
 }
 
 /// An expiry `secs` from now, if given.
@@ -577,6 +625,7 @@ impl Vault {
             .write(move |conn| {
                 k.check_root(conn)?;
                 k.ensure_vault_keys(conn)?;
+                integrity::seal_unsealed(conn, &k)?;
                 match anchor {
                     AuditAnchor::None => Ok(None),
                     AuditAnchor::Check(path) => audit_trail::open_anchor(conn, &k, &path).map(Some),
@@ -632,6 +681,7 @@ impl Vault {
         let _ = std::fs::remove_file(&tmp);
         let (key_id, api_key, hash) = issue_api_key();
         write_secret_file(&tmp, api_key.expose()).map_err(|e| io_error(&tmp, e))?;
+        let keys = self.keys.clone();
         let created = self
             .store
             .write(move |conn| {
@@ -642,8 +692,8 @@ impl Vault {
                     roles: &[Role::Operator],
                     cert_cn: None,
                 };
-                let id = insert_principal(conn, who, now)?;
-                insert_api_key(conn, &id, &key_id, &hash, now, None)
+                let id = insert_principal(conn, &keys, who, now)?;
+                insert_api_key(conn, &keys, &id, &key_id, &hash, now, None)
             })
             .await;
         if let Err(e) = created {
@@ -686,10 +736,10 @@ impl Vault {
             }
             return Ok(principal);
         }
-        let id = key_id.to_owned();
+        let (id, keys) = (key_id.to_owned(), self.keys.clone());
         let found = self
             .store
-            .read(move |c| store::api_key_lookup(c, &id))
+            .read(move |c| integrity::api_key(c, &keys, &id))
             .await?;
         let Some((key, p)) = found else {
             return Err(Error::Unauthenticated(INVALID));
@@ -782,7 +832,7 @@ impl Vault {
             }
             let keys = keyring.new_tenant_keys(&tenant)?;
             let now = now_ms();
-            let row = TenantRow {
+            let mut row = TenantRow {
                 id: t.to_owned(),
                 name,
                 state: TenantState::Active,
@@ -791,7 +841,12 @@ impl Vault {
                 kek_version: keys.kek_version,
                 wrapped_index_key: Some(keys.wrapped_index_key),
                 dek_id: Some(keys.dek.id.clone()),
+                min_decrypt_version: 0,
+                rotate_after_ms: None,
+                rotate_after_wraps: None,
+                mac: None,
             };
+            row.mac = Some(integrity::tenant_mac(&*keyring.state_key(conn)?, &row).to_vec());
             store::tenant_insert(conn, &row)?;
             store::kek_insert(conn, t, keys.kek_version, &keys.wrapped_kek, now)?;
             store::dek_insert(conn, &keys.dek, now)?;
@@ -802,9 +857,10 @@ impl Vault {
 
     pub async fn get_tenant(&self, permit: &Permit) -> Result<TenantInfo> {
         let tenant = permit.tenant()?.clone();
+        let keys = self.keys.clone();
         self.store
             .read(move |c| {
-                store::tenant_get(c, tenant.as_str())?
+                integrity::tenant(c, &keys, tenant.as_str())?
                     .map(TenantInfo::from)
                     .ok_or_else(|| authz::tenant_not_found(&tenant))
             })
@@ -822,9 +878,17 @@ impl Vault {
             TenantId::parse(&token)
                 .map_err(|_| Error::invalid("page_token", "is not a token this server issued"))?;
         }
+        let keys = self.keys.clone();
         let mut rows = self
             .store
-            .read(move |c| store::tenant_list(c, &token, page_size + 1))
+            .read(move |c| {
+                let rows = store::tenant_list(c, &token, page_size + 1)?;
+                let key = keys.state_key(c)?;
+                for r in &rows {
+                    integrity::check_tenant(&key, r)?;
+                }
+                Ok(rows)
+            })
             .await?;
         let next = if rows.len() > page_size {
             rows.truncate(page_size);
@@ -848,9 +912,10 @@ impl Vault {
         let grace_ms = i64::try_from(grace.as_millis())
             .map_err(|_| Error::invalid("grace_seconds", "is too large"))?;
         let t = tenant.clone();
+        let keys = self.keys.clone();
         let info = self
             .mutate(call, move |conn| {
-                let row = store::tenant_get(conn, t.as_str())?
+                let row = integrity::tenant(conn, &keys, t.as_str())?
                     .ok_or_else(|| authz::tenant_not_found(&t))?;
                 if row.state == TenantState::Shredded {
                     return Err(Error::FailedPrecondition(format!(
@@ -859,6 +924,7 @@ impl Vault {
                 }
                 let at = now_ms().saturating_add(grace_ms);
                 store::tenant_set_state(conn, t.as_str(), TenantState::ShredScheduled, Some(at))?;
+                integrity::seal_tenant(conn, &keys, t.as_str())?;
                 Ok(TenantInfo {
                     state: TenantState::ShredScheduled,
                     shred_at: Some(at),
@@ -879,8 +945,9 @@ impl Vault {
         call: &Arc<Call>,
     ) -> Result<TenantInfo> {
         let tenant = permit.tenant()?.clone();
+        let keys = self.keys.clone();
         self.mutate(call, move |conn| {
-            let row = store::tenant_get(conn, tenant.as_str())?
+            let row = integrity::tenant(conn, &keys, tenant.as_str())?
                 .ok_or_else(|| authz::tenant_not_found(&tenant))?;
             if row.state != TenantState::ShredScheduled {
                 return Err(Error::FailedPrecondition(format!(
@@ -892,6 +959,7 @@ impl Vault {
                 )));
             }
             store::tenant_set_state(conn, tenant.as_str(), TenantState::Active, None)?;
+            integrity::seal_tenant(conn, &keys, tenant.as_str())?;
             Ok(TenantInfo {
                 state: TenantState::Active,
                 shred_at: None,
@@ -908,15 +976,18 @@ impl Vault {
         call.set_tenant(tenant.as_str());
         call.set_resource(format!("tenant:{tenant}"));
         let t = tenant.clone();
+        let keys = self.keys.clone();
         let destroyed = self
             .mutate(&call, move |conn| {
                 let now = now_ms();
-                match store::tenant_get(conn, t.as_str())? {
+                match integrity::tenant(conn, &keys, t.as_str())? {
                     Some(row)
                         if row.state == TenantState::ShredScheduled
                             && row.shred_at.is_some_and(|at| at <= now) =>
                     {
-                        store::tenant_destroy(conn, t.as_str(), now).map(Some)
+                        let destroyed = store::tenant_destroy(conn, t.as_str(), now)?;
+                        integrity::seal_tenant(conn, &keys, t.as_str())?;
+                        Ok(Some(destroyed))
                     }
                     _ => Ok(None),
                 }
@@ -980,7 +1051,7 @@ impl Vault {
         let keys = self.keys.clone();
         self.store
             .read(move |conn| {
-                let row = store::tenant_get(conn, tenant.as_str())?
+                let row = integrity::tenant(conn, &keys, tenant.as_str())?
                     .ok_or_else(|| authz::tenant_not_found(&tenant))?;
                 let versions = store::keks_of_tenant(conn, tenant.as_str())?;
                 let (policy, next_rotation_due) =
@@ -1018,8 +1089,7 @@ impl Vault {
                     policy,
                     next_rotation_due,
                     reencrypt_jobs: store::reencrypt_jobs_of(conn, tenant.as_str())?.len() as u64,
-                    min_decryption_version: store::min_decrypt_version(conn, tenant.as_str())?
-                        .unwrap_or(0),
+                    min_decryption_version: row.min_decrypt_version,
                 })
             })
             .await
@@ -1043,7 +1113,7 @@ impl Vault {
         let started = self
             .mutate(call, move |conn| {
                 let t = tenant.as_str();
-                let trow = active_tenant(conn, &tenant)?;
+                let trow = active_tenant(conn, &keys, &tenant)?;
                 let owners = match &subject {
                     Some(s) => {
                         let blind = keys.blind_id(conn, &tenant, s)?;
@@ -1065,6 +1135,7 @@ impl Vault {
                     store::dek_insert(conn, &row, now)?;
                     if owner.is_empty() {
                         store::set_tenant_dek(conn, t, &row.id)?;
+                        integrity::seal_tenant(conn, &keys, t)?;
                     } else {
                         // The sealed subject id moves to the new key too.
                         let subject_row =
@@ -1208,8 +1279,9 @@ impl Vault {
         }
         let age_ms = max_age.map(|d| d.as_millis() as i64);
         let t = tenant.clone();
+        let keys = self.keys.clone();
         self.mutate(call, move |conn| {
-            let row = active_tenant(conn, &t)?;
+            let row = active_tenant(conn, &keys, &t)?;
             if let Some(min) = min_decryption_version {
                 if min > row.kek_version {
                     return Err(Error::invalid(
@@ -1222,7 +1294,8 @@ impl Vault {
                 }
                 store::set_min_decrypt_version(conn, t.as_str(), min)?;
             }
-            store::set_rotation_policy(conn, t.as_str(), age_ms, max_encryptions)
+            store::set_rotation_policy(conn, t.as_str(), age_ms, max_encryptions)?;
+            integrity::seal_tenant(conn, &keys, t.as_str())
         })
         .await?;
         if let Some(min) = min_decryption_version {
@@ -1272,6 +1345,8 @@ impl Vault {
             // Checked again inside the job: another pass may have rotated it.
             let done = self
                 .mutate(&call, move |conn| {
+                    // The policy read here is the MAC-checked row's.
+                    integrity::tenant(conn, &keys, tenant.as_str())?;
                     match store::rotation_state(conn, tenant.as_str())? {
                         Some(now_st)
                             if now_st.version == version
@@ -1470,13 +1545,14 @@ impl Vault {
         let expires_at = expiry(expires_in_seconds)?;
         let (key_id, api_key, hash) = issue_api_key();
         let kid = key_id.clone();
+        let keys = self.keys.clone();
         let principal_id = self
             .mutate(call, move |conn| {
-                active_tenant(conn, &tenant)?;
+                active_tenant(conn, &keys, &tenant)?;
                 let now = now_ms();
                 // An operator may step in whenever no admin holds a live key,
                 // so a tenant whose admins lost theirs is never locked out.
-                if bootstrap && store::tenant_has_live_role(conn, tenant.as_str(), Role::Admin.as_str(), now)? {
+                if bootstrap && tenant_has_live_admin(conn, &keys, &tenant, now)? {
                     return Err(Error::FailedPrecondition(format!(
                         "tenant '{tenant}' already has an admin with a live key; its admins create further principals"
                     )));
@@ -1487,8 +1563,8 @@ impl Vault {
                     roles: &roles,
                     cert_cn: cert_cn.as_deref(),
                 };
-                let id = insert_principal(conn, who, now)?;
-                insert_api_key(conn, &id, &kid, &hash, now, expires_at)?;
+                let id = insert_principal(conn, &keys, who, now)?;
+                insert_api_key(conn, &keys, &id, &kid, &hash, now, expires_at)?;
                 Ok(id)
             })
             .await?;
@@ -1502,16 +1578,18 @@ impl Vault {
     /// The permit's tenant's principals and their keys.
     pub async fn list_principals(&self, permit: &Permit) -> Result<Vec<PrincipalInfo>> {
         let tenant = permit.tenant()?.clone();
+        let keyring = self.keys.clone();
         self.store
             .read(move |conn| {
-                active_tenant(conn, &tenant)?;
+                active_tenant(conn, &keyring, &tenant)?;
+                let (principals, api_keys) = tenant_principals(conn, &keyring, &tenant)?;
                 let mut keys: HashMap<String, Vec<ApiKeyInfo>> = HashMap::new();
-                for k in store::api_keys_of_tenant(conn, tenant.as_str())? {
+                for k in api_keys {
                     keys.entry(k.principal_id.clone())
                         .or_default()
                         .push(k.into());
                 }
-                Ok(store::principals_of_tenant(conn, tenant.as_str())?
+                Ok(principals
                     .into_iter()
                     .map(|p| PrincipalInfo {
                         keys: keys.remove(&p.id).unwrap_or_default(),
@@ -1537,12 +1615,13 @@ impl Vault {
         let expires_at = expiry(expires_in_seconds)?;
         let (key_id, api_key, hash) = issue_api_key();
         let kid = key_id.clone();
+        let keys = self.keys.clone();
         self.mutate(call, move |conn| {
-            active_tenant(conn, &tenant)?;
-            let p = store::principal_get(conn, &principal_id)?
+            active_tenant(conn, &keys, &tenant)?;
+            let p = integrity::principal(conn, &keys, &principal_id)?
                 .filter(|p| p.tenant_id.as_deref() == Some(tenant.as_str()))
                 .ok_or_else(|| Error::NotFound(format!("principal '{principal_id}' not found")))?;
-            insert_api_key(conn, &p.id, &kid, &hash, now_ms(), expires_at)
+            insert_api_key(conn, &keys, &p.id, &kid, &hash, now_ms(), expires_at)
         })
         .await?;
         Ok((key_id, api_key))
@@ -1557,14 +1636,16 @@ impl Vault {
     ) -> Result<ApiKeyInfo> {
         let tenant = permit.tenant()?.clone();
         let kid = key_id.clone();
+        let keys = self.keys.clone();
         let info = self
             .mutate(call, move |conn| {
-                active_tenant(conn, &tenant)?;
-                let (key, _) = store::api_key_lookup(conn, &kid)?
+                active_tenant(conn, &keys, &tenant)?;
+                let (key, _) = integrity::api_key(conn, &keys, &kid)?
                     .filter(|(_, p)| p.tenant_id.as_deref() == Some(tenant.as_str()))
                     .ok_or_else(|| key_not_found(&kid))?;
                 let now = now_ms();
                 store::api_key_revoke(conn, &key.key_id, now)?;
+                integrity::seal_api_key(conn, &keys, &key.key_id)?;
                 Ok(ApiKeyInfo {
                     revoked_at: key.revoked_at.or(Some(now)),
                     ..key.into()
@@ -1601,7 +1682,7 @@ impl Vault {
         self
             .mutate(call, move |conn| {
                 let t = tenant.as_str();
-                let trow = active_tenant(conn, &tenant)?;
+                let trow = active_tenant(conn, &keys, &tenant)?;
                 let now = now_ms();
                 let (owner, dek_id, dek) = match &put.subject {
                     None => {
@@ -1711,7 +1792,7 @@ impl Vault {
         let c = call.clone();
         self.store
             .read(move |conn| {
-                active_tenant(conn, &tenant)?;
+                active_tenant(conn, &keys, &tenant)?;
                 let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
                 c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
                 let addr = RecordAddr {
@@ -1739,7 +1820,7 @@ impl Vault {
         let keys = self.keys.clone();
         let c = call.clone();
         self.mutate(call, move |conn| {
-            active_tenant(conn, &tenant)?;
+            active_tenant(conn, &keys, &tenant)?;
             let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
             c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
             let addr = RecordAddr {
@@ -1778,7 +1859,7 @@ impl Vault {
         let c = call.clone();
         self.store
             .read(move |conn| {
-                active_tenant(conn, &tenant)?;
+                active_tenant(conn, &keys, &tenant)?;
                 let owner = match &subject {
                     Some(s) => Some(keys.blind_id(conn, &tenant, s)?.to_vec()),
                     None => None,
@@ -1845,7 +1926,7 @@ impl Vault {
         let header = self
             .store
             .read(move |conn| {
-                active_tenant(conn, &t)?;
+                active_tenant(conn, &keys, &t)?;
                 let blind = keys.blind_id(conn, &t, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
                 let row =
@@ -1946,7 +2027,7 @@ impl Vault {
         let receipt = self
             .mutate(call, move |conn| {
                 let t = tenant.as_str();
-                active_tenant(conn, &tenant)?;
+                active_tenant(conn, &keys, &tenant)?;
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
                 let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;

@@ -47,10 +47,16 @@ pub struct TenantRow {
     pub kek_version: u32,
     pub wrapped_index_key: Option<Vec<u8>>,
     pub dek_id: Option<String>,
+    /// 0: none.
+    pub min_decrypt_version: u32,
+    /// The tenant's own rotation policy; `None`: the server's.
+    pub rotate_after_ms: Option<i64>,
+    pub rotate_after_wraps: Option<i64>,
+    /// MAC over the row's security state (`integrity`); `None` until sealed.
+    pub mac: Option<Vec<u8>>,
 }
 
-const TENANT_COLS: &str =
-    "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id";
+const TENANT_COLS: &str = "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id, min_decrypt_version, rotate_after_ms, rotate_after_wraps, mac";
 
 fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
     Ok(TenantRow {
@@ -62,6 +68,10 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
         kek_version: r.get(5)?,
         wrapped_index_key: r.get(6)?,
         dek_id: r.get(7)?,
+        min_decrypt_version: r.get(8)?,
+        rotate_after_ms: r.get(9)?,
+        rotate_after_wraps: r.get(10)?,
+        mac: r.get(11)?,
     })
 }
 
@@ -74,7 +84,9 @@ pub fn tenant_get(conn: &Connection, id: &str) -> Result<Option<TenantRow>> {
 
 pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
     conn.execute(
-        &format!("INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!(
+            "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ),
         params![
             t.id,
             t.name,
@@ -83,10 +95,28 @@ pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
             t.shred_at,
             t.kek_version,
             t.wrapped_index_key,
-            t.dek_id
+            t.dek_id,
+            t.min_decrypt_version,
+            t.rotate_after_ms,
+            t.rotate_after_wraps,
+            t.mac
         ],
     )?;
     Ok(())
+}
+
+/// Stores a tenant row's MAC (after any change to its security state).
+pub fn tenant_set_mac(conn: &Connection, id: &str, mac: &[u8]) -> Result<()> {
+    conn.prepare_cached("UPDATE tenants SET mac = ?2 WHERE id = ?1")?
+        .execute(params![id, mac])?;
+    Ok(())
+}
+
+/// Every tenant id.
+pub fn tenant_ids(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM tenants")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub fn tenant_list(conn: &Connection, after: &str, limit: usize) -> Result<Vec<TenantRow>> {
@@ -221,14 +251,6 @@ pub fn kek_note_use(conn: &Connection, tenant: &str, version: u32, at: i64) -> R
     )?
     .execute(params![tenant, version, at])?;
     Ok(())
-}
-
-/// The tenant's minimum decryption version (0: none); `None` if no such tenant.
-pub fn min_decrypt_version(conn: &Connection, tenant: &str) -> Result<Option<u32>> {
-    Ok(conn
-        .prepare_cached("SELECT min_decrypt_version FROM tenants WHERE id = ?1")?
-        .query_row([tenant], |r| r.get(0))
-        .optional()?)
 }
 
 pub fn set_min_decrypt_version(conn: &Connection, tenant: &str, version: u32) -> Result<()> {
@@ -621,9 +643,11 @@ pub struct PrincipalRow {
     pub created_at: i64,
     /// The client-certificate common name the principal is pinned to.
     pub cert_cn: Option<String>,
+    /// MAC over the row (`integrity`); `None` until sealed.
+    pub mac: Option<Vec<u8>>,
 }
 
-const PRINCIPAL_COLS: &str = "id, tenant_id, name, roles, created_at, cert_cn";
+const PRINCIPAL_COLS: &str = "id, tenant_id, name, roles, created_at, cert_cn, mac";
 
 /// A principal from columns `PRINCIPAL_COLS` starting at `at`.
 fn principal_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PrincipalRow> {
@@ -634,13 +658,14 @@ fn principal_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PrincipalRow> {
         roles: r.get(at + 3)?,
         created_at: r.get(at + 4)?,
         cert_cn: r.get(at + 5)?,
+        mac: r.get(at + 6)?,
     })
 }
 
 pub fn principal_insert(conn: &Connection, p: &PrincipalRow) -> Result<()> {
     conn.execute(
-        "INSERT INTO principals (id, tenant_id, name, roles, created_at, cert_cn) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn],
+        "INSERT INTO principals (id, tenant_id, name, roles, created_at, cert_cn, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn, p.mac],
     )
     .map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => {
@@ -651,25 +676,35 @@ pub fn principal_insert(conn: &Connection, p: &PrincipalRow) -> Result<()> {
     Ok(())
 }
 
+/// Every principal, for sealing rows written before rows had MACs.
+pub fn principals_all(conn: &Connection) -> Result<Vec<PrincipalRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {PRINCIPAL_COLS} FROM principals"))?;
+    let rows = stmt.query_map([], |r| principal_row(r, 0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn principal_set_mac(conn: &Connection, id: &str, mac: &[u8]) -> Result<()> {
+    conn.prepare_cached("UPDATE principals SET mac = ?2 WHERE id = ?1")?
+        .execute(params![id, mac])?;
+    Ok(())
+}
+
+/// Every API key, for sealing rows written before rows had MACs.
+pub fn api_keys_all(conn: &Connection) -> Result<Vec<ApiKeyRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {API_KEY_COLS} FROM api_keys k"))?;
+    let rows = stmt.query_map([], api_key_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn api_key_set_mac(conn: &Connection, key_id: &str, mac: &[u8]) -> Result<()> {
+    conn.prepare_cached("UPDATE api_keys SET mac = ?2 WHERE key_id = ?1")?
+        .execute(params![key_id, mac])?;
+    Ok(())
+}
+
 pub fn principal_count(conn: &Connection) -> Result<u64> {
     let n: i64 = conn.query_row("SELECT count(*) FROM principals", [], |r| r.get(0))?;
     Ok(n as u64)
-}
-
-/// Whether a tenant has a principal holding `role` with a key that is
-/// neither revoked nor expired at `now`.
-pub fn tenant_has_live_role(conn: &Connection, tenant: &str, role: &str, now: i64) -> Result<bool> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT p.roles FROM principals p JOIN api_keys k ON k.principal_id = p.id
-         WHERE p.tenant_id = ?1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?2)",
-    )?;
-    let roles = stmt.query_map(params![tenant, now], |r| r.get::<_, String>(0))?;
-    for r in roles {
-        if r?.split(',').any(|x| x == role) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// A tenant's principals, by name.
@@ -723,11 +758,13 @@ pub struct ApiKeyRow {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// MAC over the row but `last_used_at` (`integrity`); `None` until sealed.
+    pub mac: Option<Vec<u8>>,
 }
 
-const API_KEY_COLS: &str = "k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at";
+const API_KEY_COLS: &str = "k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at, k.mac";
 
-/// An API key from columns `API_KEY_COLS` (the first seven).
+/// An API key from columns `API_KEY_COLS` (the first eight).
 fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
     Ok(ApiKeyRow {
         key_id: r.get(0)?,
@@ -737,13 +774,14 @@ fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
         expires_at: r.get(4)?,
         revoked_at: r.get(5)?,
         last_used_at: r.get(6)?,
+        mac: r.get(7)?,
     })
 }
 
 pub fn api_key_insert(conn: &Connection, k: &ApiKeyRow) -> Result<()> {
     conn.execute(
-        "INSERT INTO api_keys (key_id, principal_id, secret_hash, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at],
+        "INSERT INTO api_keys (key_id, principal_id, secret_hash, created_at, expires_at, revoked_at, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.mac],
     )?;
     Ok(())
 }
@@ -755,10 +793,10 @@ pub fn api_key_lookup(
 ) -> Result<Option<(ApiKeyRow, PrincipalRow)>> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {API_KEY_COLS}, p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn
+            "SELECT {API_KEY_COLS}, p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn, p.mac
              FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1"
         ))?
-        .query_row([key_id], |r| Ok((api_key_row(r)?, principal_row(r, 7)?)))
+        .query_row([key_id], |r| Ok((api_key_row(r)?, principal_row(r, 8)?)))
         .optional()?)
 }
 

@@ -198,6 +198,14 @@ CREATE TABLE audit_quarantine (
     mac             BLOB NOT NULL
 );
 "#,
+    r#"
+-- Security state carries a MAC under the root-held state key (see
+-- src/integrity.rs), so an edit of the file cannot grant access or lift a
+-- restriction. NULL only until the vault seals rows written before this.
+ALTER TABLE tenants ADD COLUMN mac BLOB;
+ALTER TABLE principals ADD COLUMN mac BLOB;
+ALTER TABLE api_keys ADD COLUMN mac BLOB;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

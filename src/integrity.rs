@@ -1,0 +1,202 @@
+//! MACs over security state: tenant rows (state, shred schedule, key
+//! versions, rotation policy), principals (tenant, roles, pinned
+//! certificate) and API keys (principal, secret hash, expiry, revocation).
+//! Someone who can write the database file but does not hold the root key
+//! cannot grant themselves access, move a principal to another tenant,
+//! un-revoke a key or un-suspend a tenant: the row's MAC, under the state
+//! key (held under the root key), binds every such field and the row's
+//! identity, so a copied, edited or NULLed row fails to load (`Corrupt`,
+//! DATA_LOSS) and the call is refused.
+//!
+//! Writes go through `seal_*`, which recompute the MAC from the row as
+//! stored, after the change and in the same transaction; loads go through
+//! `tenant`, `principal` and `api_key`, which check it. Rows written before
+//! this existed are sealed once at start (`seal_unsealed`); after that a
+//! missing MAC is tampering like a wrong one.
+
+use rusqlite::Connection;
+
+use crate::crypto::{self, SecretKey, encode_fields};
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+use crate::store::{self, ApiKeyRow, PrincipalRow, TenantRow};
+
+/// The `meta` row that says every row has been sealed.
+const SEALED_META: &str = "state_sealed";
+
+fn opt_i64(v: Option<i64>) -> Vec<u8> {
+    v.map_or_else(Vec::new, |n| n.to_be_bytes().to_vec())
+}
+
+fn opt_str(v: &Option<String>) -> &[u8] {
+    v.as_deref().map_or(&[][..], str::as_bytes)
+}
+
+/// The tenant row's MAC: everything but the wrapped index key (bound to
+/// the tenant by its own AAD) and the MAC itself.
+pub fn tenant_mac(key: &SecretKey, t: &TenantRow) -> [u8; 32] {
+    crypto::hmac_sha256(
+        key,
+        &[&encode_fields(&[
+            b"strongbox/v1/state/tenant",
+            t.id.as_bytes(),
+            t.name.as_bytes(),
+            format!("{:?}", t.state).as_bytes(),
+            &t.created_at.to_be_bytes(),
+            &opt_i64(t.shred_at),
+            &t.kek_version.to_be_bytes(),
+            opt_str(&t.dek_id),
+            &t.min_decrypt_version.to_be_bytes(),
+            &opt_i64(t.rotate_after_ms),
+            &opt_i64(t.rotate_after_wraps),
+        ])],
+    )
+}
+
+pub fn principal_mac(key: &SecretKey, p: &PrincipalRow) -> [u8; 32] {
+    crypto::hmac_sha256(
+        key,
+        &[&encode_fields(&[
+            b"strongbox/v1/state/principal",
+            p.id.as_bytes(),
+            opt_str(&p.tenant_id),
+            p.name.as_bytes(),
+            p.roles.as_bytes(),
+            &p.created_at.to_be_bytes(),
+            opt_str(&p.cert_cn),
+        ])],
+    )
+}
+
+/// The API key row's MAC: everything but `last_used_at` (bookkeeping).
+pub fn api_key_mac(key: &SecretKey, k: &ApiKeyRow) -> [u8; 32] {
+    crypto::hmac_sha256(
+        key,
+        &[&encode_fields(&[
+            b"strongbox/v1/state/api-key",
+            k.key_id.as_bytes(),
+            k.principal_id.as_bytes(),
+            &k.secret_hash,
+            &k.created_at.to_be_bytes(),
+            &opt_i64(k.expires_at),
+            &opt_i64(k.revoked_at),
+        ])],
+    )
+}
+
+fn check(
+    what: impl FnOnce() -> String,
+    stored: &Option<Vec<u8>>,
+    expected: &[u8; 32],
+) -> Result<()> {
+    match stored {
+        Some(mac) if crypto::ct_eq(mac, expected) => Ok(()),
+        _ => {
+            let e = Error::Corrupt(format!(
+                "{}: the stored security state fails its MAC: it was edited outside Strongbox",
+                what()
+            ));
+            tracing::error!(target: "strongbox::tamper", error = %e, "SECURITY STATE TAMPERING DETECTED");
+            Err(e)
+        }
+    }
+}
+
+/// Checks a loaded tenant row.
+pub fn check_tenant(key: &SecretKey, t: &TenantRow) -> Result<()> {
+    check(|| format!("tenant '{}'", t.id), &t.mac, &tenant_mac(key, t))
+}
+
+/// Checks a loaded principal row.
+pub fn check_principal(key: &SecretKey, p: &PrincipalRow) -> Result<()> {
+    check(
+        || format!("principal {}", p.id),
+        &p.mac,
+        &principal_mac(key, p),
+    )
+}
+
+/// Checks a loaded API key row.
+pub fn check_api_key(key: &SecretKey, k: &ApiKeyRow) -> Result<()> {
+    check(
+        || format!("API key {}", k.key_id),
+        &k.mac,
+        &api_key_mac(key, k),
+    )
+}
+
+/// Tenant `id`, its MAC checked.
+pub fn tenant(conn: &Connection, keys: &Keyring, id: &str) -> Result<Option<TenantRow>> {
+    let Some(row) = store::tenant_get(conn, id)? else {
+        return Ok(None);
+    };
+    check_tenant(&*keys.state_key(conn)?, &row)?;
+    Ok(Some(row))
+}
+
+/// Principal `id`, its MAC checked.
+pub fn principal(conn: &Connection, keys: &Keyring, id: &str) -> Result<Option<PrincipalRow>> {
+    let Some(row) = store::principal_get(conn, id)? else {
+        return Ok(None);
+    };
+    check_principal(&*keys.state_key(conn)?, &row)?;
+    Ok(Some(row))
+}
+
+/// API key `key_id` and its principal, both MACs checked.
+pub fn api_key(
+    conn: &Connection,
+    keys: &Keyring,
+    key_id: &str,
+) -> Result<Option<(ApiKeyRow, PrincipalRow)>> {
+    let Some((k, p)) = store::api_key_lookup(conn, key_id)? else {
+        return Ok(None);
+    };
+    let key = keys.state_key(conn)?;
+    check_api_key(&key, &k)?;
+    check_principal(&key, &p)?;
+    Ok(Some((k, p)))
+}
+
+/// Recomputes tenant `id`'s MAC from the row as stored now: call after
+/// every change to its security state, in the same transaction.
+pub fn seal_tenant(conn: &Connection, keys: &Keyring, id: &str) -> Result<()> {
+    if let Some(row) = store::tenant_get(conn, id)? {
+        store::tenant_set_mac(conn, id, &tenant_mac(&*keys.state_key(conn)?, &row))?;
+    }
+    Ok(())
+}
+
+/// Recomputes principal `id`'s MAC from the row as stored now.
+pub fn seal_principal(conn: &Connection, keys: &Keyring, id: &str) -> Result<()> {
+    if let Some(row) = store::principal_get(conn, id)? {
+        store::principal_set_mac(conn, id, &principal_mac(&*keys.state_key(conn)?, &row))?;
+    }
+    Ok(())
+}
+
+/// Recomputes API key `key_id`'s MAC from the row as stored now.
+pub fn seal_api_key(conn: &Connection, keys: &Keyring, key_id: &str) -> Result<()> {
+    if let Some((row, _)) = store::api_key_lookup(conn, key_id)? {
+        store::api_key_set_mac(conn, key_id, &api_key_mac(&*keys.state_key(conn)?, &row))?;
+    }
+    Ok(())
+}
+
+/// Seals every row of a vault that predates row MACs, once: afterwards a
+/// missing MAC is refused like a wrong one, so NULLing a MAC gains nothing.
+pub fn seal_unsealed(conn: &Connection, keys: &Keyring) -> Result<()> {
+    if store::meta_get(conn, SEALED_META)?.is_some() {
+        return Ok(());
+    }
+    for id in store::tenant_ids(conn)? {
+        seal_tenant(conn, keys, &id)?;
+    }
+    for p in store::principals_all(conn)? {
+        seal_principal(conn, keys, &p.id)?;
+    }
+    for k in store::api_keys_all(conn)? {
+        seal_api_key(conn, keys, &k.key_id)?;
+    }
+    store::meta_put(conn, SEALED_META, b"1")
+}
