@@ -626,14 +626,17 @@ impl Keyring {
         tenant: &TenantId,
         row: &DekRow,
     ) -> Result<Option<Arc<SecretKey>>> {
-        if let Some((_, k)) = self.cache().deks.get(&row.id) {
-            return Ok(Some(k.clone()));
-        }
+        // The row read in the caller's transaction is the truth; the cache
+        // only saves the unwrap. A row that says destroyed wins over a
+        // cached key, whatever the cache holds.
         let Some(wrapped) = &row.wrapped else {
             return Ok(None);
         };
         if row.tenant_id != tenant.as_str() {
             return Err(corrupt(format!("data key {}", row.id)));
+        }
+        if let Some((_, k)) = self.cache().deks.get(&row.id) {
+            return Ok(Some(k.clone()));
         }
         let kek = self.kek(conn, tenant, row.kek_version)?;
         let key = Arc::new(

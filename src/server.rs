@@ -516,6 +516,9 @@ async fn housekeeping(
             }
             return;
         }
+        if let Err(e) = vault.checkpoint_owed().await {
+            tracing::warn!(error = %e, "the owed WAL checkpoint failed; will retry");
+        }
         if let Err(e) = vault.run_due_tenant_shreds().await {
             tracing::warn!(error = %e, "running due tenant shreds failed");
         }

@@ -2084,9 +2084,15 @@ impl Vault {
     /// destroyed key's page images, and wake the purger.
     async fn after_shred(&self) {
         if let Err(e) = self.store.checkpoint().await {
-            tracing::warn!(error = %e, "WAL checkpoint after shred failed; the purger retries it");
+            tracing::warn!(error = %e, "WAL checkpoint after shred failed; housekeeping retries it");
         }
         self.purge_wanted.notify_one();
+    }
+
+    /// Retries a WAL checkpoint a reader held off; returns whether the WAL
+    /// is free of destroyed bytes now (none owed).
+    pub async fn checkpoint_owed(&self) -> Result<bool> {
+        self.store.checkpoint_owed().await
     }
 
     /// Resolves when a shred has asked for a purge.

@@ -540,3 +540,30 @@ async fn scheduled_tenant_shred_runs_when_grace_ends() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stored_row_wins_over_a_cached_data_key() {
+    // The database row is the truth; the key cache only saves an unwrap. A
+    // key the row says is destroyed is not served from the cache, however
+    // it came to be destroyed (here: by another writer of the file, as
+    // another server of a scaled-out vault would).
+    let s = TestServer::start().await;
+    let (_, u) = s.tenant_with_user("t").await;
+    put_ok(&u, "t", "alice", "contact", "email", b"cached").await;
+    assert_eq!(
+        get_value(&u, "t", "alice", "contact", "email")
+            .await
+            .unwrap(),
+        b"cached"
+    );
+    rusqlite::Connection::open(s.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = 1
+             WHERE id = (SELECT dek_id FROM records WHERE tenant_id = 't' AND key = 'email')",
+            [],
+        )
+        .unwrap();
+    let r = get_value(&u, "t", "alice", "contact", "email").await;
+    assert!(r.is_err(), "a destroyed key was served from the cache");
+}

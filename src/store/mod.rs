@@ -11,7 +11,7 @@ mod rows;
 mod schema;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +25,24 @@ use writer::Writer;
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "strongbox.db";
 
+/// How long a WAL checkpoint may wait for readers and the writer. A
+/// TRUNCATE checkpoint that waits blocks new writers meanwhile, so it gets
+/// a small budget and is retried later rather than waited out.
+const CHECKPOINT_BUDGET: Duration = Duration::from_millis(25);
+
 /// Handle to the database: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     writer: Writer,
     readers: Arc<ReadPool>,
-    path: PathBuf,
+    checkpointer: Arc<Checkpointer>,
+}
+
+/// Its own connection for TRUNCATE checkpoints, off the writer thread, and
+/// whether one is still owed (a shred's destroyed bytes may be in the WAL).
+struct Checkpointer {
+    conn: Mutex<Connection>,
+    pending: std::sync::atomic::AtomicBool,
 }
 
 struct ReadPool {
@@ -87,19 +99,24 @@ impl Store {
         let idle = (0..readers)
             .map(|_| open_connection(path))
             .collect::<Result<Vec<_>>>()?;
+        let checkpoint_conn = open_connection(path)?;
+        checkpoint_conn.busy_timeout(CHECKPOINT_BUDGET)?;
         Ok(Store {
             writer: Writer::spawn(conn)?,
             readers: Arc::new(ReadPool {
                 idle: Mutex::new(idle),
                 slots: Arc::new(Semaphore::new(readers)),
             }),
-            path: path.to_owned(),
+            checkpointer: Arc::new(Checkpointer {
+                conn: Mutex::new(checkpoint_conn),
+                pending: std::sync::atomic::AtomicBool::new(false),
+            }),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Whether the writer thread is running (health).
+    pub fn writer_alive(&self) -> bool {
+        self.writer.is_alive()
     }
 
     /// Runs `f` in the writer's current transaction (inside its own
@@ -114,9 +131,57 @@ impl Store {
     }
 
     /// Truncates the WAL so that bytes overwritten by a shred are gone from
-    /// it too. Waits for readers (busy timeout) and retries a few times.
-    pub async fn checkpoint(&self) -> Result<()> {
-        self.writer.checkpoint().await
+    /// it too, on its own connection (never on the writer thread), waiting
+    /// at most `CHECKPOINT_BUDGET` for readers. If a reader still holds an
+    /// older snapshot it gives up, logs that the WAL still holds destroyed
+    /// bytes, and leaves the checkpoint owed: [`Store::checkpoint_owed`]
+    /// (housekeeping) retries it. Returns whether the WAL was truncated.
+    pub async fn checkpoint(&self) -> Result<bool> {
+        self.checkpointer
+            .pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.try_checkpoint().await
+    }
+
+    /// Retries an owed checkpoint, if any; returns whether none is owed now.
+    pub async fn checkpoint_owed(&self) -> Result<bool> {
+        if !self
+            .checkpointer
+            .pending
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(true);
+        }
+        self.try_checkpoint().await
+    }
+
+    async fn try_checkpoint(&self) -> Result<bool> {
+        let cp = self.checkpointer.clone();
+        let done = tokio::task::spawn_blocking(move || -> Result<bool> {
+            let conn = cp
+                .conn
+                .lock()
+                .map_err(|_| Error::Internal("checkpoint connection lock poisoned".into()))?;
+            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            let done = busy == 0;
+            if done {
+                cp.pending
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            Ok(done)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("checkpoint task failed: {e}")))?;
+        let done = match done {
+            Err(Error::Unavailable(_)) => false,
+            other => other?,
+        };
+        if !done {
+            tracing::warn!(
+                "a reader holds an older snapshot: the WAL still holds destroyed bytes until the next checkpoint (housekeeping retries it)"
+            );
+        }
+        Ok(done)
     }
 
     /// Runs `f` on a read connection inside one read transaction (a

@@ -8,7 +8,6 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread;
-use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +25,6 @@ type TxnJob = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
 
 enum Job {
     Txn(TxnJob),
-    Checkpoint(oneshot::Sender<Result<()>>),
 }
 
 #[derive(Clone)]
@@ -73,13 +71,9 @@ impl Writer {
             .unwrap_or_else(|_| Err(Error::Internal("a storage write panicked".into())))
     }
 
-    pub(super) async fn checkpoint(&self) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job::Checkpoint(reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+    /// Whether the writer thread is still running.
+    pub(super) fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
     }
 }
 
@@ -96,28 +90,51 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// How a job's savepoint ended.
+enum Ended {
+    /// Released or rolled back: its completion waits for the commit.
+    Done(Completion),
+    /// It panicked and was rolled back; its caller sees an internal error.
+    Panicked,
+    /// Its savepoint could not be released or rolled back: its partial
+    /// writes may be in the transaction, so the whole batch must go.
+    Abort(Completion, Error),
+}
+
 fn run_batch(conn: &Connection, batch: Vec<Job>) {
     let mut completions = Vec::with_capacity(batch.len());
-    let mut checkpoints = Vec::new();
     let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(Error::from);
-    for job in batch {
-        match job {
-            Job::Txn(job) => match &begun {
-                Ok(()) => completions.extend(run_job(conn, job)),
-                Err(_) => completions.push(job(None).1),
-            },
-            Job::Checkpoint(reply) => checkpoints.push(reply),
+    let mut aborted: Option<Error> = None;
+    for Job::Txn(job) in batch {
+        if begun.is_err() || aborted.is_some() {
+            completions.push(job(None).1);
+            continue;
+        }
+        match run_job(conn, job) {
+            Ended::Done(complete) => completions.push(complete),
+            Ended::Panicked => {}
+            Ended::Abort(complete, e) => {
+                completions.push(complete);
+                aborted = Some(e);
+            }
         }
     }
-    let outcome = match begun {
-        Ok(()) => match conn.execute_batch("COMMIT") {
+    let outcome = match (begun, aborted) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "a savepoint could not be rolled back; the whole batch was rolled back");
+            Err(Error::Unavailable(format!(
+                "storage: a job in the same commit could not be rolled back, so none was committed ({e})"
+            )))
+        }
+        (Ok(()), None) => match conn.execute_batch("COMMIT") {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 Err(Error::Unavailable(format!("storage: commit failed: {e}")))
             }
         },
-        Err(e) => Err(e),
     };
     for complete in completions {
         complete(match &outcome {
@@ -125,43 +142,115 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
             Err(e) => Err(Error::Unavailable(e.to_string())),
         });
     }
-    for reply in checkpoints {
-        let _ = reply.send(checkpoint(conn));
-    }
 }
 
 /// Runs one job in its own savepoint. A job that panics is rolled back and
 /// its caller sees an internal error (its reply channel is dropped).
-fn run_job(conn: &Connection, job: TxnJob) -> Option<Completion> {
+fn run_job(conn: &Connection, job: TxnJob) -> Ended {
     if conn.execute_batch("SAVEPOINT job").is_err() {
-        return Some(job(None).1);
+        return Ended::Done(job(None).1);
     }
     let ran = catch_unwind(AssertUnwindSafe(|| job(Some(conn))));
     let keep = matches!(ran, Ok((true, _)));
     let end = if keep {
         conn.execute_batch("RELEASE job")
     } else {
-        conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        rollback_savepoint(conn)
     };
     match (ran, end) {
-        (Ok((_, complete)), Ok(())) => Some(complete),
-        (Ok((_, complete)), Err(e)) => {
-            let err = Error::from(e);
-            Some(Box::new(move |_| complete(Err(err))))
+        (Ok((_, complete)), Ok(())) => Ended::Done(complete),
+        (Err(_), Ok(())) => Ended::Panicked,
+        (Ok((_, complete)), Err(e)) => Ended::Abort(complete, Error::from(e)),
+        (Err(_), Err(e)) => {
+            let noop: Completion = Box::new(|_| {});
+            Ended::Abort(noop, Error::from(e))
         }
-        (Err(_), _) => None,
     }
 }
 
-fn checkpoint(conn: &Connection) -> Result<()> {
-    for _ in 0..50 {
-        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy == 0 {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(20));
+fn rollback_savepoint(conn: &Connection) -> rusqlite::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_NEXT_ROLLBACK.with(|f| f.replace(false)) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some("injected rollback failure".into()),
+        ));
     }
-    Err(Error::Unavailable(
-        "storage: WAL checkpoint stayed busy; it will be retried".into(),
-    ))
+    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Set by a job (jobs run on the writer thread): the rollback of
+        /// its savepoint fails.
+        pub(super) static FAIL_NEXT_ROLLBACK: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn count(path: &std::path::Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fail_a_batch_whose_rollback_fails_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let writer = Writer::spawn(conn).unwrap();
+        // Three jobs in one batch: one that succeeds, one that fails after
+        // writing and whose rollback then fails, one after it.
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let w = writer.clone();
+        let gate = tokio::spawn(async move {
+            w.write(move |_| {
+                held.recv().unwrap();
+                Ok(())
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let insert = |x: i64| {
+            let w = writer.clone();
+            tokio::spawn(async move {
+                w.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [x])?))
+                    .await
+            })
+        };
+        let good = insert(1);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let w = writer.clone();
+        let bad = tokio::spawn(async move {
+            w.write(|c| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                FAIL_NEXT_ROLLBACK.with(|f| f.set(true));
+                Err::<usize, _>(Error::Internal("the job failed".into()))
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let after = insert(3);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        hold.send(()).unwrap();
+        gate.await.unwrap().unwrap();
+        for job in [good, after] {
+            assert!(matches!(job.await.unwrap(), Err(Error::Unavailable(_))));
+        }
+        assert!(bad.await.unwrap().is_err());
+        assert_eq!(count(&path), 0, "nothing of the batch was committed");
+        // The writer goes on.
+        writer
+            .write(|c| Ok(c.execute("INSERT INTO t VALUES (4)", [])?))
+            .await
+            .unwrap();
+        assert_eq!(count(&path), 1);
+    }
 }
