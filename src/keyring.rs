@@ -8,7 +8,7 @@
 //! before the shred committed cannot re-insert it afterwards, because the
 //! forget leaves a tombstone that insertion checks under the same lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
@@ -18,10 +18,14 @@ use crate::error::{Error, Result};
 use crate::ids::{SubjectId, TenantId};
 use crate::rootkey::{RootKeyProvider, UnwrapError};
 use crate::store::{self, DekRow};
+use crate::tombstones::Tombstones;
 
 /// Unwrapped data keys kept in memory at most; past it, an arbitrary entry
 /// is dropped (and zeroized) to make room.
 const MAX_CACHED_DEKS: usize = 100_000;
+/// Live tombstones of shredded tenants and retired KEK versions kept at
+/// most (see `tombstones`).
+const MAX_TOMBSTONES: usize = 10_000;
 
 /// The `meta` row holding the receipt key wrapped by the root key.
 const RECEIPT_KEY_META: &str = "receipt_key";
@@ -120,14 +124,14 @@ const VAULT_KEYS: [VaultKey; 3] = [
 /// index key. Stable across KEK rotation.
 pub type BlindId = [u8; 32];
 
-#[derive(Default)]
 struct Cache {
     keks: HashMap<(String, u32), Arc<SecretKey>>,
     index: HashMap<String, Arc<SecretKey>>,
     /// dek id -> (tenant, key)
     deks: HashMap<String, (String, Arc<SecretKey>)>,
-    destroyed_deks: HashSet<String>,
-    destroyed_tenants: HashSet<String>,
+    destroyed_deks: Tombstones<String>,
+    destroyed_tenants: Tombstones<String>,
+    retired_keks: Tombstones<(String, u32)>,
     audit: Option<Arc<SecretKey>>,
     state: Option<Arc<SecretKey>>,
     /// tenant -> minimum decryption version (0: none)
@@ -135,6 +139,23 @@ struct Cache {
     /// (tenant, KEK version) -> when a call last used data under it, not
     /// yet written to the database (housekeeping flushes it).
     kek_use: HashMap<(String, u32), i64>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            keks: HashMap::new(),
+            index: HashMap::new(),
+            deks: HashMap::new(),
+            destroyed_deks: Tombstones::new(MAX_CACHED_DEKS),
+            destroyed_tenants: Tombstones::new(MAX_TOMBSTONES),
+            retired_keks: Tombstones::new(MAX_TOMBSTONES),
+            audit: None,
+            state: None,
+            min_versions: HashMap::new(),
+            kek_use: HashMap::new(),
+        }
+    }
 }
 
 /// Keys of a new tenant, wrapped and ready to store.
@@ -501,7 +522,7 @@ impl Keyring {
             || format!("the index key of tenant '{t}'"),
         )?);
         let mut cache = self.cache();
-        if !cache.destroyed_tenants.contains(t) {
+        if cache.destroyed_tenants.admits(&t.to_owned()) {
             cache.index.insert(t.to_owned(), key.clone());
         }
         Ok(key)
@@ -540,10 +561,7 @@ impl Keyring {
             &wrapped,
             || format!("key-encryption key v{version} of tenant '{t}'"),
         )?);
-        let mut cache = self.cache();
-        if !cache.destroyed_tenants.contains(t) {
-            cache.keks.insert((t.to_owned(), version), key.clone());
-        }
+        self.cache_kek(t, version, &key);
         Ok(key)
     }
 
@@ -652,10 +670,23 @@ impl Keyring {
         Ok(Some(key))
     }
 
+    /// Caches a KEK version unless it (or its tenant) has been forgotten:
+    /// a reader that unwrapped it before its retirement committed cannot
+    /// put it back.
+    fn cache_kek(&self, tenant: &str, version: u32, key: &Arc<SecretKey>) {
+        let id = (tenant.to_owned(), version);
+        let mut cache = self.cache();
+        if cache.destroyed_tenants.admits(&id.0) && cache.retired_keks.admits(&id) {
+            cache.keks.insert(id, key.clone());
+        }
+    }
+
     /// Caches a data key unless it (or its tenant) has been forgotten.
     pub fn remember_dek(&self, tenant: &TenantId, id: &str, key: &Arc<SecretKey>) {
         let mut cache = self.cache();
-        if cache.destroyed_deks.contains(id) || cache.destroyed_tenants.contains(tenant.as_str()) {
+        if !cache.destroyed_deks.admits(&id.to_owned())
+            || !cache.destroyed_tenants.admits(&tenant.as_str().to_owned())
+        {
             return;
         }
         if cache.deks.len() >= MAX_CACHED_DEKS
@@ -708,9 +739,12 @@ impl Keyring {
         ))
     }
 
-    /// Drops a retired KEK version from the cache.
+    /// Drops a retired KEK version from the cache, for good.
     pub fn forget_kek(&self, tenant: &str, version: u32) {
-        self.cache().keks.remove(&(tenant.to_owned(), version));
+        let id = (tenant.to_owned(), version);
+        let mut cache = self.cache();
+        cache.keks.remove(&id);
+        cache.retired_keks.insert(id);
     }
 
     /// Drops a destroyed data key from the cache, for good.
@@ -745,5 +779,54 @@ impl Keyring {
     /// Whether the cache holds data key `id`.
     pub fn caches_dek(&self, id: &str) -> bool {
         self.cache().deks.contains_key(id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn keyring() -> (tempfile::TempDir, Keyring) {
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            crate::rootkey::KeyFileProvider::open_or_create(&dir.path().join("root.key")).unwrap();
+        (dir, Keyring::new(Arc::new(root)))
+    }
+
+    // The races of a shred against a reader, driven step by step: the
+    // reader unwrapped the key before the shred committed and caches it
+    // after the forget ran.
+
+    #[test]
+    fn fail_a_kek_cached_after_its_retirement() {
+        let (_dir, k) = keyring();
+        let key = Arc::new(SecretKey::generate());
+        k.forget_kek("t", 1);
+        k.cache_kek("t", 1, &key);
+        assert!(!k.cache().keks.contains_key(&("t".to_owned(), 1)));
+        k.cache_kek("t", 2, &key);
+        assert!(k.cache().keks.contains_key(&("t".to_owned(), 2)));
+    }
+
+    #[test]
+    fn fail_keys_cached_after_their_tenant_was_shredded() {
+        let (_dir, k) = keyring();
+        let t = TenantId::parse("t").unwrap();
+        let key = Arc::new(SecretKey::generate());
+        k.forget_tenant(&t);
+        k.cache_kek("t", 1, &key);
+        k.remember_dek(&t, "dek-1", &key);
+        assert_eq!(k.cached_keys(&t), 0);
+    }
+
+    #[test]
+    fn fail_a_data_key_cached_after_its_shred() {
+        let (_dir, k) = keyring();
+        let t = TenantId::parse("t").unwrap();
+        let key = Arc::new(SecretKey::generate());
+        k.forget_dek("dek-1");
+        k.remember_dek(&t, "dek-1", &key);
+        assert!(!k.caches_dek("dek-1"));
     }
 }

@@ -14,6 +14,7 @@
 //! - [`keyring`]: the key hierarchy below the root, AAD layouts, key caches.
 //! - [`authz`]: roles, the permission table, and the `Permit`.
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
+//! - [`tombstones`]: bounded, expiring sets of ended keys that caches must not take back.
 //! - [`store`]: SQLite: the group-committing writer, read pool, schema.
 //! - [`vault`]: the use cases; joins the modules above. No gRPC here.
 //! - [`api`]: the gRPC services, TLS identity and load limits; the only
@@ -37,6 +38,7 @@ pub mod keyring;
 pub mod rootkey;
 pub mod server;
 pub mod store;
+pub mod tombstones;
 pub mod vault;
 
 /// Milliseconds since the Unix epoch, now.

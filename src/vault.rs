@@ -22,6 +22,7 @@ use crate::integrity;
 use crate::keyring::{self, BlindId, Keyring, aad};
 use crate::now_ms;
 use crate::store::{self, RecordAddr, RecordCursor, Store, TenantRow, TenantState};
+use crate::tombstones::Tombstones;
 
 mod audit_trail;
 
@@ -256,12 +257,57 @@ pub enum AuditAnchor {
     Accept(std::path::PathBuf),
 }
 
-/// Verified API keys by key id, and the ids revoked since start (so a
-/// verification that raced a revocation cannot re-cache the key).
-#[derive(Default)]
+/// Verified API keys by key id, and tombstones of keys revoked and tenants
+/// shredded recently (so a verification that raced a revocation or a
+/// tenant shred cannot re-cache the key).
 struct AuthCache {
     keys: HashMap<String, CachedKey>,
-    revoked: std::collections::HashSet<String>,
+    revoked: Tombstones<String>,
+    shredded_tenants: Tombstones<String>,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        AuthCache {
+            keys: HashMap::new(),
+            revoked: Tombstones::new(MAX_CACHED_API_KEYS),
+            shredded_tenants: Tombstones::new(MAX_CACHED_API_KEYS),
+        }
+    }
+}
+
+impl AuthCache {
+    /// Caches a verified key unless it was revoked or its tenant shredded
+    /// since; at the bound, one arbitrary entry makes room.
+    fn admit(&mut self, key_id: &str, entry: CachedKey) {
+        if !self.revoked.admits(&key_id.to_owned()) {
+            return;
+        }
+        if let Some(t) = &entry.principal.tenant
+            && !self.shredded_tenants.admits(&t.as_str().to_owned())
+        {
+            return;
+        }
+        if self.keys.len() >= MAX_CACHED_API_KEYS
+            && let Some(evict) = self.keys.keys().next().cloned()
+        {
+            self.keys.remove(&evict);
+        }
+        self.keys.insert(key_id.to_owned(), entry);
+    }
+
+    /// Ends every cached key of a shredded tenant, for good.
+    fn forget_tenant(&mut self, tenant: &TenantId) {
+        self.keys
+            .retain(|_, k| k.principal.tenant.as_ref() != Some(tenant));
+        self.shredded_tenants.insert(tenant.as_str().to_owned());
+    }
+
+    /// Ends a revoked key, for good.
+    fn revoke(&mut self, key_id: &str) {
+        self.keys.remove(key_id);
+        self.revoked.insert(key_id.to_owned());
+    }
 }
 
 /// A verified API key, kept so that each call need not read it again. Holds
@@ -278,7 +324,8 @@ struct CachedKey {
 /// `last_used_at` is written at most this often per key.
 const TOUCH_EVERY_MS: i64 = 60_000;
 
-/// API keys cached at most; past it the cache starts over.
+/// API keys cached at most (and live revocation and tenant-shred
+/// tombstones kept at most); past it one entry makes room.
 const MAX_CACHED_API_KEYS: usize = 10_000;
 
 /// The tenant row, if the tenant exists and is active.
@@ -770,23 +817,15 @@ impl Vault {
             roles,
             cert_cn: p.cert_cn,
         };
-        {
-            let mut cache = self.auth_cache();
-            if !cache.revoked.contains(&key.key_id) {
-                if cache.keys.len() >= MAX_CACHED_API_KEYS {
-                    cache.keys.clear();
-                }
-                cache.keys.insert(
-                    key.key_id.clone(),
-                    CachedKey {
-                        secret_hash: presented,
-                        expires_at: key.expires_at,
-                        principal: principal.clone(),
-                        last_touched: now,
-                    },
-                );
-            }
-        }
+        self.auth_cache().admit(
+            &key.key_id,
+            CachedKey {
+                secret_hash: presented,
+                expires_at: key.expires_at,
+                principal: principal.clone(),
+                last_touched: now,
+            },
+        );
         if key.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
             self.touch(&key.key_id);
         }
@@ -997,9 +1036,7 @@ impl Vault {
             return Ok(false);
         };
         self.keys.forget_tenant(tenant);
-        self.auth_cache()
-            .keys
-            .retain(|_, k| k.principal.tenant.as_ref() != Some(tenant));
+        self.auth_cache().forget_tenant(tenant);
         tracing::info!(
             tenant = %tenant,
             kek_versions = ?destroyed.kek_versions,
@@ -1653,9 +1690,7 @@ impl Vault {
             })
             .await?;
         // Committed: drop it from the cache so the very next call is refused.
-        let mut cache = self.auth_cache();
-        cache.keys.remove(&key_id);
-        cache.revoked.insert(key_id);
+        self.auth_cache().revoke(&key_id);
         Ok(info)
     }
 
@@ -2147,6 +2182,45 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cached(tenant: &str) -> CachedKey {
+        CachedKey {
+            secret_hash: [0; 32],
+            expires_at: None,
+            principal: Principal {
+                id: "prn-1".into(),
+                name: "p".into(),
+                tenant: Some(TenantId::parse(tenant).unwrap()),
+                roles: vec![Role::Reader],
+                cert_cn: None,
+            },
+            last_touched: 0,
+        }
+    }
+
+    // A verification that read the key before a revocation or tenant shred
+    // committed, and caches it after: refused.
+    #[test]
+    fn fail_a_key_cached_after_its_revocation_or_tenant_shred() {
+        let mut c = AuthCache::default();
+        c.revoke("k1");
+        c.admit("k1", cached("t"));
+        assert!(!c.keys.contains_key("k1"));
+        c.forget_tenant(&TenantId::parse("t").unwrap());
+        c.admit("k2", cached("t"));
+        assert!(!c.keys.contains_key("k2"));
+        c.admit("k3", cached("u"));
+        assert!(c.keys.contains_key("k3"));
+    }
+
+    #[test]
+    fn the_key_cache_is_bounded_without_starting_over() {
+        let mut c = AuthCache::default();
+        for i in 0..MAX_CACHED_API_KEYS + 50 {
+            c.admit(&format!("k{i}"), cached("t"));
+        }
+        assert_eq!(c.keys.len(), MAX_CACHED_API_KEYS);
+    }
 
     #[test]
     fn api_key_shape() {

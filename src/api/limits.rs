@@ -32,6 +32,10 @@ impl Default for LoadLimits {
     }
 }
 
+/// Buckets kept before full ones are dropped: the map holds at most this
+/// many, or the principals that called within the last burst/rate seconds.
+const MAX_BUCKETS: usize = 10_000;
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -72,6 +76,10 @@ impl Limiter {
         let burst = f64::from(self.limits.burst.max(self.limits.rate_per_principal));
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            // A bucket refilled to the burst is the same as none.
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
         let b = buckets.entry(principal.to_owned()).or_insert(Bucket {
             tokens: burst,
             at: now,
@@ -109,6 +117,22 @@ mod tests {
         assert!(e.to_string().starts_with("rate limit:"), "{e}");
         // Another principal has its own bucket.
         l.charge("b").unwrap();
+    }
+
+    #[test]
+    fn buckets_are_bounded() {
+        let l = Limiter::new(LoadLimits {
+            rate_per_principal: 1_000_000,
+            burst: 1,
+            max_in_flight: 1,
+        });
+        for i in 0..3 * MAX_BUCKETS {
+            l.charge(&format!("p{i}")).unwrap();
+            // A microsecond refills a bucket at this rate.
+            std::thread::sleep(std::time::Duration::from_nanos(1));
+        }
+        let n = l.buckets.lock().unwrap().len();
+        assert!(n <= MAX_BUCKETS + 1, "{n} buckets");
     }
 
     #[test]
