@@ -105,6 +105,8 @@ pub struct TenantKeyStatus {
     pub next_rotation_due: i64,
     /// Data-key re-encryption jobs still running.
     pub reencrypt_jobs: u64,
+    /// Records re-encryption skipped because they fail authentication.
+    pub reencrypt_corrupt_records: u64,
     /// Data keys under older KEK versions are refused to calls (0: none).
     pub min_decryption_version: u32,
 }
@@ -366,6 +368,17 @@ fn dek_alive(conn: &Connection, id: &str) -> Result<bool> {
     Ok(store::dek_get(conn, id)?.and_then(|d| d.wrapped).is_some())
 }
 
+/// The data-key row that a stored row (subject, record, tenant, job) names.
+/// Its absence is one broken state with one meaning everywhere: the stored
+/// rows are damaged (DATA_LOSS).
+fn named_dek(conn: &Connection, id: &str) -> Result<store::DekRow> {
+    store::dek_get(conn, id)?.ok_or_else(|| {
+        Error::Corrupt(format!(
+            "data key {id}, named by a stored row, does not exist: the stored rows are damaged"
+        ))
+    })
+}
+
 fn record_not_found(category: &str, key: &str) -> Error {
     Error::NotFound(format!(
         "record not found: category '{category}', key '{key}'"
@@ -412,12 +425,7 @@ fn open_record(
     tenant: &TenantId,
     row: store::RecordRow,
 ) -> Result<Option<RecordValue>> {
-    let dek_row = store::dek_get(conn, &row.dek_id)?.ok_or_else(|| {
-        Error::Corrupt(format!(
-            "record '{}/{}' names a data key that does not exist",
-            row.category, row.key
-        ))
-    })?;
+    let dek_row = named_dek(conn, &row.dek_id)?;
     let Some(dek) = keys.dek(conn, tenant, &dek_row)? else {
         return Ok(None);
     };
@@ -479,6 +487,29 @@ fn decode_cursor(token: &str) -> Result<Option<RecordCursor>> {
         category,
         key,
     }))
+}
+
+/// A `ListTenants` page token: the last tenant id of the page, tagged, so
+/// that a tenant-shaped string the server never issued is refused.
+fn encode_tenant_cursor(last: &str) -> String {
+    hex::encode(crypto::encode_fields(&[b"tenants", last.as_bytes()]))
+}
+
+/// The tenant id a `ListTenants` page token continues after ("" for none).
+fn decode_tenant_cursor(token: &str) -> Result<String> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = || Error::invalid("page_token", "is not a token this server issued");
+    let bytes = hex::decode(token).map_err(|_| bad())?;
+    match crypto::decode_fields(&bytes).as_deref() {
+        Some([tag, id]) if tag == b"tenants" => {
+            let id = String::from_utf8(id.clone()).map_err(|_| bad())?;
+            TenantId::parse(&id).map_err(|_| bad())?;
+            Ok(id)
+        }
+        _ => Err(bad()),
+    }
 }
 
 const API_KEY_PREFIX: &str = "sbk_";
@@ -913,10 +944,7 @@ impl Vault {
         page_size: usize,
         token: String,
     ) -> Result<(Vec<TenantInfo>, String)> {
-        if !token.is_empty() {
-            TenantId::parse(&token)
-                .map_err(|_| Error::invalid("page_token", "is not a token this server issued"))?;
-        }
+        let token = decode_tenant_cursor(&token)?;
         let keys = self.keys.clone();
         let mut rows = self
             .store
@@ -931,7 +959,9 @@ impl Vault {
             .await?;
         let next = if rows.len() > page_size {
             rows.truncate(page_size);
-            rows.last().map(|t| t.id.clone()).unwrap_or_default()
+            rows.last()
+                .map(|t| encode_tenant_cursor(&t.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -1126,6 +1156,7 @@ impl Vault {
                     policy,
                     next_rotation_due,
                     reencrypt_jobs: store::reencrypt_jobs_of(conn, tenant.as_str())?.len() as u64,
+                    reencrypt_corrupt_records: store::corrupt_records(conn, tenant.as_str())?,
                     min_decryption_version: row.min_decrypt_version,
                 })
             })
@@ -1178,7 +1209,7 @@ impl Vault {
                         let subject_row =
                             store::subject_get(conn, t, &owner)?.ok_or_else(subject_not_found)?;
                         let sealed = subject_row.sealed_subject.ok_or_else(subject_not_found)?;
-                        let old_row = store::dek_get(conn, &old)?.ok_or_else(subject_not_found)?;
+                        let old_row = named_dek(conn, &old)?;
                         let old_key = keys
                             .dek_for_job(conn, &tenant, &old_row)?
                             .ok_or_else(subject_not_found)?;
@@ -1244,20 +1275,63 @@ impl Vault {
                         };
                         // A shred may have destroyed either key meanwhile.
                         let (Some(old), Some(new)) = (key(&j.old_dek)?, key(&j.new_dek)?) else {
-                            return Ok(0);
+                            return Ok((0, Vec::new()));
                         };
                         let recs = store::records_under(conn, &j.old_dek, batch)?;
+                        let mut corrupt = Vec::new();
                         for (rowid, r) in &recs {
-                            let old_aad = aad::record(t, &r.owner, &r.category, &r.key, r.version, &r.content_type, &j.old_dek);
-                            let plain = crypto::open(&old, label::RECORD, &old_aad, &r.ciphertext).map_err(|_| {
-                                Error::Corrupt(format!("record '{}/{}' failed authentication; it stays under its old key", r.category, r.key))
-                            })?;
-                            let new_aad = aad::record(t, &r.owner, &r.category, &r.key, r.version, &r.content_type, &j.new_dek);
-                            store::record_reseal(conn, *rowid, &j.new_dek, &crypto::seal(&new, label::RECORD, &new_aad, &plain))?;
+                            let old_aad = aad::record(
+                                t,
+                                &r.owner,
+                                &r.category,
+                                &r.key,
+                                r.version,
+                                &r.content_type,
+                                &j.old_dek,
+                            );
+                            // A record that fails authentication is marked and
+                            // skipped, so it cannot stall every later pass.
+                            let Ok(plain) =
+                                crypto::open(&old, label::RECORD, &old_aad, &r.ciphertext)
+                            else {
+                                store::record_mark_corrupt(conn, *rowid, now_ms())?;
+                                corrupt.push(record_resource(&r.owner, &r.category, &r.key));
+                                continue;
+                            };
+                            let new_aad = aad::record(
+                                t,
+                                &r.owner,
+                                &r.category,
+                                &r.key,
+                                r.version,
+                                &r.content_type,
+                                &j.new_dek,
+                            );
+                            store::record_reseal(
+                                conn,
+                                *rowid,
+                                &j.new_dek,
+                                &crypto::seal(&new, label::RECORD, &new_aad, &plain),
+                            )?;
                         }
-                        Ok(recs.len())
+                        Ok((recs.len(), corrupt))
                     })
                     .await?;
+                let (n, corrupt) = n;
+                for resource in corrupt {
+                    tracing::error!(tenant = %job.tenant_id, %resource, "re-encryption skipped a record that fails authentication");
+                    let call = Arc::new(Call::system("key.reencrypt.skip-corrupt"));
+                    call.set_tenant(&job.tenant_id);
+                    call.set_resource(resource);
+                    self.record(
+                        &call,
+                        (
+                            audit::Outcome::Failed,
+                            Error::Corrupt(String::new()).grpc_code(),
+                        ),
+                    )
+                    .await?;
+                }
                 moved += n;
                 if n < batch {
                     break;
@@ -1724,8 +1798,7 @@ impl Vault {
                         let dek_id = trow
                             .dek_id
                             .ok_or_else(|| Error::Internal(format!("tenant '{t}' has no tenant-level data key")))?;
-                        let row = store::dek_get(conn, &dek_id)?
-                            .ok_or_else(|| Error::Internal(format!("tenant '{t}' data key row missing")))?;
+                        let row = named_dek(conn, &dek_id)?;
                         let dek = keys
                             .dek(conn, &tenant, &row)?
                             .ok_or_else(|| Error::FailedPrecondition(format!("tenant '{t}' data key is destroyed")))?;
@@ -1736,8 +1809,7 @@ impl Vault {
                         let existing = store::subject_get(conn, t, &blind)?;
                         match existing.as_ref().and_then(|s| s.dek_id.clone()) {
                             Some(dek_id) => {
-                                let row = store::dek_get(conn, &dek_id)?
-                                    .ok_or_else(|| Error::Corrupt(format!("data key {dek_id} is missing")))?;
+                                let row = named_dek(conn, &dek_id)?;
                                 let dek = keys.dek(conn, &tenant, &row)?.ok_or_else(|| {
                                     Error::FailedPrecondition("subject: the subject's data key is destroyed".into())
                                 })?;
@@ -1969,7 +2041,7 @@ impl Vault {
                 let (Some(dek_id), Some(sealed)) = (row.dek_id, row.sealed_subject) else {
                     return Err(subject_not_found());
                 };
-                let dek_row = store::dek_get(conn, &dek_id)?.ok_or_else(subject_not_found)?;
+                let dek_row = named_dek(conn, &dek_id)?;
                 let dek = keys
                     .dek(conn, &t, &dek_row)?
                     .ok_or_else(subject_not_found)?;
@@ -2220,6 +2292,25 @@ mod tests {
             c.admit(&format!("k{i}"), cached("t"));
         }
         assert_eq!(c.keys.len(), MAX_CACHED_API_KEYS);
+    }
+
+    #[test]
+    fn fail_tenant_page_tokens_the_server_never_issued() {
+        let t = encode_tenant_cursor("acme");
+        assert_eq!(decode_tenant_cursor(&t).unwrap(), "acme");
+        assert_eq!(decode_tenant_cursor("").unwrap(), "");
+        for bad in [
+            "acme",
+            "zz",
+            &hex::encode(b"acme"),
+            &encode_cursor(&RecordCursor {
+                owner: vec![],
+                category: "c".into(),
+                key: "k".into(),
+            }),
+        ] {
+            assert!(decode_tenant_cursor(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

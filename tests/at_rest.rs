@@ -331,3 +331,28 @@ async fn fail_wrapped_data_key_moved_between_subjects() {
         "data key",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_text_stored_where_a_blob_belongs_is_data_loss_without_the_schema() {
+    let s = TestServer::start().await;
+    let (_, u) = s.tenant_with_user("t").await;
+    put_ok(&u, "t", "alice", "contact", "email", b"v").await;
+    rusqlite::Connection::open(s.db_path())
+        .unwrap()
+        .execute("UPDATE records SET ciphertext = 'not a blob'", [])
+        .unwrap();
+    let r = u
+        .records()
+        .get_record(get("t", "alice", "contact", "email"))
+        .await;
+    assert_status(r.map(|_| ()), tonic::Code::DataLoss, "wrong type");
+    let r = u
+        .records()
+        .get_record(get("t", "alice", "contact", "email"))
+        .await;
+    let msg = r.unwrap_err().message().to_owned();
+    assert!(
+        !msg.contains("ciphertext") && !msg.contains("Text"),
+        "{msg}"
+    );
+}

@@ -553,3 +553,56 @@ fn an_empty_log_verifies() {
     let r = audit::verify(&c, &key).unwrap();
     assert_eq!((r.entries, r.problem), (0, None));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_auditor_verifies_without_learning_about_other_tenants() {
+    let s = TestServer::start().await;
+    let (_, t_user) = s.tenant_with_user("t").await;
+    let (_, u_user) = s.tenant_with_user("u").await;
+    for i in 0..5 {
+        put_ok(&u_user, "u", "zed", "c", &format!("k{i}"), b"v").await;
+    }
+    put_ok(&t_user, "t", "amy", "c", "k", b"v").await;
+    let r = verify_audit(&t_user).await;
+    let (t_entries, t_last): (i64, i64) = db(&s)
+        .query_row(
+            "SELECT count(*), max(seq) FROM audit_log WHERE tenant = 't'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(r.ok);
+    // The verify call's own entry is recorded after the report was made.
+    assert_eq!(
+        r.entries as i64,
+        t_entries - 1,
+        "its own tenant's count only"
+    );
+    assert!(r.head_seq as i64 <= t_last);
+    // A break in tenant u's entries: t's auditor learns only that the chain
+    // does not hold, not where or whose.
+    let u_seq: i64 = db(&s)
+        .query_row(
+            "SELECT max(seq) FROM audit_log WHERE tenant = 'u' AND action = 'record.put'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db(&s)
+        .execute(
+            "UPDATE audit_log SET purpose = 'edited' WHERE seq = ?1",
+            [u_seq],
+        )
+        .unwrap();
+    let r = verify_audit(&t_user).await;
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, 0);
+    assert!(
+        !r.problem.contains(&u_seq.to_string()) && !r.problem.contains("'u'"),
+        "{}",
+        r.problem
+    );
+    // The operator sees where.
+    let r = verify_audit(&s.operator().await).await;
+    assert_eq!(r.first_bad_seq as i64, u_seq);
+}

@@ -587,3 +587,39 @@ async fn last_use_survives_a_restart() {
     let st = key_status(&s.client(&admin_key).await, "t").await;
     assert_eq!(version(&st, 1).last_used_unix_ms, used);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_skips_a_corrupt_record_and_finishes() {
+    let s = TestServer::start().await;
+    let (admin, u) = s.tenant_with_user("t").await;
+    for i in 0..5 {
+        put_ok(&u, "t", "dana", "c", &format!("d{i}"), b"dana").await;
+    }
+    // One record's ciphertext is damaged before the job reaches it.
+    let c = Connection::open(s.db_path()).unwrap();
+    c.execute(
+        "UPDATE records SET ciphertext = CAST(zeroblob(length(ciphertext)) AS BLOB) WHERE key = 'd2'",
+        [],
+    )
+    .unwrap();
+    assert_eq!(reencrypt(&admin, "dana").await, 1);
+    // The job is not stuck on it: it finishes and destroys the old key.
+    until_no_reencrypt_jobs(&admin).await;
+    for i in [0, 1, 3, 4] {
+        assert_eq!(
+            get_value(&u, "t", "dana", "c", &format!("d{i}"))
+                .await
+                .unwrap(),
+            b"dana"
+        );
+    }
+    let skipped: Vec<String> = c
+        .prepare("SELECT resource FROM audit_log WHERE action = 'key.reencrypt.skip-corrupt' AND outcome = 'failed' AND code = 15")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].ends_with("/c/d2"), "{skipped:?}");
+}

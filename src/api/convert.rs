@@ -133,6 +133,7 @@ pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatu
         rotation_policy_is_default: s.policy.default,
         next_rotation_due_unix_ms: s.next_rotation_due,
         reencrypt_jobs: s.reencrypt_jobs,
+        reencrypt_corrupt_records: s.reencrypt_corrupt_records,
         min_decryption_version: s.min_decryption_version,
         versions: s
             .versions

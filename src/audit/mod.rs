@@ -594,6 +594,34 @@ fn bad(entries: u64, seq: u64, head: Vec<u8>, what: String) -> Report {
     }
 }
 
+/// What a tenant's auditor may see of a platform-wide report: whether the
+/// chain verifies, and its own tenant's entry count and last entry. Where a
+/// break is, and how many entries other tenants have, stay hidden.
+pub fn tenant_view(conn: &Connection, tenant: &str, report: Report) -> Result<Report> {
+    let (entries, last): (i64, Option<i64>) = conn.query_row(
+        "SELECT count(*), max(seq) FROM audit_log WHERE tenant = ?1",
+        [tenant],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let head: Vec<u8> = match last {
+        Some(seq) => conn.query_row("SELECT mac FROM audit_log WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })?,
+        None => Vec::new(),
+    };
+    Ok(Report {
+        entries: entries as u64,
+        head_seq: last.unwrap_or(0) as u64,
+        head,
+        problem: report.problem.map(|_| {
+            (
+                0,
+                "the audit chain does not verify; the platform operator's `audit verify` shows where".to_owned(),
+            )
+        }),
+    })
+}
+
 /// Which entries a query wants.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {

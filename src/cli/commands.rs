@@ -639,6 +639,7 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             "current_version": status.current_version,
             "data_keys_to_rewrap": status.data_keys_to_rewrap,
             "reencrypt_jobs": status.reencrypt_jobs,
+            "reencrypt_corrupt_records": status.reencrypt_corrupt_records,
             "min_decryption_version": status.min_decryption_version,
             "rotation": {
                 "max_age_seconds": status.rotation_max_age_seconds,
@@ -661,6 +662,12 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
             status.data_keys_to_rewrap,
             status.reencrypt_jobs
         );
+        if status.reencrypt_corrupt_records != 0 {
+            println!(
+                "  {} corrupt records skipped by re-encryption (they fail authentication; see `audit list --action key.reencrypt.skip-corrupt`)",
+                status.reencrypt_corrupt_records
+            );
+        }
         if status.next_rotation_due_unix_ms != 0 {
             println!(
                 "  rotates every {} or after {} encryptions ({}); next due {}",

@@ -964,14 +964,32 @@ pub fn reencrypt_jobs_of(conn: &Connection, tenant: &str) -> Result<Vec<(String,
 }
 
 /// Up to `limit` live records sealed under data key `dek`, with rowids.
+/// Live records under data key `dek` that are not known to be corrupt.
 pub fn records_under(conn: &Connection, dek: &str, limit: usize) -> Result<Vec<(i64, RecordRow)>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLS}, rowid FROM records WHERE dek_id = ?1 AND deleted_at IS NULL LIMIT ?2"
+        "SELECT {RECORD_COLS}, rowid FROM records WHERE dek_id = ?1 AND deleted_at IS NULL AND corrupt_at IS NULL LIMIT ?2"
     ))?;
     let rows = stmt.query_map(params![dek, limit as i64], |r| {
         Ok((r.get(10)?, record_row(r)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Marks a record that fails authentication, so jobs skip it.
+pub fn record_mark_corrupt(conn: &Connection, rowid: i64, now: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE records SET corrupt_at = ?2 WHERE rowid = ?1")?
+        .execute(params![rowid, now])?;
+    Ok(())
+}
+
+/// How many of a tenant's records a job found corrupt (until purged).
+pub fn corrupt_records(conn: &Connection, tenant: &str) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM records WHERE tenant_id = ?1 AND corrupt_at IS NOT NULL",
+        )?
+        .query_row([tenant], |r| r.get(0))?;
+    Ok(n as u64)
 }
 
 pub fn record_reseal(conn: &Connection, rowid: i64, dek: &str, ciphertext: &[u8]) -> Result<()> {

@@ -206,6 +206,10 @@ ALTER TABLE tenants ADD COLUMN mac BLOB;
 ALTER TABLE principals ADD COLUMN mac BLOB;
 ALTER TABLE api_keys ADD COLUMN mac BLOB;
 "#,
+    r#"
+-- Records a job found failing authentication: skipped, not retried.
+ALTER TABLE records ADD COLUMN corrupt_at INTEGER;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

@@ -174,14 +174,23 @@ impl Vault {
             .await
     }
 
-    /// Walks the whole audit chain, and checks it against the anchor.
-    pub async fn verify_audit(&self, _permit: &Permit) -> Result<audit::Report> {
+    /// Walks the whole audit chain, and checks it against the anchor. A
+    /// tenant auditor learns whether the chain holds, and its own tenant's
+    /// count and last entry, never the platform's count or where another
+    /// tenant's entries break.
+    pub async fn verify_audit(&self, permit: &Permit) -> Result<audit::Report> {
         let keys = self.keys.clone();
         let anchor = self.anchor.as_ref().and_then(|a| a.newest());
+        let home = permit.home_tenant().map(|t| t.as_str().to_owned());
         self.store
             .read(move |c| {
                 let key = keys.audit_key(c)?;
-                audit::verify_anchored(c, &key, anchor.as_ref().map(|a| (a.seq, &a.head[..])))
+                let report =
+                    audit::verify_anchored(c, &key, anchor.as_ref().map(|a| (a.seq, &a.head[..])))?;
+                match home {
+                    None => Ok(report),
+                    Some(t) => audit::tenant_view(c, &t, report),
+                }
             })
             .await
     }
