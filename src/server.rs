@@ -14,6 +14,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, pb};
+
+pub mod health;
 use crate::blocking;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
@@ -43,6 +45,7 @@ pub struct RunningServer {
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
     anchoring: JoinHandle<()>,
+    health: JoinHandle<()>,
     /// The data directory's lock, held while the server runs.
     _lock: std::fs::File,
 }
@@ -53,6 +56,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
         let _ = self.housekeeping.await;
+        let _ = self.health.await;
         let served = self.serving.await;
         let _ = self.anchoring.await;
         // After the last call: the final head is anchored.
@@ -105,18 +109,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let api = Api::new(vault.clone(), cfg.load);
     let max_message = cfg.limits.max_value_bytes + REQUEST_OVERHEAD;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::tenant_service_server::TenantServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<pb::principal_service_server::PrincipalServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<pb::record_service_server::RecordServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<pb::subject_service_server::SubjectServiceServer<Api>>()
-        .await;
+    // Every service is registered, with the first probe's outcome, before
+    // the listener answers.
+    let was_serving = health::probe(&vault, &health, None).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -165,6 +160,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = on_stop.wait_for(|s| *s).await;
     }));
+    let health = tokio::spawn(health::watch(
+        vault.clone(),
+        health,
+        health::PROBE_EVERY,
+        was_serving,
+        stopped.clone(),
+    ));
     let anchoring = tokio::spawn(anchoring(
         vault.clone(),
         cfg.housekeeping_interval,
@@ -184,6 +186,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         serving,
         housekeeping,
         anchoring,
+        health,
         _lock: lock,
     })
 }

@@ -2196,6 +2196,37 @@ impl Vault {
         self.purge_wanted.notify_one();
     }
 
+    /// Whether the vault can serve: the writer thread runs, storage commits
+    /// (a durable write), and the root key answers.
+    pub async fn health(&self) -> Result<()> {
+        if !self.store.writer_alive() {
+            return Err(Error::Unavailable("storage: the writer has stopped".into()));
+        }
+        let probe = self
+            .store
+            .write(|c| store::meta_put(c, "health_probe", &now_ms().to_be_bytes()));
+        tokio::time::timeout(Duration::from_secs(5), probe)
+            .await
+            .map_err(|_| Error::Unavailable("storage: a commit took over 5 s".into()))??;
+        let root = self.keys.root();
+        match self
+            .store
+            .read(move |c| keyring::root_matches(c, &*root))
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Error::Corrupt(
+                "the root key does not open this vault".into(),
+            )),
+        }
+    }
+
+    /// Stops the writer thread, as a crash of it would (tests only).
+    #[cfg(test)]
+    pub async fn stop_writer(&self) {
+        self.store.stop_writer().await
+    }
+
     /// Retries a WAL checkpoint a reader held off; returns whether the WAL
     /// is free of destroyed bytes now (none owed).
     pub async fn checkpoint_owed(&self) -> Result<bool> {

@@ -301,5 +301,24 @@ async fn an_hsm_that_stops_answering_is_unavailable_not_data_loss() {
     let status = r.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("root key provider"), "{status:?}");
+    // Health follows: with the root key unavailable, every service is
+    // NOT_SERVING within a few probes.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(op.channel());
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let mut reported = false;
+    for _ in 0..100 {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "strongbox.v1.RecordService".into(),
+            })
+            .await
+            .unwrap();
+        if r.into_inner().status == not_serving {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reported, "health reported SERVING without a root key");
     serve.kill();
 }

@@ -114,6 +114,12 @@ impl Store {
         })
     }
 
+    /// Stops the writer thread, as a crash of it would (tests only).
+    #[cfg(test)]
+    pub async fn stop_writer(&self) {
+        self.writer.stop().await
+    }
+
     /// Whether the writer thread is running (health).
     pub fn writer_alive(&self) -> bool {
         self.writer.is_alive()

@@ -25,6 +25,9 @@ type TxnJob = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
 
 enum Job {
     Txn(TxnJob),
+    /// Stops the writer thread (tests of what health reports then).
+    #[cfg(test)]
+    Stop,
 }
 
 #[derive(Clone)]
@@ -71,6 +74,15 @@ impl Writer {
             .unwrap_or_else(|_| Err(Error::Internal("a storage write panicked".into())))
     }
 
+    /// Stops the writer thread (tests only).
+    #[cfg(test)]
+    pub(super) async fn stop(&self) {
+        let _ = self.tx.send(Job::Stop).await;
+        while !self.tx.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Whether the writer thread is still running.
     pub(super) fn is_alive(&self) -> bool {
         !self.tx.is_closed()
@@ -79,11 +91,16 @@ impl Writer {
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Txn(job) => batch.push(job),
+                #[cfg(test)]
+                Job::Stop => return,
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
         run_batch(&conn, batch);
@@ -101,11 +118,11 @@ enum Ended {
     Abort(Completion, Error),
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
+fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
     let mut completions = Vec::with_capacity(batch.len());
     let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(Error::from);
     let mut aborted: Option<Error> = None;
-    for Job::Txn(job) in batch {
+    for job in batch {
         if begun.is_err() || aborted.is_some() {
             completions.push(job(None).1);
             continue;
