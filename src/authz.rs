@@ -262,8 +262,35 @@ impl Permit {
         self.home.as_ref()
     }
 
+    /// Checks that the permit was granted for `action`: a use case demands
+    /// the permit for its own action, so it cannot be run on the strength
+    /// of another action's permit.
+    pub fn require(&self, action: Action) -> Result<()> {
+        self.require_any(&[action])
+    }
+
+    /// [`Permit::require`] for a use case that serves several actions.
+    pub fn require_any(&self, actions: &[Action]) -> Result<()> {
+        if actions.contains(&self.action) {
+            return Ok(());
+        }
+        let wanted: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+        Err(Error::Internal(format!(
+            "a {} permit was presented for {}",
+            self.action.as_str(),
+            wanted.join(" or ")
+        )))
+    }
+
+    /// The tenant the permit covers, once [`Permit::require`] passed for
+    /// `action`.
+    pub fn tenant_for(&self, action: Action) -> Result<&TenantId> {
+        self.require(action)?;
+        self.tenant()
+    }
+
     /// The tenant the permit covers. Tenant-scoped actions always have one.
-    pub fn tenant(&self) -> Result<&TenantId> {
+    fn tenant(&self) -> Result<&TenantId> {
         self.tenant.as_ref().ok_or_else(|| {
             Error::Internal(format!("{} permit without a tenant", self.action.as_str()))
         })
@@ -321,6 +348,22 @@ mod tests {
             roles: roles.to_vec(),
             cert_cn: None,
         }
+    }
+
+    #[test]
+    fn fail_a_permit_presented_for_another_action() {
+        let t = TenantId::parse("t").unwrap();
+        let writer = principal(Some("t"), &[Role::Writer, Role::Reader]);
+        let put = authorize(&writer, Action::RecordPut, Some(&t)).unwrap();
+        assert_eq!(put.tenant_for(Action::RecordPut).unwrap(), &t);
+        for other in Action::ALL.into_iter().filter(|a| *a != Action::RecordPut) {
+            assert!(put.require(other).is_err(), "{other:?}");
+            assert!(put.tenant_for(other).is_err(), "{other:?}");
+        }
+        assert!(
+            put.require_any(&[Action::RecordGet, Action::RecordPut])
+                .is_ok()
+        );
     }
 
     #[test]

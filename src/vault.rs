@@ -882,11 +882,12 @@ impl Vault {
     /// Creates a tenant with its index key, KEK v1 and tenant-level data key.
     pub async fn create_tenant(
         &self,
-        _permit: &Permit,
+        permit: &Permit,
         call: &Arc<Call>,
         tenant: TenantId,
         name: String,
     ) -> Result<TenantInfo> {
+        permit.require(Action::TenantCreate)?;
         if name.len() > 256 || name.chars().any(char::is_control) {
             return Err(Error::invalid(
                 "name",
@@ -926,7 +927,12 @@ impl Vault {
     }
 
     pub async fn get_tenant(&self, permit: &Permit) -> Result<TenantInfo> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::TenantGet)?.clone();
+        self.tenant_info(tenant).await
+    }
+
+    /// Tenant `tenant` as stored (after a use case that checked its permit).
+    async fn tenant_info(&self, tenant: TenantId) -> Result<TenantInfo> {
         let keys = self.keys.clone();
         self.store
             .read(move |c| {
@@ -940,10 +946,11 @@ impl Vault {
     /// A page of tenants in id order, and the token of the next page.
     pub async fn list_tenants(
         &self,
-        _permit: &Permit,
+        permit: &Permit,
         page_size: usize,
         token: String,
     ) -> Result<(Vec<TenantInfo>, String)> {
+        permit.require(Action::TenantList)?;
         let token = decode_tenant_cursor(&token)?;
         let keys = self.keys.clone();
         let mut rows = self
@@ -976,7 +983,7 @@ impl Vault {
         call: &Arc<Call>,
         grace: Option<Duration>,
     ) -> Result<TenantInfo> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::TenantShred)?.clone();
         let grace = grace.unwrap_or(self.limits.default_shred_grace);
         let grace_ms = i64::try_from(grace.as_millis())
             .map_err(|_| Error::invalid("grace_seconds", "is too large"))?;
@@ -1003,7 +1010,7 @@ impl Vault {
             .await?;
         if grace.is_zero() {
             self.execute_tenant_shred(&tenant).await?;
-            return self.get_tenant(permit).await;
+            return self.tenant_info(tenant).await;
         }
         Ok(info)
     }
@@ -1013,7 +1020,7 @@ impl Vault {
         permit: &Permit,
         call: &Arc<Call>,
     ) -> Result<TenantInfo> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::TenantCancelShred)?.clone();
         let keys = self.keys.clone();
         self.mutate(call, move |conn| {
             let row = integrity::tenant(conn, &keys, tenant.as_str())?
@@ -1103,17 +1110,23 @@ impl Vault {
         permit: &Permit,
         call: &Arc<Call>,
     ) -> Result<TenantKeyStatus> {
-        let tenant = permit.tenant()?.clone();
-        let keys = self.keys.clone();
-        self.mutate(call, move |conn| rotate_kek(&keys, conn, &tenant).map(drop))
+        let tenant = permit.tenant_for(Action::KeyRotate)?.clone();
+        let (keys, t) = (self.keys.clone(), tenant.clone());
+        self.mutate(call, move |conn| rotate_kek(&keys, conn, &t).map(drop))
             .await?;
         self.purge_wanted.notify_one();
-        self.key_status(permit).await
+        self.key_status_of(tenant).await
     }
 
     /// Every KEK version of the permit's tenant and how much uses it.
     pub async fn key_status(&self, permit: &Permit) -> Result<TenantKeyStatus> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::KeyStatus)?.clone();
+        self.key_status_of(tenant).await
+    }
+
+    /// Every KEK version of `tenant` and how much uses it (after a use case
+    /// that checked its own permit).
+    async fn key_status_of(&self, tenant: TenantId) -> Result<TenantKeyStatus> {
         let limits = self.limits.clone();
         let keys = self.keys.clone();
         self.store
@@ -1175,7 +1188,7 @@ impl Vault {
         call: &Arc<Call>,
         subject: Option<SubjectId>,
     ) -> Result<usize> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::KeyReencrypt)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
         let started = self
@@ -1378,7 +1391,7 @@ impl Vault {
         max_encryptions: Option<u64>,
         min_decryption_version: Option<u32>,
     ) -> Result<TenantKeyStatus> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::KeyPolicy)?.clone();
         if max_age.is_some_and(|d| d.is_zero()) {
             return Err(Error::invalid(
                 "max_age_seconds",
@@ -1412,7 +1425,7 @@ impl Vault {
         if let Some(min) = min_decryption_version {
             self.keys.set_min_decrypt_version(&tenant, min);
         }
-        self.key_status(permit).await
+        self.key_status_of(tenant).await
     }
 
     /// Writes down when each KEK version was last used (kept in memory
@@ -1553,7 +1566,8 @@ impl Vault {
     /// in that same job), then promotes the successor. A crash before the
     /// commit leaves the old root in use; after it, start-up promotes the
     /// staged successor (`server::open_root`). Returns the keys rewrapped.
-    pub async fn rotate_root(&self, _permit: &Permit, call: &Arc<Call>) -> Result<usize> {
+    pub async fn rotate_root(&self, permit: &Permit, call: &Arc<Call>) -> Result<usize> {
+        permit.require(Action::KeyRotateRoot)?;
         let _one_at_a_time = self.root_rotation.lock().await;
         let root = self.keys.root();
         let next = crate::blocking(move || root.stage_successor()).await?;
@@ -1637,7 +1651,8 @@ impl Vault {
             expires_in_seconds,
             cert_cn,
         } = spec;
-        let tenant = permit.tenant()?.clone();
+        permit.require_any(&[Action::PrincipalCreate, Action::TenantBootstrapAdmin])?;
+        let tenant = permit.tenant_for(permit.action())?.clone();
         if roles.is_empty() {
             return Err(Error::invalid("roles", "at least one role is required"));
         }
@@ -1688,7 +1703,7 @@ impl Vault {
 
     /// The permit's tenant's principals and their keys.
     pub async fn list_principals(&self, permit: &Permit) -> Result<Vec<PrincipalInfo>> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::PrincipalList)?.clone();
         let keyring = self.keys.clone();
         self.store
             .read(move |conn| {
@@ -1722,7 +1737,7 @@ impl Vault {
         principal_id: String,
         expires_in_seconds: Option<u64>,
     ) -> Result<(String, ApiKey)> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::ApiKeyCreate)?.clone();
         let expires_at = expiry(expires_in_seconds)?;
         let (key_id, api_key, hash) = issue_api_key();
         let kid = key_id.clone();
@@ -1745,7 +1760,7 @@ impl Vault {
         call: &Arc<Call>,
         key_id: String,
     ) -> Result<ApiKeyInfo> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::ApiKeyRevoke)?.clone();
         let kid = key_id.clone();
         let keys = self.keys.clone();
         let info = self
@@ -1778,7 +1793,7 @@ impl Vault {
         call: &Arc<Call>,
         put: PutRecord,
     ) -> Result<u64> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::RecordPut)?.clone();
         if put.value.len() > self.limits.max_value_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "value: {} bytes exceeds the limit of {} bytes",
@@ -1894,7 +1909,7 @@ impl Vault {
         call: &Arc<Call>,
         r: RecordRef,
     ) -> Result<RecordValue> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::RecordGet)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
         self.store
@@ -1923,7 +1938,7 @@ impl Vault {
         r: RecordRef,
         expected_version: Option<u64>,
     ) -> Result<u64> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::RecordDelete)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
         self.mutate(call, move |conn| {
@@ -1960,7 +1975,7 @@ impl Vault {
         page_size: usize,
         token: &str,
     ) -> Result<(Vec<RecordInfo>, String)> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::RecordList)?.clone();
         let after = decode_cursor(token)?;
         let keys = self.keys.clone();
         let c = call.clone();
@@ -2026,7 +2041,7 @@ impl Vault {
         subject: SubjectId,
     ) -> Result<(ExportHeader, mpsc::Receiver<Result<RecordValue>>)> {
         const PAGE: usize = 256;
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::SubjectExport)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
         let t = tenant.clone();
@@ -2128,7 +2143,7 @@ impl Vault {
         call: &Arc<Call>,
         subject: SubjectId,
     ) -> Result<DeletionReceipt> {
-        let tenant = permit.tenant()?.clone();
+        let tenant = permit.tenant_for(Action::SubjectShred)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
         let receipt = self
@@ -2176,8 +2191,9 @@ impl Vault {
 
     /// Whether `receipt` was issued by this vault and is unaltered.
     pub async fn verify_receipt(&self, permit: &Permit, receipt: DeletionReceipt) -> Result<bool> {
-        if receipt.tenant != permit.tenant()?.as_str() {
-            return Err(authz::tenant_not_found(permit.tenant()?));
+        let tenant = permit.tenant_for(Action::ReceiptVerify)?;
+        if receipt.tenant != tenant.as_str() {
+            return Err(authz::tenant_not_found(tenant));
         }
         let keys = self.keys.clone();
         let key = self.store.read(move |conn| keys.receipt_key(conn)).await?;

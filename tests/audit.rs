@@ -606,3 +606,45 @@ async fn a_tenant_auditor_verifies_without_learning_about_other_tenants() {
     let r = verify_audit(&s.operator().await).await;
     assert_eq!(r.first_bad_seq as i64, u_seq);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_entry_names_the_action_authorized() {
+    // CreatePrincipal by the operator is authorized as the bootstrap of a
+    // tenant's first admin, and its entry says so.
+    let s = TestServer::start().await;
+    let op = s.operator().await;
+    op.tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: "t".into(),
+            name: "t".into(),
+        })
+        .await
+        .unwrap();
+    let r = op
+        .principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant: "t".into(),
+            name: "first-admin".into(),
+            roles: vec!["admin".into()],
+            ..Default::default()
+        })
+        .await;
+    let e = entries_with_request_id(&s, &request_id(&r));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].0, "tenant.bootstrap-admin");
+    // An admin's CreatePrincipal is `principal.create`.
+    let admin = op.as_key(&r.unwrap().into_inner().api_key).unwrap();
+    let r = admin
+        .principals()
+        .create_principal(pb::CreatePrincipalRequest {
+            tenant: "t".into(),
+            name: "reader".into(),
+            roles: vec!["reader".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        entries_with_request_id(&s, &request_id(&r))[0].0,
+        "principal.create"
+    );
+}

@@ -52,7 +52,7 @@ impl Api {
 
     /// Opens the audit record of a call. The peer is its address, and the
     /// client certificate's common name under mTLS.
-    fn open_call<T>(req: &Request<T>, action: &'static str) -> (Call, Result<(), Error>) {
+    fn open_call<T>(req: &Request<T>, action: Action) -> (Call, Result<(), Error>) {
         let mut peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         if let Some(cn) = client_cert_cn(req) {
             peer.push_str(&format!(" cn={cn}"));
@@ -71,7 +71,7 @@ impl Api {
             ),
         };
         let request_id = hex::encode(crypto::random_bytes::<8>());
-        (Call::new(request_id, action, purpose, peer), valid)
+        (Call::new(request_id, action.as_str(), purpose, peer), valid)
     }
 
     /// Runs one call: `f` does the work; the audit entry is made durable
@@ -79,7 +79,7 @@ impl Api {
     async fn handle<Req, Resp>(
         &self,
         req: Request<Req>,
-        action: &'static str,
+        action: Action,
         f: impl AsyncFnOnce(Arc<Call>, Request<Req>) -> Result<Resp, Error>,
     ) -> GrpcResult<Resp> {
         let (call, purpose_ok) = Self::open_call(&req, action);
@@ -160,7 +160,20 @@ impl Api {
         if let Some(t) = &tenant {
             call.set_tenant(t.as_str());
         }
-        authz::authorize(&principal, action, tenant.as_ref())
+        Self::authorize(call, &principal, action, tenant.as_ref())
+    }
+
+    /// The one way a handler gets a permit: the call's audit entry then
+    /// names the action authorized, whatever the RPC was.
+    fn authorize(
+        call: &Call,
+        principal: &Principal,
+        action: Action,
+        tenant: Option<&TenantId>,
+    ) -> Result<Permit, Error> {
+        let permit = authz::authorize(principal, action, tenant)?;
+        call.set_action(permit.action().as_str());
+        Ok(permit)
     }
 }
 
@@ -182,7 +195,7 @@ fn client_cert_cn<T>(req: &Request<T>) -> Option<String> {
 #[tonic::async_trait]
 impl TenantService for Api {
     async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> GrpcResult<pb::Tenant> {
-        self.handle(req, "tenant.create", async |call, req| {
+        self.handle(req, Action::TenantCreate, async |call, req| {
             let permit = self.begin(&call, &req, Action::TenantCreate, None).await?;
             let r = req.into_inner();
             let tenant = TenantId::parse(&r.tenant)?;
@@ -197,7 +210,7 @@ impl TenantService for Api {
     }
 
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> GrpcResult<pb::Tenant> {
-        self.handle(req, "tenant.get", async |call, req| {
+        self.handle(req, Action::TenantGet, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant:{tenant}"));
             let permit = self
@@ -212,7 +225,7 @@ impl TenantService for Api {
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> GrpcResult<pb::ListTenantsResponse> {
-        self.handle(req, "tenant.list", async |call, req| {
+        self.handle(req, Action::TenantList, async |call, req| {
             let permit = self.begin(&call, &req, Action::TenantList, None).await?;
             call.set_resource("tenants".into());
             let r = req.into_inner();
@@ -230,7 +243,7 @@ impl TenantService for Api {
         &self,
         req: Request<pb::ScheduleTenantShredRequest>,
     ) -> GrpcResult<pb::Tenant> {
-        self.handle(req, "tenant.shred", async |call, req| {
+        self.handle(req, Action::TenantShred, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant:{tenant}"));
             let permit = self
@@ -250,7 +263,7 @@ impl TenantService for Api {
         &self,
         req: Request<pb::CancelTenantShredRequest>,
     ) -> GrpcResult<pb::Tenant> {
-        self.handle(req, "tenant.cancel-shred", async |call, req| {
+        self.handle(req, Action::TenantCancelShred, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant:{tenant}"));
             let permit = self
@@ -270,7 +283,7 @@ impl PrincipalService for Api {
         &self,
         req: Request<pb::CreatePrincipalRequest>,
     ) -> GrpcResult<pb::CreatePrincipalResponse> {
-        self.handle(req, "principal.create", async |call, req| {
+        self.handle(req, Action::PrincipalCreate, async |call, req| {
             let principal = self.caller(&call, &req).await?;
             let r = req.into_inner();
             let tenant = TenantId::parse(&r.tenant)?;
@@ -289,7 +302,7 @@ impl PrincipalService for Api {
             } else {
                 Action::PrincipalCreate
             };
-            let permit = authz::authorize(&principal, action, Some(&tenant))?;
+            let permit = Self::authorize(&call, &principal, action, Some(&tenant))?;
             let created = self
                 .vault
                 .create_principal(
@@ -316,7 +329,7 @@ impl PrincipalService for Api {
         &self,
         req: Request<pb::ListPrincipalsRequest>,
     ) -> GrpcResult<pb::ListPrincipalsResponse> {
-        self.handle(req, "principal.list", async |call, req| {
+        self.handle(req, Action::PrincipalList, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource("principals".into());
             let permit = self
@@ -334,7 +347,7 @@ impl PrincipalService for Api {
         &self,
         req: Request<pb::CreateApiKeyRequest>,
     ) -> GrpcResult<pb::CreateApiKeyResponse> {
-        self.handle(req, "api-key.create", async |call, req| {
+        self.handle(req, Action::ApiKeyCreate, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::ApiKeyCreate, Some(&tenant))
@@ -360,7 +373,7 @@ impl PrincipalService for Api {
         &self,
         req: Request<pb::RevokeApiKeyRequest>,
     ) -> GrpcResult<pb::ApiKeyInfo> {
-        self.handle(req, "api-key.revoke", async |call, req| {
+        self.handle(req, Action::ApiKeyRevoke, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::ApiKeyRevoke, Some(&tenant))
@@ -383,7 +396,7 @@ impl RecordService for Api {
         &self,
         req: Request<pb::PutRecordRequest>,
     ) -> GrpcResult<pb::PutRecordResponse> {
-        self.handle(req, "record.put", async |call, req| {
+        self.handle(req, Action::RecordPut, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::RecordPut, Some(&tenant))
@@ -405,7 +418,7 @@ impl RecordService for Api {
     }
 
     async fn get_record(&self, req: Request<pb::GetRecordRequest>) -> GrpcResult<pb::Record> {
-        self.handle(req, "record.get", async |call, req| {
+        self.handle(req, Action::RecordGet, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::RecordGet, Some(&tenant))
@@ -426,7 +439,7 @@ impl RecordService for Api {
         &self,
         req: Request<pb::DeleteRecordRequest>,
     ) -> GrpcResult<pb::DeleteRecordResponse> {
-        self.handle(req, "record.delete", async |call, req| {
+        self.handle(req, Action::RecordDelete, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::RecordDelete, Some(&tenant))
@@ -450,7 +463,7 @@ impl RecordService for Api {
         &self,
         req: Request<pb::ListRecordsRequest>,
     ) -> GrpcResult<pb::ListRecordsResponse> {
-        self.handle(req, "record.list", async |call, req| {
+        self.handle(req, Action::RecordList, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::RecordList, Some(&tenant))
@@ -495,7 +508,7 @@ impl SubjectService for Api {
         &self,
         req: Request<pb::ExportSubjectRequest>,
     ) -> GrpcResult<ExportStream> {
-        self.handle(req, "subject.export", async |call, req| {
+        self.handle(req, Action::SubjectExport, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::SubjectExport, Some(&tenant))
@@ -529,7 +542,7 @@ impl SubjectService for Api {
         &self,
         req: Request<pb::ShredSubjectRequest>,
     ) -> GrpcResult<pb::DeletionReceipt> {
-        self.handle(req, "subject.shred", async |call, req| {
+        self.handle(req, Action::SubjectShred, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::SubjectShred, Some(&tenant))
@@ -545,7 +558,7 @@ impl SubjectService for Api {
         &self,
         req: Request<pb::VerifyReceiptRequest>,
     ) -> GrpcResult<pb::VerifyReceiptResponse> {
-        self.handle(req, "receipt.verify", async |call, req| {
+        self.handle(req, Action::ReceiptVerify, async |call, req| {
             let receipt = req
                 .get_ref()
                 .receipt
@@ -575,14 +588,14 @@ impl AuditService for Api {
         &self,
         req: Request<pb::ListAuditEntriesRequest>,
     ) -> GrpcResult<AuditStream> {
-        self.handle(req, "audit.list", async |call, req| {
+        self.handle(req, Action::AuditList, async |call, req| {
             let r = req.get_ref().clone();
             let tenant = (!r.tenant.is_empty()).then_some(r.tenant.as_str());
             let principal = self.caller(&call, &req).await?;
             let tenant = tenant.map(TenantId::parse).transpose()?;
             // An auditor's query is about its own tenant; naming another is
             // answered as for a tenant that does not exist.
-            let permit = authz::authorize(&principal, Action::AuditList, tenant.as_ref())?;
+            let permit = Self::authorize(&call, &principal, Action::AuditList, tenant.as_ref())?;
             call.set_resource("audit".into());
             let limit = match r.limit {
                 0 => 1000,
@@ -625,7 +638,7 @@ impl AuditService for Api {
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> GrpcResult<pb::VerifyAuditResponse> {
-        self.handle(req, "audit.verify", async |call, req| {
+        self.handle(req, Action::AuditVerify, async |call, req| {
             let permit = self.begin(&call, &req, Action::AuditVerify, None).await?;
             call.set_resource("audit".into());
             let report = self.vault.verify_audit(&permit).await?;
@@ -649,7 +662,7 @@ impl KeyService for Api {
         &self,
         req: Request<pb::RotateTenantKeyRequest>,
     ) -> GrpcResult<pb::TenantKeyStatus> {
-        self.handle(req, "key.rotate", async |call, req| {
+        self.handle(req, Action::KeyRotate, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant-kek:{tenant}"));
             let permit = self
@@ -665,7 +678,7 @@ impl KeyService for Api {
         &self,
         req: Request<pb::RotateRootKeyRequest>,
     ) -> GrpcResult<pb::RotateRootKeyResponse> {
-        self.handle(req, "key.rotate-root", async |call, req| {
+        self.handle(req, Action::KeyRotateRoot, async |call, req| {
             call.set_resource("root-key".into());
             let permit = self.begin(&call, &req, Action::KeyRotateRoot, None).await?;
             let n = self.vault.rotate_root(&permit, &call).await?;
@@ -681,7 +694,7 @@ impl KeyService for Api {
         &self,
         req: Request<pb::SetRotationPolicyRequest>,
     ) -> GrpcResult<pb::TenantKeyStatus> {
-        self.handle(req, "key.policy", async |call, req| {
+        self.handle(req, Action::KeyPolicy, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant-kek:{tenant}"));
             let permit = self
@@ -707,7 +720,7 @@ impl KeyService for Api {
         &self,
         req: Request<pb::ReencryptDataKeysRequest>,
     ) -> GrpcResult<pb::ReencryptDataKeysResponse> {
-        self.handle(req, "key.reencrypt", async |call, req| {
+        self.handle(req, Action::KeyReencrypt, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant-deks:{tenant}"));
             let permit = self
@@ -726,7 +739,7 @@ impl KeyService for Api {
         &self,
         req: Request<pb::GetTenantKeyStatusRequest>,
     ) -> GrpcResult<pb::TenantKeyStatus> {
-        self.handle(req, "key.status", async |call, req| {
+        self.handle(req, Action::KeyStatus, async |call, req| {
             let tenant = req.get_ref().tenant.clone();
             call.set_resource(format!("tenant-kek:{tenant}"));
             let permit = self

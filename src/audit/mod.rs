@@ -108,7 +108,6 @@ impl Entry {
 pub struct Call {
     pub request_id: String,
     pub time: i64,
-    pub action: &'static str,
     pub purpose: String,
     pub peer: String,
     who: Mutex<Who>,
@@ -117,6 +116,7 @@ pub struct Call {
 
 #[derive(Debug, Default, Clone)]
 struct Who {
+    action: &'static str,
     principal: String,
     tenant: String,
     resource: String,
@@ -127,10 +127,12 @@ impl Call {
         Call {
             request_id,
             time: crate::now_ms(),
-            action,
             purpose,
             peer,
-            who: Mutex::default(),
+            who: Mutex::new(Who {
+                action,
+                ..Who::default()
+            }),
             recorded: AtomicBool::new(false),
         }
     }
@@ -150,6 +152,12 @@ impl Call {
 
     fn who(&self) -> std::sync::MutexGuard<'_, Who> {
         self.who.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The action the call was authorized for, once it is known (an RPC
+    /// may be authorized as one of several actions).
+    pub fn set_action(&self, action: &'static str) {
+        self.who().action = action;
     }
 
     pub fn set_principal(&self, id: &str) {
@@ -184,7 +192,7 @@ impl Call {
             request_id: self.request_id.clone(),
             principal: who.principal,
             tenant: who.tenant,
-            action: self.action.to_owned(),
+            action: who.action.to_owned(),
             resource: who.resource,
             outcome: outcome.as_str().to_owned(),
             code,

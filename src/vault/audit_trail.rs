@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::Vault;
 use crate::audit::anchor::{Anchor, Kind, Point};
 use crate::audit::{self, Call, Outcome};
-use crate::authz::Permit;
+use crate::authz::{Action, Permit};
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
@@ -165,6 +165,7 @@ impl Vault {
         after: u64,
         limit: usize,
     ) -> Result<Vec<audit::Entry>> {
+        permit.require(Action::AuditList)?;
         // A tenant auditor sees its own tenant's entries, whatever it asks.
         if let Some(home) = permit.home_tenant() {
             filter.tenant = Some(home.as_str().to_owned());
@@ -179,6 +180,7 @@ impl Vault {
     /// count and last entry, never the platform's count or where another
     /// tenant's entries break.
     pub async fn verify_audit(&self, permit: &Permit) -> Result<audit::Report> {
+        permit.require(Action::AuditVerify)?;
         let keys = self.keys.clone();
         let anchor = self.anchor.as_ref().and_then(|a| a.newest());
         let home = permit.home_tenant().map(|t| t.as_str().to_owned());
