@@ -187,6 +187,33 @@ impl PrincipalName {
     }
 }
 
+/// The longest duration any field takes: ten years. Longer ones (up to
+/// 2^64-1 s) would overflow the millisecond times they are stored as.
+pub const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// A duration field in seconds, `min` to [`MAX_SECONDS`].
+pub fn seconds(field: &'static str, value: u64, min: u64) -> Result<std::time::Duration> {
+    if value < min || value > MAX_SECONDS {
+        return Err(Error::invalid(
+            field,
+            format!("must be {min} to {MAX_SECONDS} seconds (10 years), got {value}"),
+        ));
+    }
+    Ok(std::time::Duration::from_secs(value))
+}
+
+/// A sequence or version number: stored as a signed 64-bit integer, so at
+/// most 2^63-1.
+pub fn stored_u64(field: &'static str, value: u64) -> Result<u64> {
+    if i64::try_from(value).is_err() {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most 2^63-1, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
 /// A page size: 0 means the default (100); above 1000 is refused.
 pub fn page_size(requested: u32) -> Result<usize> {
     const DEFAULT: u32 = 100;

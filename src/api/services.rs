@@ -7,7 +7,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -249,7 +248,11 @@ impl TenantService for Api {
             let permit = self
                 .begin(&call, &req, Action::TenantShred, Some(&tenant))
                 .await?;
-            let grace = req.get_ref().grace_seconds.map(Duration::from_secs);
+            let grace = req
+                .get_ref()
+                .grace_seconds
+                .map(|s| ids::seconds("grace_seconds", s, 0))
+                .transpose()?;
             Ok(convert::tenant(
                 self.vault
                     .schedule_tenant_shred(&permit, &call, grace)
@@ -311,7 +314,10 @@ impl PrincipalService for Api {
                     PrincipalSpec {
                         name,
                         roles,
-                        expires_in_seconds: r.expires_in_seconds,
+                        expires_in_seconds: r
+                            .expires_in_seconds
+                            .map(|s| ids::seconds("expires_in_seconds", s, 1).map(|d| d.as_secs()))
+                            .transpose()?,
                         cert_cn: (!r.client_cert_cn.is_empty()).then_some(r.client_cert_cn),
                     },
                 )
@@ -359,7 +365,14 @@ impl PrincipalService for Api {
             call.set_resource(format!("principal:{}", r.principal_id));
             let (key_id, api_key) = self
                 .vault
-                .create_api_key(&permit, &call, r.principal_id, r.expires_in_seconds)
+                .create_api_key(
+                    &permit,
+                    &call,
+                    r.principal_id,
+                    r.expires_in_seconds
+                        .map(|s| ids::seconds("expires_in_seconds", s, 1).map(|d| d.as_secs()))
+                        .transpose()?,
+                )
                 .await?;
             Ok(pb::CreateApiKeyResponse {
                 key_id,
@@ -408,7 +421,10 @@ impl RecordService for Api {
                 key: RecordKey::parse(&r.key)?,
                 content_type: ContentType::parse(&r.content_type)?,
                 value: Zeroizing::new(r.value),
-                expected_version: r.expected_version,
+                expected_version: r
+                    .expected_version
+                    .map(|v| ids::stored_u64("expected_version", v))
+                    .transpose()?,
                 reinstate_erased_subject: r.reinstate_erased_subject,
             };
             let version = self.vault.put_record(&permit, &call, put).await?;
@@ -452,7 +468,14 @@ impl RecordService for Api {
             };
             let deleted_version = self
                 .vault
-                .delete_record(&permit, &call, rref, r.expected_version)
+                .delete_record(
+                    &permit,
+                    &call,
+                    rref,
+                    r.expected_version
+                        .map(|v| ids::stored_u64("expected_version", v))
+                        .transpose()?,
+                )
                 .await?;
             Ok(pb::DeleteRecordResponse { deleted_version })
         })
@@ -623,7 +646,12 @@ impl AuditService for Api {
             };
             let entries = self
                 .vault
-                .audit_entries(&permit, filter, r.after_seq, limit)
+                .audit_entries(
+                    &permit,
+                    filter,
+                    ids::stored_u64("after_seq", r.after_seq)?,
+                    limit,
+                )
                 .await?;
             let items: Vec<Result<pb::AuditEntry, Status>> = entries
                 .into_iter()
@@ -706,7 +734,9 @@ impl KeyService for Api {
                 .set_rotation_policy(
                     &permit,
                     &call,
-                    r.max_age_seconds.map(Duration::from_secs),
+                    r.max_age_seconds
+                        .map(|s| ids::seconds("max_age_seconds", s, 1))
+                        .transpose()?,
                     r.max_encryptions,
                     r.min_decryption_version,
                 )
