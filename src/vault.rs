@@ -1998,6 +1998,7 @@ impl Vault {
                     category.as_ref().map(|c| c.as_str()),
                     after.as_ref(),
                     page_size + 1,
+                    usize::MAX,
                 )?;
                 let next = if rows.len() > page_size {
                     rows.truncate(page_size);
@@ -2040,7 +2041,12 @@ impl Vault {
         call: &Arc<Call>,
         subject: SubjectId,
     ) -> Result<(ExportHeader, mpsc::Receiver<Result<RecordValue>>)> {
+        // Memory per export stays bounded whatever the values' size: a page
+        // read holds at most PAGE records and stops once PAGE_BYTES of
+        // ciphertext are in; at most QUEUED values wait for the client.
         const PAGE: usize = 256;
+        const PAGE_BYTES: usize = 4 << 20;
+        const QUEUED: usize = 4;
         let tenant = permit.tenant_for(Action::SubjectExport)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
@@ -2080,7 +2086,7 @@ impl Vault {
                 })
             })
             .await?;
-        let (tx, rx) = mpsc::channel(PAGE);
+        let (tx, rx) = mpsc::channel(QUEUED);
         let vault = self.clone();
         let owner = header.subject_blind_id.to_vec();
         tokio::spawn(async move {
@@ -2095,8 +2101,15 @@ impl Vault {
                 let page = vault
                     .store
                     .read(move |conn| {
-                        let rows =
-                            store::record_list(conn, t.as_str(), Some(&o), None, a.as_ref(), PAGE)?;
+                        let rows = store::record_list(
+                            conn,
+                            t.as_str(),
+                            Some(&o),
+                            None,
+                            a.as_ref(),
+                            PAGE,
+                            PAGE_BYTES,
+                        )?;
                         let last = rows.last().map(|r| RecordCursor {
                             owner: r.owner.clone(),
                             category: r.category.clone(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use strongbox::api::limits::LoadLimits;
+use strongbox::api::pb;
 use tonic::Code;
 
 async fn server_with(load: LoadLimits) -> TestServer {
@@ -104,4 +105,71 @@ async fn an_expired_deadline_fails_the_call_and_nothing_breaks() {
     );
     put_ok(&u, "t", "s", "c", "k2", b"v").await;
     assert!(verify_audit(&s.operator().await).await.ok);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_hold_their_slot_and_a_bounded_buffer_for_their_life() {
+    const OPEN: usize = 6;
+    let s = server_with(LoadLimits {
+        max_in_flight: OPEN,
+        ..LoadLimits::default()
+    })
+    .await;
+    let (_, key) = s.tenant_with_user_key("t").await;
+    let u = s.client(&key).await;
+    let big = vec![0x5a; 1 << 20];
+    for i in 0..40 {
+        put_ok(&u, "t", "big", "blob", &format!("k{i}"), &big).await;
+    }
+    let before = rss_kib();
+    // Exports whose client reads only the header: the server must neither
+    // buffer the subject's 40 MiB per stream nor forget the streams are open.
+    let mut open = Vec::new();
+    for _ in 0..OPEN {
+        // A connection each: unread streams on one connection would use up
+        // its HTTP/2 flow-control window for the others.
+        let mut stream = s
+            .client(&key)
+            .await
+            .subjects()
+            .export_subject(pb::ExportSubjectRequest {
+                tenant: "t".into(),
+                subject: "big".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        open.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    // Each stream may hold a 4 MiB page being read and 4 queued values.
+    assert!(
+        grown_mib < 100,
+        "RSS grew by {grown_mib} MiB for {OPEN} stalled exports"
+    );
+    // Every slot is held by an open stream: the next call is shed.
+    let r = get_value(&u, "t", "big", "blob", "k0").await;
+    assert_eq!(r.unwrap_err().code(), Code::ResourceExhausted);
+    // Streams read to the end, or dropped, give their slots back.
+    let mut first = open.remove(0);
+    let mut n = 0;
+    while first.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 40);
+    drop(first);
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get_value(&u, "t", "big", "blob", "k0").await.unwrap(), big);
 }

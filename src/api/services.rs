@@ -37,6 +37,9 @@ pub struct Api {
 
 type GrpcResult<T> = Result<Response<T>, Status>;
 
+/// A call's place under the in-flight cap.
+type Slot = tokio::sync::OwnedSemaphorePermit;
+
 /// Metadata naming why the caller acts; recorded in the audit log.
 const PURPOSE_HEADER: &str = "x-strongbox-purpose";
 const PURPOSE_MAX: usize = 256;
@@ -81,13 +84,28 @@ impl Api {
         action: Action,
         f: impl AsyncFnOnce(Arc<Call>, Request<Req>) -> Result<Resp, Error>,
     ) -> GrpcResult<Resp> {
+        self.handle_holding(req, action, async move |call, req, _slot| {
+            f(call, req).await
+        })
+        .await
+    }
+
+    /// [`Api::handle`], handing `f` the call's in-flight slot: a streaming
+    /// answer keeps it for the life of the stream, so streams count
+    /// against the in-flight cap until the client has them whole.
+    async fn handle_holding<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        action: Action,
+        f: impl AsyncFnOnce(Arc<Call>, Request<Req>, Slot) -> Result<Resp, Error>,
+    ) -> GrpcResult<Resp> {
         let (call, purpose_ok) = Self::open_call(&req, action);
         let call = Arc::new(call);
         // Shed at once when full, rather than queue and grow memory; the
         // shed call is still recorded.
         let result = match (purpose_ok, self.limiter.admit()) {
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(_slot)) => f(call.clone(), req).await,
+            (Ok(()), Ok(slot)) => f(call.clone(), req, slot).await,
         };
         // Fail closed: no answer, not even data already read, without its entry.
         let outcome = audit::Outcome::of(&result);
@@ -531,7 +549,7 @@ impl SubjectService for Api {
         &self,
         req: Request<pb::ExportSubjectRequest>,
     ) -> GrpcResult<ExportStream> {
-        self.handle(req, Action::SubjectExport, async |call, req| {
+        self.handle_holding(req, Action::SubjectExport, async |call, req, slot| {
             let tenant = req.get_ref().tenant.clone();
             let permit = self
                 .begin(&call, &req, Action::SubjectExport, Some(&tenant))
@@ -550,7 +568,10 @@ impl SubjectService for Api {
                 })),
             };
             let tenant = r.tenant;
+            // The stream outlives this handler: it keeps the call's
+            // in-flight slot until the client has it all or goes away.
             let rest = ReceiverStream::new(records).map(move |item| {
+                let _held = &slot;
                 item.map(|v| pb::ExportSubjectResponse {
                     item: Some(Item::Record(convert::record(&tenant, &subject_id, v))),
                 })

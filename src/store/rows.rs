@@ -559,6 +559,9 @@ pub struct RecordCursor {
 /// Records of a tenant in (owner, category, key) order after `after`,
 /// optionally only one owner's and one category's. Only records whose data
 /// key is alive are listed.
+/// Live records in key order after `after`: at most `limit`, and no more
+/// once their ciphertext reaches `max_bytes` (at least one is returned), so
+/// a page of large values stays bounded in memory.
 pub fn record_list(
     conn: &Connection,
     tenant: &str,
@@ -566,6 +569,7 @@ pub fn record_list(
     category: Option<&str>,
     after: Option<&RecordCursor>,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<RecordRow>> {
     let (a_owner, a_cat, a_key, started) = match after {
         Some(c) => (c.owner.as_slice(), c.category.as_str(), c.key.as_str(), 1),
@@ -596,7 +600,17 @@ pub fn record_list(
         ],
         record_row,
     )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let row = row?;
+        bytes = bytes.saturating_add(row.ciphertext.len());
+        out.push(row);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 pub fn records_count_for_dek(conn: &Connection, dek_id: &str) -> Result<u64> {
