@@ -55,6 +55,7 @@ impl RunningServer {
     /// housekeeping.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
+        self.vault.stop_background();
         let _ = self.housekeeping.await;
         let _ = self.health.await;
         let served = self.serving.await;

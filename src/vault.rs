@@ -244,6 +244,9 @@ pub struct Vault {
     /// for library use such as the benches).
     anchor: Option<Arc<audit::anchor::Anchor>>,
     anchor_wanted: Notify,
+    /// Set when the server shuts down: background passes stop between
+    /// batches (their progress is in the rows) instead of holding it up.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -722,6 +725,7 @@ impl Vault {
             root_rotation: tokio::sync::Mutex::new(()),
             anchor: anchor.map(Arc::new),
             anchor_wanted: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -1346,7 +1350,7 @@ impl Vault {
                     .await?;
                 }
                 moved += n;
-                if n < batch {
+                if n < batch || self.is_stopping() {
                     break;
                 }
                 tokio::time::sleep(pause).await;
@@ -1535,6 +1539,10 @@ impl Vault {
             match last {
                 Some(id) => after = id,
                 None => break,
+            }
+            if self.is_stopping() {
+                // Progress is the rows: the next start goes on from here.
+                return Ok((rewrapped, 0));
             }
             tokio::time::sleep(pause).await;
         }
@@ -2225,6 +2233,16 @@ impl Vault {
         self.purge_wanted.notify_one();
     }
 
+    /// Asks background passes to stop between batches (shutdown).
+    pub fn stop_background(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether the vault can serve: the writer thread runs, storage commits
     /// (a durable write), and the root key answers.
     pub async fn health(&self) -> Result<()> {
@@ -2281,7 +2299,7 @@ impl Vault {
                 .write(|c| store::records_purge_destroyed(c, BATCH))
                 .await?;
             total += deleted;
-            if deleted == 0 && marked == 0 {
+            if (deleted == 0 && marked == 0) || self.is_stopping() {
                 break;
             }
             tokio::time::sleep(PAUSE).await;

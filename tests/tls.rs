@@ -127,6 +127,37 @@ async fn list_tenants(c: &Client) -> Result<(), tonic::Status> {
         .map(drop)
 }
 
+/// Checks that `r` (from [`refusal`]) is a refusal during the TLS
+/// handshake, not an answer of the application: a transport error, carrying
+/// the `alert` expected when the alert reached the client before the
+/// server closed the connection.
+fn refused_in_handshake(r: &str, alert: &str, who: &str) {
+    assert!(r.contains("transport error"), "{who}: {r}");
+    if r.contains("alert:") {
+        assert!(r.contains(alert), "{who}: expected alert {alert}: {r}");
+    }
+}
+
+/// What a refused connection came to: the connect error, or the first
+/// call's status, as text with its whole source chain.
+async fn refusal(connected: anyhow::Result<Client>) -> String {
+    match connected {
+        Err(e) => format!("connect: {e:#}"),
+        Ok(c) => match list_tenants(&c).await {
+            Ok(_) => "the call succeeded".into(),
+            Err(e) => {
+                let mut text = format!("call: {:?} {}", e.code(), e.message());
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    text.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                text
+            }
+        },
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_serves_and_plaintext_is_refused() {
     let pki = pki();
@@ -140,13 +171,13 @@ async fn tls_serves_and_plaintext_is_refused() {
         "http://127.0.0.1:{}",
         s.server.as_ref().unwrap().addr.port()
     );
-    match Client::connect(&plain, Some(&s.operator_key)).await {
-        Err(_) => {}
-        Ok(c) => assert!(
-            list_tenants(&c).await.is_err(),
-            "plaintext call succeeded on a TLS listener"
-        ),
-    }
+    let r = refusal(Client::connect(&plain, Some(&s.operator_key)).await).await;
+    // The TLS listener answers the HTTP/2 preface with a TLS alert, which
+    // the plaintext client reads as a malformed frame.
+    assert!(
+        r.contains("transport error") && !r.contains("alert:"),
+        "plaintext on a TLS listener: {r}"
+    );
     // A client that does not trust the server's CA refuses it.
     let other_dir = tempfile::tempdir().unwrap();
     let (other_ca, _) = ca("Some Other CA");
@@ -155,13 +186,11 @@ async fn tls_serves_and_plaintext_is_refused() {
         ca_cert: Some(other_dir.path().join("ca.pem")),
         ..Default::default()
     };
-    match Client::connect_tls(&https, Some(&s.operator_key), &wrong).await {
-        Err(_) => {}
-        Ok(c) => assert!(
-            list_tenants(&c).await.is_err(),
-            "an untrusted server was accepted"
-        ),
-    }
+    let r = refusal(Client::connect_tls(&https, Some(&s.operator_key), &wrong).await).await;
+    assert!(
+        r.starts_with("connect: cannot connect to https://"),
+        "an untrusted server: {r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,10 +201,12 @@ async fn mtls_requires_a_certificate_from_the_client_ca() {
         ("no certificate", pki.server_only()),
         ("rogue CA", pki.client("rogue")),
     ] {
-        match Client::connect_tls(&https, Some(&s.operator_key), &tls).await {
-            Err(_) => {}
-            Ok(c) => assert!(list_tenants(&c).await.is_err(), "{who}: call succeeded"),
-        }
+        let r = refusal(Client::connect_tls(&https, Some(&s.operator_key), &tls).await).await;
+        let alert = match who {
+            "no certificate" => "CertificateRequired",
+            _ => "UnknownCA",
+        };
+        refused_in_handshake(&r, alert, who);
     }
     let c = Client::connect_tls(&https, Some(&s.operator_key), &pki.client("billing"))
         .await
@@ -317,17 +348,14 @@ fn serve_flags_turn_on_mtls_and_refuse_plaintext_beyond_loopback() {
             .await
             .unwrap();
         list_tenants(&c).await.unwrap();
-        match Client::connect_tls(&https, Some(op_key.trim()), &pki.server_only()).await {
-            Err(_) => {}
-            Ok(c) => assert!(
-                list_tenants(&c).await.is_err(),
-                "a client without a certificate got in"
-            ),
-        }
-        match Client::connect(&endpoint, Some(op_key.trim())).await {
-            Err(_) => {}
-            Ok(c) => assert!(list_tenants(&c).await.is_err(), "plaintext got in"),
-        }
+        let r = refusal(Client::connect_tls(&https, Some(op_key.trim()), &pki.server_only()).await)
+            .await;
+        refused_in_handshake(&r, "CertificateRequired", "no certificate");
+        let r = refusal(Client::connect(&endpoint, Some(op_key.trim())).await).await;
+        assert!(
+            r.contains("transport error") && !r.contains("alert:"),
+            "plaintext to the mTLS listener: {r}"
+        );
     });
     server.kill().unwrap();
     server.wait().unwrap();
