@@ -241,17 +241,12 @@ pub struct Principal {
 /// [`authorize`] constructs one.
 #[derive(Debug)]
 pub struct Permit {
-    principal_id: String,
     action: Action,
     tenant: Option<TenantId>,
     home: Option<TenantId>,
 }
 
 impl Permit {
-    pub fn principal_id(&self) -> &str {
-        &self.principal_id
-    }
-
     pub fn action(&self) -> Action {
         self.action
     }
@@ -329,7 +324,6 @@ pub fn authorize(
         )));
     }
     Ok(Permit {
-        principal_id: principal.id.clone(),
         action,
         tenant: tenant.cloned(),
         home: principal.tenant.clone(),

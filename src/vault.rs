@@ -735,16 +735,8 @@ impl Vault {
         self.auth_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     pub fn keyring(&self) -> &Keyring {
         &self.keys
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// On a vault with no principals, creates the bootstrap operator and

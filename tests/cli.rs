@@ -1,6 +1,6 @@
 //! The CLI against a real server process: README's quickstart, run verbatim,
 //! and exit codes and stderr on failure.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

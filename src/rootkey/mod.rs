@@ -90,10 +90,6 @@ impl KeyFileProvider {
         PathBuf::from(p)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Opens the key file, creating it with a fresh key if it does not exist.
     /// Refuses a file readable by group or others.
     pub fn open_or_create(path: &Path) -> Result<Self> {

@@ -381,26 +381,22 @@ pub fn dek_destroy(conn: &Connection, id: &str, now: i64) -> Result<()> {
 
 #[derive(Clone, Debug)]
 pub struct SubjectRow {
-    pub blind_id: Vec<u8>,
     /// `None` once the subject was erased.
     pub dek_id: Option<String>,
     pub sealed_subject: Option<Vec<u8>>,
     pub created_at: i64,
-    pub erased_at: Option<i64>,
 }
 
 pub fn subject_get(conn: &Connection, tenant: &str, blind: &[u8]) -> Result<Option<SubjectRow>> {
     Ok(conn
         .prepare_cached(
-            "SELECT blind_id, dek_id, sealed_subject, created_at, erased_at FROM subjects WHERE tenant_id = ?1 AND blind_id = ?2",
+            "SELECT dek_id, sealed_subject, created_at FROM subjects WHERE tenant_id = ?1 AND blind_id = ?2",
         )?
         .query_row(params![tenant, blind], |r| {
             Ok(SubjectRow {
-                blind_id: r.get(0)?,
-                dek_id: r.get(1)?,
-                sealed_subject: r.get(2)?,
-                created_at: r.get(3)?,
-                erased_at: r.get(4)?,
+                dek_id: r.get(0)?,
+                sealed_subject: r.get(1)?,
+                created_at: r.get(2)?,
             })
         })
         .optional()?)
