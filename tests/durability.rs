@@ -72,3 +72,68 @@ async fn acknowledged_writes_survive_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// WAL syncs in an strace log of the server.
+fn wal_syncs(trace: &std::path::Path) -> usize {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("sync(") && l.contains("strongbox.db-wal>"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_write_waited_for_a_wal_sync() {
+    // SIGKILL keeps the page cache, so the test above passes even with
+    // `synchronous=OFF`. This one watches the syscalls instead: K puts made
+    // one after another are K commits, and each must have synced the WAL
+    // before it was acknowledged. With `synchronous=NORMAL` or `OFF` a WAL
+    // commit syncs nothing and this fails. (`scripts/test` installs strace.)
+    const K: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let trace = dir.path().join("strace.log");
+    let mut child = std::process::Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace runs (scripts/test installs it)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let endpoint = format!(
+        "http://{}",
+        line.trim().strip_prefix("listening on ").unwrap()
+    );
+    let op_key = std::fs::read_to_string(data.join("operator.key")).unwrap();
+    let op = Client::connect(&endpoint, Some(op_key.trim()))
+        .await
+        .unwrap();
+    let admin_key = tenant_with_admin(&op, "t").await;
+    let key = new_principal(&op.as_key(&admin_key).unwrap(), "t", "rw", &["writer"]).await;
+    let c = op.as_key(&key).unwrap();
+    // Each put is acknowledged before the next is sent: K separate commits.
+    for i in 0..K {
+        put_ok(&c, "t", "s", "c", &format!("k{i}"), b"v").await;
+    }
+    // A clean stop, so strace writes out everything it saw.
+    let pid = std::fs::read_to_string(data.join("strongbox.lock")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let syncs = wal_syncs(&trace);
+    assert!(
+        syncs >= K,
+        "{K} acknowledged commits but {syncs} syncs of the WAL: a commit was acknowledged before it was on disk"
+    );
+}
