@@ -41,7 +41,7 @@ pub fn tenant_mac(key: &SecretKey, t: &TenantRow) -> [u8; 32] {
             b"strongbox/v1/state/tenant",
             t.id.as_bytes(),
             t.name.as_bytes(),
-            format!("{:?}", t.state).as_bytes(),
+            t.state.as_str().as_bytes(),
             &t.created_at.to_be_bytes(),
             &opt_i64(t.shred_at),
             &t.kek_version.to_be_bytes(),

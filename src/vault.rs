@@ -2423,6 +2423,25 @@ mod tests {
     }
 
     #[test]
+    fn the_receipt_mac_input_is_as_stored() {
+        // Golden vector: receipts already issued must keep verifying.
+        let r = DeletionReceipt {
+            receipt_id: "rcpt-1".into(),
+            tenant: "acme".into(),
+            subject_blind_id: vec![1; 32],
+            destroyed_key_ids: vec!["dek-1".into(), "dek-2".into()],
+            records_made_unreadable: 5,
+            shredded_at: 1_700_000_000_000,
+            mac: vec![],
+        };
+        let key = SecretKey::from_slice(&[7u8; 32]).unwrap();
+        assert_eq!(
+            hex::encode(crypto::hmac_sha256(&key, &[&r.canonical()])),
+            "258e105aa1123a3832d414d8edd81df1f69f6f0df0363e1b69d3fe6424397cd5"
+        );
+    }
+
+    #[test]
     fn receipt_mac_covers_every_field() {
         let r = DeletionReceipt {
             receipt_id: "r".into(),

@@ -15,7 +15,8 @@ pub enum TenantState {
 }
 
 impl TenantState {
-    fn as_str(self) -> &'static str {
+    /// The name stored (and MAC'd) for the state.
+    pub fn as_str(self) -> &'static str {
         match self {
             TenantState::Active => "active",
             TenantState::ShredScheduled => "shred_scheduled",
