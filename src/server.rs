@@ -490,11 +490,12 @@ async fn anchoring(vault: Arc<Vault>, every: std::time::Duration, mut stop: watc
             _ = vault.anchor_requested() => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        if let Err(e) = vault.anchor_audit().await {
-            tracing::warn!(error = %e, "anchoring the audit chain failed; will retry");
-        }
+        // Shutdown anchors the final head itself, after the last call.
         if stopping {
             return;
+        }
+        if let Err(e) = vault.anchor_audit().await {
+            tracing::warn!(error = %e, "anchoring the audit chain failed; will retry");
         }
     }
 }

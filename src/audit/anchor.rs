@@ -94,11 +94,6 @@ fn broken(path: &Path, line: usize, what: &str) -> Error {
 }
 
 impl Anchor {
-    /// Whether an anchor file exists at `path`.
-    pub fn exists(path: &Path) -> bool {
-        path.exists()
-    }
-
     /// Opens the anchor file at `path` (creating it, 0600, when absent) and
     /// checks every line's MAC and link. A last line cut short by a crash
     /// (no newline) is dropped; any other bad line is `Corrupt`.

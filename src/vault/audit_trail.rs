@@ -41,7 +41,7 @@ pub(super) fn open_anchor(
     let key = keys.audit_key(conn)?;
     let (seq, head) = audit::checked_head(conn, &key)?;
     let anchored = store::meta_get(conn, ANCHORED_META)?.is_some();
-    if anchored && !Anchor::exists(path) {
+    if anchored && !path.exists() {
         return Err(Error::Corrupt(format!(
             "audit: this vault's chain is anchored in {}, which is missing: put the anchor file back, or, if it is lost, run `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)",
             path.display()
