@@ -77,8 +77,13 @@ pub enum Action {
     TenantGet,
     TenantShred,
     TenantCancelShred,
-    /// Create an admin in a tenant that has none (the operator's one way in).
+    /// Create a tenant's first admin, or an admin once a break-glass
+    /// recovery has taken effect (the operator's only ways in).
     TenantBootstrapAdmin,
+    /// Ask for a break-glass admin recovery (effective after a delay).
+    TenantAdminRecovery,
+    /// Call off a pending admin recovery.
+    TenantAdminRecoveryCancel,
     PrincipalCreate,
     PrincipalList,
     ApiKeyCreate,
@@ -100,13 +105,15 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 26] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
         Action::TenantShred,
         Action::TenantCancelShred,
         Action::TenantBootstrapAdmin,
+        Action::TenantAdminRecovery,
+        Action::TenantAdminRecoveryCancel,
         Action::PrincipalCreate,
         Action::PrincipalList,
         Action::ApiKeyCreate,
@@ -136,6 +143,8 @@ impl Action {
             Action::TenantShred => "tenant.shred",
             Action::TenantCancelShred => "tenant.cancel-shred",
             Action::TenantBootstrapAdmin => "tenant.bootstrap-admin",
+            Action::TenantAdminRecovery => "tenant.admin-recovery",
+            Action::TenantAdminRecoveryCancel => "tenant.admin-recovery.cancel",
             Action::PrincipalCreate => "principal.create",
             Action::PrincipalList => "principal.list",
             Action::ApiKeyCreate => "api-key.create",
@@ -184,6 +193,8 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::TenantShred,
             A::TenantCancelShred,
             A::TenantBootstrapAdmin,
+            A::TenantAdminRecovery,
+            A::TenantAdminRecoveryCancel,
             A::ReceiptVerify,
             A::AuditList,
             A::AuditVerify,
@@ -195,6 +206,7 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
         Role::Admin,
         &[
             A::TenantGet,
+            A::TenantAdminRecoveryCancel,
             A::PrincipalCreate,
             A::PrincipalList,
             A::ApiKeyCreate,
@@ -382,6 +394,8 @@ mod tests {
                     "tenant.shred",
                     "tenant.cancel-shred",
                     "tenant.bootstrap-admin",
+                    "tenant.admin-recovery",
+                    "tenant.admin-recovery.cancel",
                     "receipt.verify",
                     "audit.list",
                     "audit.verify",
@@ -393,6 +407,7 @@ mod tests {
                 "admin",
                 &[
                     "tenant.get",
+                    "tenant.admin-recovery.cancel",
                     "principal.create",
                     "principal.list",
                     "api-key.create",

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::api::limits::LoadLimits;
 use crate::error::{Error, Result};
 use crate::rootkey::pkcs11::{DEFAULT_KEY_LABEL, DEFAULT_PIN_ENV, Pkcs11Config};
+use crate::server::connections::ConnectionLimits;
 use crate::vault::Limits;
 
 /// The default data directory, relative to where the server starts.
@@ -58,6 +59,8 @@ pub struct ServerConfig {
     /// The audit chain's anchor file; `<data_dir>/audit.anchor` if unset.
     /// Put it on another volume than the database.
     pub audit_anchor: Option<PathBuf>,
+    /// Connection caps and timeouts.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             tls: None,
             insecure_plaintext: false,
             audit_anchor: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -109,11 +113,35 @@ struct FileConfig {
     client_ca: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
     audit_anchor: Option<PathBuf>,
+    admin_recovery_delay: Option<String>,
+    require_admin_enrolment: Option<bool>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
     humantime::parse_duration(s)
         .map_err(|e| Error::invalid(field, format!("'{s}' is not a duration: {e}")))
+}
+
+fn nonzero(field: &'static str, s: &str) -> Result<Duration> {
+    let d = duration(field, s)?;
+    if d < Duration::from_millis(100) {
+        return Err(Error::invalid(
+            field,
+            format!("'{s}' is too short: at least 100ms"),
+        ));
+    }
+    Ok(d)
+}
+
+fn positive(field: &'static str, n: usize) -> Result<usize> {
+    if n == 0 {
+        return Err(Error::invalid(field, "must be at least 1"));
+    }
+    Ok(n)
 }
 
 /// TLS settings from the cert/key/client-CA options: cert and key go
@@ -255,6 +283,24 @@ impl ServerConfig {
             cfg.tls = tls_files(f.tls_cert, f.tls_key, f.client_ca)?;
             cfg.insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
             cfg.audit_anchor = f.audit_anchor;
+            if let Some(d) = f.admin_recovery_delay {
+                cfg.limits.admin_recovery_delay = duration("admin_recovery_delay", &d)?;
+            }
+            if let Some(r) = f.require_admin_enrolment {
+                cfg.limits.require_admin_enrolment = r;
+            }
+            if let Some(n) = f.max_connections {
+                cfg.connections.max_connections = Some(positive("max_connections", n)?);
+            }
+            if let Some(n) = f.max_connections_per_peer {
+                cfg.connections.max_per_peer = positive("max_connections_per_peer", n)?;
+            }
+            if let Some(t) = f.handshake_timeout {
+                cfg.connections.handshake_timeout = nonzero("handshake_timeout", &t)?;
+            }
+            if let Some(t) = f.idle_timeout {
+                cfg.connections.idle_timeout = nonzero("idle_timeout", &t)?;
+            }
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;

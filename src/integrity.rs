@@ -35,22 +35,32 @@ fn opt_str(v: &Option<String>) -> &[u8] {
 /// The tenant row's MAC: everything but the wrapped index key (bound to
 /// the tenant by its own AAD) and the MAC itself.
 pub fn tenant_mac(key: &SecretKey, t: &TenantRow) -> [u8; 32] {
-    crypto::hmac_sha256(
-        key,
-        &[&encode_fields(&[
-            b"strongbox/v1/state/tenant",
-            t.id.as_bytes(),
-            t.name.as_bytes(),
-            t.state.as_str().as_bytes(),
-            &t.created_at.to_be_bytes(),
-            &opt_i64(t.shred_at),
-            &t.kek_version.to_be_bytes(),
-            opt_str(&t.dek_id),
-            &t.min_decrypt_version.to_be_bytes(),
-            &opt_i64(t.rotate_after_ms),
-            &opt_i64(t.rotate_after_wraps),
-        ])],
-    )
+    let created = t.created_at.to_be_bytes();
+    let shred = opt_i64(t.shred_at);
+    let kek = t.kek_version.to_be_bytes();
+    let min = t.min_decrypt_version.to_be_bytes();
+    let age = opt_i64(t.rotate_after_ms);
+    let wraps = opt_i64(t.rotate_after_wraps);
+    let recovery = opt_i64(t.admin_recovery_at);
+    let mut fields: Vec<&[u8]> = vec![
+        b"strongbox/v1/state/tenant",
+        t.id.as_bytes(),
+        t.name.as_bytes(),
+        t.state.as_str().as_bytes(),
+        &created,
+        &shred,
+        &kek,
+        opt_str(&t.dek_id),
+        &min,
+        &age,
+        &wraps,
+    ];
+    // Appended only when set, so rows sealed before the field existed
+    // still verify; the field count tells the two layouts apart.
+    if t.admin_recovery_at.is_some() {
+        fields.push(&recovery);
+    }
+    crypto::hmac_sha256(key, &[&encode_fields(&fields)])
 }
 
 pub fn principal_mac(key: &SecretKey, p: &PrincipalRow) -> [u8; 32] {

@@ -25,6 +25,7 @@
 //! - [`cli`]: the `strongbox` command line.
 
 pub mod api;
+pub mod api_key;
 pub mod audit;
 pub mod authz;
 pub mod cli;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, pb};
 
+pub mod connections;
 pub mod health;
 use crate::blocking;
 use crate::config::ServerConfig;
@@ -41,6 +41,8 @@ pub struct RunningServer {
     /// The address it listens on (the real port when started on port 0).
     pub addr: SocketAddr,
     pub vault: Arc<Vault>,
+    /// The connections open now, under the caps.
+    pub connections: connections::OpenConnections,
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
@@ -100,6 +102,19 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         tracing::info!(path = %key_file.display(), "bootstrap operator API key written (mode 0600)");
     }
 
+    let fd_limit = connections::raise_fd_limit();
+    let max_connections = cfg.connections.effective_max(fd_limit);
+    if cfg
+        .connections
+        .max_connections
+        .is_some_and(|n| n > max_connections)
+    {
+        tracing::warn!(
+            max_connections,
+            fd_limit,
+            "max_connections lowered to stay below the open-file limit"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
@@ -123,11 +138,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let mut builder = Server::builder();
     if let Some(tls) = &cfg.tls {
         builder = builder
-            .tls_config(tls_config(tls)?)
+            .tls_config(tls_config(tls)?.timeout(cfg.connections.handshake_timeout))
             .map_err(|e| Error::invalid("tls_cert", format!("TLS setup failed: {e}")))?;
     }
     let router = builder
         .timeout(cfg.request_timeout)
+        .http2_keepalive_interval(Some(cfg.connections.keepalive_interval()))
+        .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout()))
         // Per connection too: one client cannot take every slot.
         .concurrency_limit_per_connection(PER_CONNECTION_IN_FLIGHT)
         .load_shed(true)
@@ -155,9 +172,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             api.clone(),
         ))
         .add_service(pb::key_service_server::KeyServiceServer::new(api));
-    // TCP_NODELAY: without it a response written as several small frames
-    // waits on the peer's delayed ACK (~40 ms a call).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (incoming, connections) =
+        connections::incoming(listener, cfg.connections, max_connections, stopped.clone());
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = on_stop.wait_for(|s| *s).await;
     }));
@@ -183,6 +199,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     Ok(RunningServer {
         addr,
         vault,
+        connections,
         stop,
         serving,
         housekeeping,

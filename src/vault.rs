@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc};
 use zeroize::Zeroizing;
 
+use crate::api_key;
 use crate::audit::{self, Call};
 use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto::{self, SecretKey, label};
@@ -24,6 +25,7 @@ use crate::now_ms;
 use crate::store::{self, RecordAddr, RecordCursor, Store, TenantRow, TenantState};
 use crate::tombstones::Tombstones;
 
+mod admin_recovery;
 mod audit_trail;
 
 /// Limits and defaults the use cases enforce.
@@ -38,6 +40,12 @@ pub struct Limits {
     pub rotation_max_age: Duration,
     /// ...or once it has made this many encryptions (well below 2^32).
     pub rotation_max_encryptions: u64,
+    /// How long after an operator asks for a break-glass admin recovery
+    /// it takes effect (the tenant's admins can call it off meanwhile).
+    pub admin_recovery_delay: Duration,
+    /// Refuse an operator-created admin unless its key comes from an
+    /// enrolment (`strongbox enrol`), so the operator never holds one.
+    pub require_admin_enrolment: bool,
 }
 
 impl Default for Limits {
@@ -47,6 +55,8 @@ impl Default for Limits {
             default_shred_grace: Duration::from_secs(7 * 24 * 3600),
             rotation_max_age: Duration::from_secs(90 * 24 * 3600),
             rotation_max_encryptions: 1 << 30,
+            admin_recovery_delay: Duration::from_secs(24 * 3600),
+            require_admin_enrolment: false,
         }
     }
 }
@@ -60,6 +70,8 @@ pub struct TenantInfo {
     pub created_at: i64,
     pub shred_at: Option<i64>,
     pub kek_version: u32,
+    /// When a pending break-glass admin recovery takes effect.
+    pub admin_recovery_at: Option<i64>,
 }
 
 impl From<TenantRow> for TenantInfo {
@@ -71,18 +83,12 @@ impl From<TenantRow> for TenantInfo {
             created_at: t.created_at,
             shred_at: t.shred_at,
             kek_version: t.kek_version,
+            admin_recovery_at: t.admin_recovery_at,
         }
     }
 }
 
-/// An API key as issued: shown once, never stored. No `Debug`, zeroized on drop.
-pub struct ApiKey(Zeroizing<String>);
-
-impl ApiKey {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
+pub use crate::api_key::ApiKey;
 
 /// What a new principal is to be.
 pub struct PrincipalSpec {
@@ -91,6 +97,8 @@ pub struct PrincipalSpec {
     pub expires_in_seconds: Option<u64>,
     /// Pin its keys to a client certificate with this common name (mTLS).
     pub cert_cn: Option<String>,
+    /// Register this key (made by its holder) instead of issuing one.
+    pub enrolment: Option<api_key::Enrolment>,
 }
 
 /// A tenant's key-encryption keys.
@@ -153,7 +161,8 @@ fn rotate_kek(keys: &Keyring, conn: &Connection, tenant: &TenantId) -> Result<u3
 pub struct NewPrincipal {
     pub principal_id: String,
     pub key_id: String,
-    pub api_key: ApiKey,
+    /// `None` when the key came from an enrolment: its holder has it.
+    pub api_key: Option<ApiKey>,
 }
 
 /// What a put stores.
@@ -515,30 +524,6 @@ fn decode_tenant_cursor(token: &str) -> Result<String> {
     }
 }
 
-const API_KEY_PREFIX: &str = "sbk_";
-const KEY_ID_HEX: usize = 16;
-const SECRET_HEX: usize = 64;
-
-/// Splits `sbk_<key id>_<secret>`; `None` if it is not that shape.
-fn parse_api_key(bearer: &str) -> Option<(&str, &str)> {
-    let rest = bearer.strip_prefix(API_KEY_PREFIX)?;
-    let (id, secret) = rest.split_once('_')?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(id, KEY_ID_HEX) && hex(secret, SECRET_HEX)).then_some((id, secret))
-}
-
-/// A fresh API key: (key id, full key, hash of the secret).
-fn issue_api_key() -> (String, ApiKey, [u8; 32]) {
-    let key_id = hex::encode(crypto::random_bytes::<{ KEY_ID_HEX / 2 }>());
-    let secret = Zeroizing::new(hex::encode(crypto::random_bytes::<{ SECRET_HEX / 2 }>()));
-    let hash = crypto::sha256(secret.as_bytes());
-    let full = ApiKey(Zeroizing::new(format!(
-        "{API_KEY_PREFIX}{key_id}_{}",
-        secret.as_str()
-    )));
-    (key_id, full, hash)
-}
-
 /// Who a new principal is.
 struct NewPrincipalRow<'a> {
     tenant: Option<&'a TenantId>,
@@ -618,28 +603,6 @@ fn tenant_principals(
         integrity::check_api_key(&key, k)?;
     }
     Ok((principals, api_keys))
-}
-
-/// Whether an admin of `tenant` holds a key that is neither revoked nor
-/// expired at `now` (from MAC-checked rows: a forged "no admin" must not
-/// open the operator's way in).
-fn tenant_has_live_admin(
-    conn: &Connection,
-    keys: &Keyring,
-    tenant: &TenantId,
-    now: i64,
-) -> Result<bool> {
-    let (principals, api_keys) = tenant_principals(conn, keys, tenant)?;
-    Ok(principals
-        .iter()
-        .filter(|p| p.roles.split(',').any(|r| r == Role::Admin.as_str()))
-        .any(|p| {
-            api_keys.iter().any(|k| {
-                k.principal_id == p.id
-                    && k.revoked_at.is_none()
-                    && k.expires_at.is_none_or(|t| t > now)
-            })
-        }))
 }
 
 /// An expiry `secs` from now, if given.
@@ -753,7 +716,7 @@ impl Vault {
             return Ok(false);
         }
         let _ = std::fs::remove_file(&tmp);
-        let (key_id, api_key, hash) = issue_api_key();
+        let (key_id, api_key, hash) = api_key::issue();
         write_secret_file(&tmp, api_key.expose()).map_err(|e| io_error(&tmp, e))?;
         let keys = self.keys.clone();
         let created = self
@@ -783,7 +746,7 @@ impl Vault {
     /// attacker nothing about which part was wrong.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
         const INVALID: &str = "invalid API key";
-        let (key_id, secret) = parse_api_key(bearer).ok_or(Error::Unauthenticated(INVALID))?;
+        let (key_id, secret) = api_key::parse(bearer).ok_or(Error::Unauthenticated(INVALID))?;
         let presented = crypto::sha256(secret.as_bytes());
         let now = now_ms();
         let live = |expires_at: Option<i64>| expires_at.is_none_or(|t| t > now);
@@ -911,6 +874,7 @@ impl Vault {
                 min_decrypt_version: 0,
                 rotate_after_ms: None,
                 rotate_after_wraps: None,
+                admin_recovery_at: None,
                 mac: None,
             };
             row.mac = Some(integrity::tenant_mac(&*keyring.state_key(conn)?, &row).to_vec());
@@ -1650,6 +1614,7 @@ impl Vault {
             roles,
             expires_in_seconds,
             cert_cn,
+            enrolment,
         } = spec;
         permit.require_any(&[Action::PrincipalCreate, Action::TenantBootstrapAdmin])?;
         let tenant = permit.tenant_for(permit.action())?.clone();
@@ -1668,20 +1633,28 @@ impl Vault {
                 "an operator may create only a tenant's first admin (roles: admin)".into(),
             ));
         }
+        if bootstrap && enrolment.is_none() && self.limits.require_admin_enrolment {
+            return Err(Error::invalid(
+                "enrolment",
+                "this server never hands an operator a tenant admin's key: the tenant's admin runs `strongbox enrol`, keeps the key and gives you the enrolment it prints",
+            ));
+        }
         let expires_at = expiry(expires_in_seconds)?;
-        let (key_id, api_key, hash) = issue_api_key();
+        let (key_id, api_key, hash) = match enrolment {
+            Some(e) => (e.key_id, None, e.secret_hash),
+            None => {
+                let (id, key, hash) = api_key::issue();
+                (id, Some(key), hash)
+            }
+        };
         let kid = key_id.clone();
         let keys = self.keys.clone();
         let principal_id = self
             .mutate(call, move |conn| {
-                active_tenant(conn, &keys, &tenant)?;
+                let row = active_tenant(conn, &keys, &tenant)?;
                 let now = now_ms();
-                // An operator may step in whenever no admin holds a live key,
-                // so a tenant whose admins lost theirs is never locked out.
-                if bootstrap && tenant_has_live_admin(conn, &keys, &tenant, now)? {
-                    return Err(Error::FailedPrecondition(format!(
-                        "tenant '{tenant}' already has an admin with a live key; its admins create further principals"
-                    )));
+                if bootstrap {
+                    admin_recovery::admit_operator_admin(conn, &keys, &row, now)?;
                 }
                 let who = NewPrincipalRow {
                     tenant: Some(&tenant),
@@ -1739,7 +1712,7 @@ impl Vault {
     ) -> Result<(String, ApiKey)> {
         let tenant = permit.tenant_for(Action::ApiKeyCreate)?.clone();
         let expires_at = expiry(expires_in_seconds)?;
-        let (key_id, api_key, hash) = issue_api_key();
+        let (key_id, api_key, hash) = api_key::issue();
         let kid = key_id.clone();
         let keys = self.keys.clone();
         self.mutate(call, move |conn| {
@@ -2380,23 +2353,6 @@ mod tests {
             }),
         ] {
             assert!(decode_tenant_cursor(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn api_key_shape() {
-        let (id, key, hash) = issue_api_key();
-        let (pid, secret) = parse_api_key(key.expose()).unwrap();
-        assert_eq!(pid, id);
-        assert!(crypto::ct_eq(&crypto::sha256(secret.as_bytes()), &hash));
-        for fail in [
-            "",
-            "sbk_",
-            "sbk_abc_def",
-            "Bearer x",
-            &key.expose().replace("sbk_", "sbx_"),
-        ] {
-            assert!(parse_api_key(fail).is_none(), "{fail:?}");
         }
     }
 

@@ -183,7 +183,7 @@ async fn fail_principal_rpcs() {
             .create_principal(req("second-admin", &["admin"]))
             .await,
         Code::FailedPrecondition,
-        "already has an admin",
+        "already has principals",
     );
     assert_status(
         op.principals()

@@ -166,6 +166,7 @@ fn the_security_state_macs_are_as_stored() {
         min_decrypt_version: 1,
         rotate_after_ms: Some(86_400_000),
         rotate_after_wraps: None,
+        admin_recovery_at: None,
         mac: None,
     };
     let principal = PrincipalRow {
@@ -198,5 +199,15 @@ fn the_security_state_macs_are_as_stored() {
             "76fe456906410c56cbf127a82813ac9eaa211e3ee1dfa0348357f77640f67dd0",
             "569c293ef8e4aada335da2ab442018a10fa5b20604f1ce34d970c4b27ac7cd7c",
         ]
+    );
+    // With an admin recovery pending, the time is a twelfth field; without
+    // one, the layout (and so every tenant MAC sealed before) is unchanged.
+    let recovering = TenantRow {
+        admin_recovery_at: Some(1_700_086_400_000),
+        ..tenant
+    };
+    assert_eq!(
+        hex::encode(integrity::tenant_mac(&k, &recovering)),
+        "4fe8e456209f2be6fdd6b2e2d94c94369320501900353759ccc280d788f9cad6"
     );
 }

@@ -23,6 +23,8 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "ScheduleTenantShred",
             "CancelTenantShred",
             "CreatePrincipal", // a tenant's first admin only
+            "RequestAdminRecovery",
+            "CancelAdminRecovery",
             "VerifyReceipt",
             "ListAuditEntries",
             "VerifyAudit",
@@ -34,6 +36,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
         "admin",
         &[
             "GetTenant",
+            "CancelAdminRecovery",
             "CreatePrincipal",
             "ListPrincipals",
             "CreateApiKey",
@@ -120,6 +123,8 @@ fn code_table_matches_spec_table() {
         ("RotateRootKey", Action::KeyRotateRoot),
         ("SetRotationPolicy", Action::KeyPolicy),
         ("ReencryptDataKeys", Action::KeyReencrypt),
+        ("RequestAdminRecovery", Action::TenantAdminRecovery),
+        ("CancelAdminRecovery", Action::TenantAdminRecoveryCancel),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

@@ -246,6 +246,7 @@ async fn a_pinned_principal_needs_its_certificate() {
             roles: vec!["reader".into()],
             expires_in_seconds: None,
             client_cert_cn: "billing".into(),
+            enrolment: String::new(),
         })
         .await
         .unwrap()

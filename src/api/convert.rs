@@ -39,6 +39,7 @@ pub(super) fn tenant(t: TenantInfo) -> pb::Tenant {
         created_at_unix_ms: t.created_at,
         shred_at_unix_ms: t.shred_at.unwrap_or(0),
         kek_version: t.kek_version,
+        admin_recovery_at_unix_ms: t.admin_recovery_at.unwrap_or(0),
     }
 }
 

@@ -21,6 +21,7 @@ use super::pb::{key_service_server::KeyService, tenant_service_server::TenantSer
 use super::pb::{
     principal_service_server::PrincipalService, subject_service_server::SubjectService,
 };
+use crate::api_key::Enrolment;
 use crate::audit::{self, Call};
 use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto;
@@ -296,6 +297,45 @@ impl TenantService for Api {
         })
         .await
     }
+
+    async fn request_admin_recovery(
+        &self,
+        req: Request<pb::AdminRecoveryRequest>,
+    ) -> GrpcResult<pb::Tenant> {
+        self.handle(req, Action::TenantAdminRecovery, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::TenantAdminRecovery, Some(&tenant))
+                .await?;
+            Ok(convert::tenant(
+                self.vault.request_admin_recovery(&permit, &call).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn cancel_admin_recovery(
+        &self,
+        req: Request<pb::AdminRecoveryRequest>,
+    ) -> GrpcResult<pb::Tenant> {
+        self.handle(req, Action::TenantAdminRecoveryCancel, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(
+                    &call,
+                    &req,
+                    Action::TenantAdminRecoveryCancel,
+                    Some(&tenant),
+                )
+                .await?;
+            Ok(convert::tenant(
+                self.vault.cancel_admin_recovery(&permit, &call).await?,
+            ))
+        })
+        .await
+    }
 }
 
 #[tonic::async_trait]
@@ -337,13 +377,19 @@ impl PrincipalService for Api {
                             .map(|s| ids::seconds("expires_in_seconds", s, 1).map(|d| d.as_secs()))
                             .transpose()?,
                         cert_cn: (!r.client_cert_cn.is_empty()).then_some(r.client_cert_cn),
+                        enrolment: (!r.enrolment.is_empty())
+                            .then(|| Enrolment::parse("enrolment", &r.enrolment))
+                            .transpose()?,
                     },
                 )
                 .await?;
             Ok(pb::CreatePrincipalResponse {
                 principal_id: created.principal_id,
                 key_id: created.key_id,
-                api_key: created.api_key.expose().to_owned(),
+                api_key: created
+                    .api_key
+                    .map(|k| k.expose().to_owned())
+                    .unwrap_or_default(),
             })
         })
         .await

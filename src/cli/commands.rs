@@ -23,6 +23,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(KeyCmd::HsmCheck(args)) => {
             return super::offline::hsm_check(args, cli.json).await;
         }
+        Command::Enrol { key_out } => return enrol(&key_out, cli.json),
         _ => {}
     }
     let tls = crate::client::ClientTls {
@@ -41,7 +42,42 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit(&client, cmd, json).await,
         Command::Key(cmd) => key(&client, cmd, json).await,
         Command::Bench(args) => super::bench::run(&client, args, json).await,
+        Command::Enrol { .. } => anyhow::bail!("enrol needs no server"),
     }
+}
+
+/// `strongbox enrol`: a key made here, written to `path` (0600, new file),
+/// and the enrolment that registers it.
+fn enrol(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (key, enrolment) = crate::api_key::enrol();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "--key-out: cannot create {} (it must not exist)",
+                path.display()
+            )
+        })?;
+    writeln!(f, "{}", key.expose())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("--key-out: cannot write {}", path.display()))?;
+    if json {
+        print_json(
+            &json!({ "enrolment": enrolment.token(), "key_id": enrolment.key_id, "key_file": path }),
+        );
+    } else {
+        eprintln!(
+            "key written to {} (mode 0600): keep it. Give the enrolment below to whoever creates your principal (`principal create --enrolment ...`); it holds no secret.",
+            path.display()
+        );
+        println!("{}", enrolment.token());
+    }
+    Ok(())
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -118,6 +154,16 @@ async fn tenant(client: &Client, cmd: TenantCmd, json: bool) -> anyhow::Result<(
                 .await?
                 .into_inner(),
         ),
+        TenantCmd::RecoverAdmin { tenant } => show(
+            &svc.request_admin_recovery(pb::AdminRecoveryRequest { tenant })
+                .await?
+                .into_inner(),
+        ),
+        TenantCmd::CancelRecovery { tenant } => show(
+            &svc.cancel_admin_recovery(pb::AdminRecoveryRequest { tenant })
+                .await?
+                .into_inner(),
+        ),
     }
     Ok(())
 }
@@ -176,6 +222,7 @@ async fn principal(client: &Client, cmd: PrincipalCmd, json: bool) -> anyhow::Re
             roles,
             expires_in: exp,
             client_cert_cn,
+            enrolment,
             name,
         } => {
             let p = svc
@@ -185,10 +232,22 @@ async fn principal(client: &Client, cmd: PrincipalCmd, json: bool) -> anyhow::Re
                     roles,
                     expires_in_seconds: expires_in(exp)?,
                     client_cert_cn: client_cert_cn.unwrap_or_default(),
+                    enrolment: enrolment.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
-            print_new_key(&p.principal_id, &p.key_id, &p.api_key, json);
+            if p.api_key.is_empty() {
+                if json {
+                    print_json(&json!({ "principal_id": p.principal_id, "key_id": p.key_id }));
+                } else {
+                    println!(
+                        "principal {}, key id {}: its key is the enrolled one, held by its owner",
+                        p.principal_id, p.key_id
+                    );
+                }
+            } else {
+                print_new_key(&p.principal_id, &p.key_id, &p.api_key, json);
+            }
         }
         PrincipalCmd::List { tenant } => {
             let r = svc

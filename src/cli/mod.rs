@@ -73,6 +73,14 @@ pub enum Command {
     Audit(AuditCmd),
     /// Drive a running server with concurrent clients and report throughput.
     Bench(BenchArgs),
+    /// Make an API key on this machine, for a principal someone else creates
+    /// (e.g. the operator creating your tenant's first admin): writes the key
+    /// to FILE (mode 0600) and prints the enrolment to hand on. Needs no server.
+    Enrol {
+        /// Where to write the key; must not exist.
+        #[arg(long)]
+        key_out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +272,12 @@ pub enum TenantCmd {
     },
     /// Cancel a scheduled shred and reactivate the tenant.
     CancelShred { tenant: String },
+    /// Break-glass (operator): ask to create an admin in a tenant whose
+    /// admins lost their keys. Takes effect after the admin recovery delay
+    /// (24 h by default); audited; shown by `tenant get`.
+    RecoverAdmin { tenant: String },
+    /// Call off a pending admin recovery (the tenant's admin, or an operator).
+    CancelRecovery { tenant: String },
 }
 
 #[derive(Subcommand)]
@@ -281,6 +295,10 @@ pub enum PrincipalCmd {
         /// Accept its keys only over mTLS with a client certificate of this common name.
         #[arg(long)]
         client_cert_cn: Option<String>,
+        /// Register the key its holder made with `strongbox enrol` (sbe_...)
+        /// instead of issuing one: the key is then never shown to you.
+        #[arg(long)]
+        enrolment: Option<String>,
         name: String,
     },
     /// List a tenant's principals and their keys (never the secrets).

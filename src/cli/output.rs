@@ -53,6 +53,7 @@ pub(super) fn tenant_json(t: &pb::Tenant) -> Value {
         "created_at": fmt_time(t.created_at_unix_ms),
         "shred_at": (t.shred_at_unix_ms != 0).then(|| fmt_time(t.shred_at_unix_ms)),
         "kek_version": t.kek_version,
+        "admin_recovery_at": (t.admin_recovery_at_unix_ms != 0).then(|| fmt_time(t.admin_recovery_at_unix_ms)),
     })
 }
 
@@ -67,6 +68,12 @@ pub(super) fn tenant_line(t: &pb::Tenant) -> String {
     );
     if t.shred_at_unix_ms != 0 {
         line.push_str(&format!("\tshred at {}", fmt_time(t.shred_at_unix_ms)));
+    }
+    if t.admin_recovery_at_unix_ms != 0 {
+        line.push_str(&format!(
+            "\tADMIN RECOVERY PENDING: the operator may create an admin from {}",
+            fmt_time(t.admin_recovery_at_unix_ms)
+        ));
     }
     line
 }

@@ -53,11 +53,13 @@ pub struct TenantRow {
     /// The tenant's own rotation policy; `None`: the server's.
     pub rotate_after_ms: Option<i64>,
     pub rotate_after_wraps: Option<i64>,
+    /// When a pending break-glass admin recovery takes effect.
+    pub admin_recovery_at: Option<i64>,
     /// MAC over the row's security state (`integrity`); `None` until sealed.
     pub mac: Option<Vec<u8>>,
 }
 
-const TENANT_COLS: &str = "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id, min_decrypt_version, rotate_after_ms, rotate_after_wraps, mac";
+const TENANT_COLS: &str = "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id, min_decrypt_version, rotate_after_ms, rotate_after_wraps, mac, admin_recovery_at";
 
 fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
     Ok(TenantRow {
@@ -73,6 +75,7 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
         rotate_after_ms: r.get(9)?,
         rotate_after_wraps: r.get(10)?,
         mac: r.get(11)?,
+        admin_recovery_at: r.get(12)?,
     })
 }
 
@@ -86,7 +89,7 @@ pub fn tenant_get(conn: &Connection, id: &str) -> Result<Option<TenantRow>> {
 pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
     conn.execute(
         &format!(
-            "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ),
         params![
             t.id,
@@ -100,7 +103,8 @@ pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
             t.min_decrypt_version,
             t.rotate_after_ms,
             t.rotate_after_wraps,
-            t.mac
+            t.mac,
+            t.admin_recovery_at
         ],
     )?;
     Ok(())
@@ -139,6 +143,22 @@ pub fn tenant_set_state(
         params![id, state.as_str(), shred_at],
     )?;
     Ok(())
+}
+
+/// Sets or clears a tenant's pending admin recovery.
+pub fn tenant_set_admin_recovery(conn: &Connection, id: &str, at: Option<i64>) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET admin_recovery_at = ?2 WHERE id = ?1",
+        params![id, at],
+    )?;
+    Ok(())
+}
+
+/// Whether the tenant has ever had a principal (revoked or not).
+pub fn tenant_has_principals(conn: &Connection, tenant: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM principals WHERE tenant_id = ?1 LIMIT 1")?
+        .exists([tenant])?)
 }
 
 /// Tenants whose scheduled shred is due at `now`.

@@ -210,6 +210,11 @@ ALTER TABLE api_keys ADD COLUMN mac BLOB;
 -- Records a job found failing authentication: skipped, not retried.
 ALTER TABLE records ADD COLUMN corrupt_at INTEGER;
 "#,
+    r#"
+-- Break-glass admin recovery: when an operator's requested recovery takes
+-- effect (NULL: none pending). Part of the tenant's MAC'd state.
+ALTER TABLE tenants ADD COLUMN admin_recovery_at INTEGER;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

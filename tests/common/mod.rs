@@ -399,13 +399,37 @@ impl Serve {
         cwd: &std::path::Path,
         envs: &[(&str, &str)],
     ) -> Result<Serve, String> {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .current_dir(cwd)
-            .env("RUST_LOG", "warn")
-            .envs(envs.iter().copied())
+            .envs(envs.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// As [`Serve::start`], with the server's open-file limit (soft and
+    /// hard) set to `nofile` by the shell that starts it.
+    pub fn start_with_fd_limit(
+        args: &[&std::ffi::OsStr],
+        cwd: &std::path::Path,
+        nofile: u64,
+    ) -> Result<Serve, String> {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_strongbox"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: std::process::Command) -> Result<Serve, String> {
+        use std::io::{BufRead, BufReader};
+        if cmd.get_envs().all(|(k, _)| k != "RUST_LOG") {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

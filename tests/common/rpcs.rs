@@ -57,6 +57,8 @@ pub const RPC_ORDER: &[&str] = &[
     "RotateRootKey",
     "SetRotationPolicy",
     "ReencryptDataKeys",
+    "RequestAdminRecovery",
+    "CancelAdminRecovery",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -202,6 +204,14 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
                 grace_seconds: Some(3600),
             })
             .await),
+        "RequestAdminRecovery" => rid(c
+            .tenants()
+            .request_admin_recovery(pb::AdminRecoveryRequest { tenant: t })
+            .await),
+        "CancelAdminRecovery" => rid(c
+            .tenants()
+            .cancel_admin_recovery(pb::AdminRecoveryRequest { tenant: t })
+            .await),
         "CancelTenantShred" => rid(c
             .tenants()
             .cancel_tenant_shred(pb::CancelTenantShredRequest { tenant: t })
@@ -292,6 +302,7 @@ pub async fn setup(s: &TestServer, role: &str) -> (Client, Ctx) {
             roles: vec!["reader".into()],
             expires_in_seconds: None,
             client_cert_cn: String::new(),
+            enrolment: String::new(),
         })
         .await
         .unwrap()
