@@ -27,6 +27,8 @@ use crate::tombstones::Tombstones;
 
 mod admin_recovery;
 mod audit_trail;
+mod record_check;
+pub use record_check::RecordCheck;
 
 /// Limits and defaults the use cases enforce.
 #[derive(Clone, Debug)]
@@ -1843,6 +1845,11 @@ impl Vault {
                 };
                 check_expected_version(put.expected_version, live.map(|h| h.version))?;
                 let version = head.as_ref().map_or(1, |h| h.version + 1);
+                c.set_resource(record_check::versioned(
+                    &record_resource(&owner, addr.category, addr.key),
+                    version,
+                    false,
+                ));
                 let created_at = live.map_or(now, |h| h.created_at);
                 let aad = aad::record(
                     t,
@@ -1932,6 +1939,11 @@ impl Vault {
                 check_expected_version(expected_version, live)?;
             }
             let version = live.ok_or_else(|| record_not_found(addr.category, addr.key))?;
+            c.set_resource(record_check::versioned(
+                &record_resource(&owner, addr.category, addr.key),
+                version,
+                true,
+            ));
             store::record_delete(conn, addr, now_ms())?;
             Ok(version)
         })

@@ -272,7 +272,10 @@ async fn fail_truncated_tail() {
     db(&s)
         .execute_batch("DELETE FROM audit_log WHERE seq > 10")
         .unwrap();
-    let r = op.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+    let r = op
+        .audit()
+        .verify_audit(pb::VerifyAuditRequest::default())
+        .await;
     assert_status(r, Code::DataLoss, "the head row names entry");
 }
 
@@ -306,7 +309,10 @@ async fn fail_truncated_tail_with_head_rewound_by_hand() {
         [&head],
     )
     .unwrap();
-    let r = op.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+    let r = op
+        .audit()
+        .verify_audit(pb::VerifyAuditRequest::default())
+        .await;
     assert_status(r, Code::DataLoss, "head row's MAC does not match");
 }
 

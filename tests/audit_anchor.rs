@@ -94,7 +94,10 @@ async fn fail_truncation_is_not_laundered_by_the_next_call() {
     let op = s.operator().await;
     let keep = cut_tail_and_rewind_head(&db(&s));
     for _ in 0..3 {
-        let r = op.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+        let r = op
+            .audit()
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await;
         assert_status(r, Code::DataLoss, "tampered");
         let r = op
             .tenants()
@@ -142,7 +145,10 @@ async fn fail_a_wiped_trail() {
     let mut s = busy_server().await;
     let op = s.operator().await;
     db(&s).execute_batch(wipe).unwrap();
-    let r = op.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+    let r = op
+        .audit()
+        .verify_audit(pb::VerifyAuditRequest::default())
+        .await;
     assert_status(r, Code::DataLoss, "anchor outside the database");
     assert_eq!(count(&db(&s), "SELECT count(*) FROM audit_log"), 0);
     // Wiped while stopped: the server does not start.
@@ -178,7 +184,10 @@ async fn fail_a_rollback_to_an_older_genuine_head() {
     rollback(&c);
     // Every row left is consistent, so only the anchor can tell.
     let op = s.operator().await;
-    let r = op.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+    let r = op
+        .audit()
+        .verify_audit(pb::VerifyAuditRequest::default())
+        .await;
     assert_status(
         r,
         Code::DataLoss,

@@ -736,15 +736,25 @@ impl AuditService for Api {
         self.handle(req, Action::AuditVerify, async |call, req| {
             let permit = self.begin(&call, &req, Action::AuditVerify, None).await?;
             call.set_resource("audit".into());
-            let report = self.vault.verify_audit(&permit).await?;
+            let (report, records) = if req.get_ref().records {
+                let (report, check) = self.vault.verify_records(&permit).await?;
+                (report, Some(check))
+            } else {
+                (self.vault.verify_audit(&permit).await?, None)
+            };
             let (first_bad_seq, problem) = report.problem.unwrap_or_default();
+            let records = records.unwrap_or_default();
             Ok(pb::VerifyAuditResponse {
-                ok: problem.is_empty(),
+                ok: problem.is_empty() && records.problem_count == 0,
                 entries: report.entries,
                 head_seq: report.head_seq,
                 head: hex::encode(report.head),
                 first_bad_seq,
                 problem,
+                records_checked: records.checked,
+                records_unaudited: records.unaudited,
+                record_problem_count: records.problem_count,
+                record_problems: records.problems,
             })
         })
         .await

@@ -541,23 +541,48 @@ async fn audit(client: &Client, cmd: AuditCmd, json: bool) -> anyhow::Result<()>
         AuditCmd::AcceptLoss(_) => {
             anyhow::bail!("audit accept-loss runs on the data directory, without a server")
         }
-        AuditCmd::Verify => {
+        AuditCmd::Verify { records } => {
             let r = svc
-                .verify_audit(pb::VerifyAuditRequest {})
+                .verify_audit(pb::VerifyAuditRequest { records })
                 .await?
                 .into_inner();
+            let chain_ok = r.problem.is_empty();
             if json {
-                print_json(&json!({
+                let mut v = json!({
                     "ok": r.ok, "entries": r.entries, "head_seq": r.head_seq, "head": r.head,
-                    "first_bad_seq": (!r.ok).then_some(r.first_bad_seq), "problem": (!r.ok).then_some(&r.problem),
-                }));
-            } else if r.ok {
-                println!("ok: {} entries, head {} {}", r.entries, r.head_seq, r.head);
+                    "first_bad_seq": (!chain_ok).then_some(r.first_bad_seq), "problem": (!chain_ok).then_some(&r.problem),
+                });
+                if records {
+                    v["records"] = json!({
+                        "checked": r.records_checked, "unaudited": r.records_unaudited,
+                        "problem_count": r.record_problem_count, "problems": r.record_problems,
+                    });
+                }
+                print_json(&v);
             } else {
-                println!("BAD at entry {}: {}", r.first_bad_seq, r.problem);
+                if chain_ok {
+                    println!("ok: {} entries, head {} {}", r.entries, r.head_seq, r.head);
+                } else {
+                    println!("BAD at entry {}: {}", r.first_bad_seq, r.problem);
+                }
+                if records && chain_ok {
+                    println!(
+                        "records: {} checked, {} with no audited write, {} disagree with the trail",
+                        r.records_checked, r.records_unaudited, r.record_problem_count
+                    );
+                    r.record_problems
+                        .iter()
+                        .for_each(|p| println!("BAD record: {p}"));
+                }
             }
-            if !r.ok {
+            if !chain_ok {
                 anyhow::bail!("the audit chain does not verify: {}", r.problem);
+            }
+            if r.record_problem_count > 0 {
+                anyhow::bail!(
+                    "{} records disagree with the audit trail (rolled back or resurrected)",
+                    r.record_problem_count
+                );
             }
         }
         AuditCmd::List {

@@ -133,7 +133,12 @@ pub enum KeyCmd {
 #[derive(Subcommand)]
 pub enum AuditCmd {
     /// Walk the MAC chain: `ok` with the count and head, or the first bad entry (exit 1).
-    Verify,
+    Verify {
+        /// Also check every stored record against its last audited write:
+        /// rollbacks and resurrected deletes (exit 1 if any).
+        #[arg(long)]
+        records: bool,
+    },
     /// Acknowledge a broken audit chain so the vault serves again. Offline:
     /// stop the server first; takes the server's flags (data dir, config,
     /// root key). Keeps the verified stretch, quarantines the rest, and

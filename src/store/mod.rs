@@ -7,6 +7,7 @@
 //! when acknowledged) and `secure_delete=ON` (deleted bytes are overwritten,
 //! which crypto-shredding depends on).
 
+mod record_audit;
 mod rows;
 mod schema;
 mod writer;
@@ -19,6 +20,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+pub use record_audit::*;
 pub use rows::*;
 use writer::Writer;
 

@@ -376,7 +376,7 @@ pub async fn receipt_valid(c: &Client, receipt: &pb::DeletionReceipt) -> bool {
 /// The server's verdict on the whole audit chain.
 pub async fn verify_audit(c: &Client) -> pb::VerifyAuditResponse {
     c.audit()
-        .verify_audit(pb::VerifyAuditRequest {})
+        .verify_audit(pb::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -187,7 +187,10 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
             Ok(id)
         }
         "VerifyAudit" => {
-            let r = c.audit().verify_audit(pb::VerifyAuditRequest {}).await;
+            let r = c
+                .audit()
+                .verify_audit(pb::VerifyAuditRequest::default())
+                .await;
             if let Ok(v) = &r {
                 assert!(
                     v.get_ref().ok,

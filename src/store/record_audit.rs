@@ -1,0 +1,67 @@
+//! The two scans `audit verify --records` compares: the record writes the
+//! audit chain says happened, and the records as stored.
+
+use rusqlite::Connection;
+
+use crate::error::Result;
+
+/// An audited call that fixes a record's state: (tenant, action, resource),
+/// in chain order, successful calls only.
+pub fn audited_record_writes(
+    conn: &Connection,
+    tenant: Option<&str>,
+    mut each: impl FnMut(&str, &str, &str),
+) -> Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT tenant, action, resource FROM audit_log
+         WHERE outcome = 'ok' AND action IN ('record.put', 'record.delete', 'subject.shred')
+           AND (?1 IS NULL OR tenant = ?1)
+         ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([tenant])?;
+    while let Some(r) = rows.next()? {
+        each(
+            &r.get::<_, String>(0)?,
+            &r.get::<_, String>(1)?,
+            &r.get::<_, String>(2)?,
+        );
+    }
+    Ok(())
+}
+
+/// A stored record under a live data key: (tenant, owner, category, key,
+/// version, deleted).
+pub struct StoredRecord {
+    pub tenant: String,
+    pub owner: Vec<u8>,
+    pub category: String,
+    pub key: String,
+    pub version: u64,
+    pub deleted: bool,
+}
+
+/// Every record whose data key is not destroyed (rows under destroyed keys
+/// are unreadable and only wait for their purge).
+pub fn live_key_records(
+    conn: &Connection,
+    tenant: Option<&str>,
+    mut each: impl FnMut(StoredRecord),
+) -> Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT r.tenant_id, r.owner, r.category, r.key, r.version, r.deleted_at IS NOT NULL
+         FROM records r JOIN data_keys d ON d.id = r.dek_id
+         WHERE d.wrapped IS NOT NULL AND (?1 IS NULL OR r.tenant_id = ?1)",
+    )?;
+    let mut rows = stmt.query([tenant])?;
+    while let Some(r) = rows.next()? {
+        each(StoredRecord {
+            tenant: r.get(0)?,
+            owner: r.get(1)?,
+            category: r.get(2)?,
+            key: r.get(3)?,
+            version: r.get::<_, i64>(4)? as u64,
+            deleted: r.get(5)?,
+        });
+    }
+    Ok(())
+}
