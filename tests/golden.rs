@@ -2,7 +2,9 @@
 //! bytes, checked in. A vault must still open what an older version wrote,
 //! so any change to a layout (the seal's version byte, salt and nonce, the
 //! HKDF labels, an AAD's fields, the audit entry's MAC input, a checkpoint
-//! or head row) fails here. A deliberate format change adds a new version
+//! or head row, the anchor file's lines) fails here. The PKCS#11 root key's
+//! wraps have no vector: that key is generated inside the token and never
+//! leaves it, so no fixed key can stand for it (tests/hsm.rs covers them). A deliberate format change adds a new version
 //! and new vectors; it never edits these.
 #![allow(clippy::unwrap_used)]
 
@@ -210,4 +212,39 @@ fn the_security_state_macs_are_as_stored() {
         hex::encode(integrity::tenant_mac(&k, &recovering)),
         "4fe8e456209f2be6fdd6b2e2d94c94369320501900353759ccc280d788f9cad6"
     );
+}
+
+/// An anchor file as written: two heads and an operator's reset.
+const ANCHOR: &str = "v1 head 5 1795430628910 0505050505050505050505050505050505050505050505050505050505050505 ce297239661c5e1855bb2bd2b6d7ca8fd9b3d600bd70876709b75df8b236a072
+v1 head 9 1795430628910 0909090909090909090909090909090909090909090909090909090909090909 f218df3fece0e2f123bbd1258f4554f1d1615385d54e94195956fe0f86ca4bd6
+v1 reset 7 1795430628910 0707070707070707070707070707070707070707070707070707070707070707 f9bc3b8f3d1c919d249c103023e9ac2a6ddfb4707e41b2999d0d2628d5c1f76d
+";
+
+#[test]
+fn an_anchor_file_written_in_this_layout_still_opens() {
+    use strongbox::audit::anchor::{Anchor, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.anchor");
+    std::fs::write(&path, ANCHOR).unwrap();
+    let a = Anchor::open(&path, &key()).unwrap();
+    assert_eq!(
+        a.newest(),
+        Some(Point {
+            seq: 7,
+            head: vec![7; 32]
+        })
+    );
+    assert_eq!(a.floor(), 7);
+    // fail_: a line's sequence number edited, or the lines' order changed.
+    for forged in [
+        ANCHOR.replacen("head 9 ", "head 8 ", 1),
+        ANCHOR
+            .lines()
+            .rev()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    ] {
+        std::fs::write(&path, forged).unwrap();
+        assert!(Anchor::open(&path, &key()).is_err());
+    }
 }
