@@ -39,7 +39,7 @@ pub mod keyring;
 pub mod rootkey;
 pub mod server;
 pub mod store;
-pub mod tombstones;
+pub(crate) mod tombstones;
 pub mod vault;
 
 /// Milliseconds since the Unix epoch, now.

@@ -77,13 +77,10 @@ impl<K: Hash + Eq + Clone> Tombstones<K> {
         }
     }
 
-    /// Live and expired tombstones held (for tests).
-    pub fn len(&self) -> usize {
+    /// Live and expired tombstones held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.at.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.at.is_empty()
     }
 }
 
