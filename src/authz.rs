@@ -84,6 +84,14 @@ pub enum Action {
     TenantAdminRecovery,
     /// Call off a pending admin recovery.
     TenantAdminRecoveryCancel,
+    /// Place and release a legal hold on a whole tenant.
+    TenantHold,
+    TenantRelease,
+    /// Place and release a legal hold on a subject.
+    SubjectHold,
+    SubjectRelease,
+    /// See a tenant's legal holds.
+    HoldList,
     PrincipalCreate,
     PrincipalList,
     ApiKeyCreate,
@@ -105,7 +113,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 31] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -114,6 +122,11 @@ impl Action {
         Action::TenantBootstrapAdmin,
         Action::TenantAdminRecovery,
         Action::TenantAdminRecoveryCancel,
+        Action::TenantHold,
+        Action::TenantRelease,
+        Action::SubjectHold,
+        Action::SubjectRelease,
+        Action::HoldList,
         Action::PrincipalCreate,
         Action::PrincipalList,
         Action::ApiKeyCreate,
@@ -145,6 +158,11 @@ impl Action {
             Action::TenantBootstrapAdmin => "tenant.bootstrap-admin",
             Action::TenantAdminRecovery => "tenant.admin-recovery",
             Action::TenantAdminRecoveryCancel => "tenant.admin-recovery.cancel",
+            Action::TenantHold => "tenant.hold",
+            Action::TenantRelease => "tenant.release",
+            Action::SubjectHold => "subject.hold",
+            Action::SubjectRelease => "subject.release",
+            Action::HoldList => "hold.list",
             Action::PrincipalCreate => "principal.create",
             Action::PrincipalList => "principal.list",
             Action::ApiKeyCreate => "api-key.create",
@@ -195,6 +213,9 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::TenantBootstrapAdmin,
             A::TenantAdminRecovery,
             A::TenantAdminRecoveryCancel,
+            A::TenantHold,
+            A::TenantRelease,
+            A::HoldList,
             A::ReceiptVerify,
             A::AuditList,
             A::AuditVerify,
@@ -207,6 +228,11 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
         &[
             A::TenantGet,
             A::TenantAdminRecoveryCancel,
+            A::TenantHold,
+            A::TenantRelease,
+            A::SubjectHold,
+            A::SubjectRelease,
+            A::HoldList,
             A::PrincipalCreate,
             A::PrincipalList,
             A::ApiKeyCreate,
@@ -221,11 +247,18 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
     (Role::Reader, &[A::RecordGet, A::RecordList]),
     (
         Role::PrivacyOfficer,
-        &[A::SubjectExport, A::SubjectShred, A::ReceiptVerify],
+        &[
+            A::SubjectExport,
+            A::SubjectShred,
+            A::ReceiptVerify,
+            A::SubjectHold,
+            A::SubjectRelease,
+            A::HoldList,
+        ],
     ),
     (
         Role::Auditor,
-        &[A::ReceiptVerify, A::AuditList, A::AuditVerify],
+        &[A::ReceiptVerify, A::AuditList, A::AuditVerify, A::HoldList],
     ),
 ];
 
@@ -396,6 +429,9 @@ mod tests {
                     "tenant.bootstrap-admin",
                     "tenant.admin-recovery",
                     "tenant.admin-recovery.cancel",
+                    "tenant.hold",
+                    "tenant.release",
+                    "hold.list",
                     "receipt.verify",
                     "audit.list",
                     "audit.verify",
@@ -408,6 +444,11 @@ mod tests {
                 &[
                     "tenant.get",
                     "tenant.admin-recovery.cancel",
+                    "tenant.hold",
+                    "tenant.release",
+                    "subject.hold",
+                    "subject.release",
+                    "hold.list",
                     "principal.create",
                     "principal.list",
                     "api-key.create",
@@ -422,9 +463,19 @@ mod tests {
             ("reader", &["record.get", "record.list"]),
             (
                 "privacy-officer",
-                &["subject.export", "subject.shred", "receipt.verify"],
+                &[
+                    "subject.export",
+                    "subject.shred",
+                    "receipt.verify",
+                    "subject.hold",
+                    "subject.release",
+                    "hold.list",
+                ],
             ),
-            ("auditor", &["receipt.verify", "audit.list", "audit.verify"]),
+            (
+                "auditor",
+                &["receipt.verify", "audit.list", "audit.verify", "hold.list"],
+            ),
         ];
         for role in Role::ALL {
             let listed = expected

@@ -41,7 +41,6 @@ pub fn tenant_mac(key: &SecretKey, t: &TenantRow) -> [u8; 32] {
     let min = t.min_decrypt_version.to_be_bytes();
     let age = opt_i64(t.rotate_after_ms);
     let wraps = opt_i64(t.rotate_after_wraps);
-    let recovery = opt_i64(t.admin_recovery_at);
     let mut fields: Vec<&[u8]> = vec![
         b"strongbox/v1/state/tenant",
         t.id.as_bytes(),
@@ -55,10 +54,15 @@ pub fn tenant_mac(key: &SecretKey, t: &TenantRow) -> [u8; 32] {
         &age,
         &wraps,
     ];
-    // Appended only when set, so rows sealed before the field existed
-    // still verify; the field count tells the two layouts apart.
-    if t.admin_recovery_at.is_some() {
-        fields.push(&recovery);
+    // Fields added later are appended, each after its name, only when set:
+    // rows sealed before they existed still verify, and the names keep
+    // every combination apart.
+    let recovery = t.admin_recovery_at.map(i64::to_be_bytes);
+    if let Some(at) = &recovery {
+        fields.extend([&b"admin_recovery_at"[..], at]);
+    }
+    if let Some(digest) = &t.holds_digest {
+        fields.extend([&b"holds"[..], digest]);
     }
     crypto::hmac_sha256(key, &[&encode_fields(&fields)])
 }

@@ -27,6 +27,8 @@ use crate::tombstones::Tombstones;
 
 mod admin_recovery;
 mod audit_trail;
+mod holds;
+pub use holds::{HoldInfo, parse_reason as parse_hold_reason};
 mod record_check;
 pub use record_check::RecordCheck;
 
@@ -258,6 +260,8 @@ pub struct Vault {
     /// Set when the server shuts down: background passes stop between
     /// batches (their progress is in the rows) instead of holding it up.
     stopping: std::sync::atomic::AtomicBool,
+    /// Background jobs already reported as blocked by a legal hold.
+    held_reported: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -691,6 +695,7 @@ impl Vault {
             anchor: anchor.map(Arc::new),
             anchor_wanted: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            held_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -877,6 +882,7 @@ impl Vault {
                 rotate_after_ms: None,
                 rotate_after_wraps: None,
                 admin_recovery_at: None,
+                holds_digest: None,
                 mac: None,
             };
             row.mac = Some(integrity::tenant_mac(&*keyring.state_key(conn)?, &row).to_vec());
@@ -951,6 +957,7 @@ impl Vault {
             .map_err(|_| Error::invalid("grace_seconds", "is too large"))?;
         let t = tenant.clone();
         let keys = self.keys.clone();
+        let c = call.clone();
         let info = self
             .mutate(call, move |conn| {
                 let row = integrity::tenant(conn, &keys, t.as_str())?
@@ -960,6 +967,13 @@ impl Vault {
                         "tenant '{t}' has already been shredded"
                     )));
                 }
+                holds::refuse_if_held(
+                    conn,
+                    &c,
+                    &row,
+                    holds::Held::Tenant,
+                    &format!("tenant '{t}'"),
+                )?;
                 let at = now_ms().saturating_add(grace_ms);
                 store::tenant_set_state(conn, t.as_str(), TenantState::ShredScheduled, Some(at))?;
                 integrity::seal_tenant(conn, &keys, t.as_str())?;
@@ -1023,7 +1037,12 @@ impl Vault {
                         if row.state == TenantState::ShredScheduled
                             && row.shred_at.is_some_and(|at| at <= now) =>
                     {
+                        // A hold placed since the pre-check: skip this pass.
+                        if holds::blocking(conn, &row, holds::Held::Tenant)?.is_some() {
+                            return Ok(None);
+                        }
                         let destroyed = store::tenant_destroy(conn, t.as_str(), now)?;
+                        store::holds_delete_tenant(conn, t.as_str())?;
                         integrity::seal_tenant(conn, &keys, t.as_str())?;
                         Ok(Some(destroyed))
                     }
@@ -1056,6 +1075,14 @@ impl Vault {
         for id in due {
             let tenant = TenantId::parse(&id)
                 .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
+            let resource = format!("tenant:{tenant}");
+            if self
+                .held_for_job("tenant.shred.execute", &id, None, resource)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
             if self.execute_tenant_shred(&tenant).await? {
                 ran += 1;
             }
@@ -1320,6 +1347,20 @@ impl Vault {
 
     /// Destroys a job's old data key once no live record is under it.
     async fn finish_reencrypt(&self, job: &store::ReencryptJob) -> Result<()> {
+        // Destroying the old key waits for every hold on its owner.
+        let resource = format!("dek:{}", job.old_dek);
+        if self
+            .held_for_job(
+                "key.reencrypt.finish",
+                &job.tenant_id,
+                Some(job.owner.clone()),
+                resource,
+            )
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
         let call = Arc::new(Call::system("key.reencrypt.finish"));
         call.set_tenant(&job.tenant_id);
         call.set_resource(format!("dek:{}", job.old_dek));
@@ -2147,9 +2188,10 @@ impl Vault {
         let receipt = self
             .mutate(call, move |conn| {
                 let t = tenant.as_str();
-                active_tenant(conn, &keys, &tenant)?;
+                let trow = active_tenant(conn, &keys, &tenant)?;
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
+                holds::refuse_if_held(conn, &c, &trow, holds::Held::Owner(&blind), "subject")?;
                 let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
                 if row.dek_id.is_none() {
                     return Err(subject_not_found());

@@ -46,20 +46,11 @@ async fn tenant_get(c: &Client, tenant: &str) -> pb::Tenant {
 
 /// (action, outcome) of tenant `tenant`'s audit entries, oldest first.
 async fn audited(op: &Client, tenant: &str) -> Vec<(String, String)> {
-    let mut stream = op
-        .audit()
-        .list_audit_entries(pb::ListAuditEntriesRequest {
-            tenant: tenant.into(),
-            ..Default::default()
-        })
+    audit_trail(op, tenant)
         .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = stream.message().await.unwrap() {
-        out.push((e.action, e.outcome));
-    }
-    out
+        .into_iter()
+        .map(|(a, o, _)| (a, o))
+        .collect()
 }
 
 async fn server_with_delay(delay: Duration) -> TestServer {

@@ -169,6 +169,7 @@ fn the_security_state_macs_are_as_stored() {
         rotate_after_ms: Some(86_400_000),
         rotate_after_wraps: None,
         admin_recovery_at: None,
+        holds_digest: None,
         mac: None,
     };
     let principal = PrincipalRow {
@@ -202,15 +203,24 @@ fn the_security_state_macs_are_as_stored() {
             "569c293ef8e4aada335da2ab442018a10fa5b20604f1ce34d970c4b27ac7cd7c",
         ]
     );
-    // With an admin recovery pending, the time is a twelfth field; without
-    // one, the layout (and so every tenant MAC sealed before) is unchanged.
+    // Fields added later (a pending admin recovery, the holds digest) are
+    // appended after their names only when set; without them the layout,
+    // and so every tenant MAC sealed before, is unchanged.
     let recovering = TenantRow {
         admin_recovery_at: Some(1_700_086_400_000),
-        ..tenant
+        ..tenant.clone()
     };
     assert_eq!(
         hex::encode(integrity::tenant_mac(&k, &recovering)),
-        "4fe8e456209f2be6fdd6b2e2d94c94369320501900353759ccc280d788f9cad6"
+        "8adc6af73b543a57c489c3f18c4c94e5862f470bda15dc6c3e93a2c06b488269"
+    );
+    let held = TenantRow {
+        holds_digest: Some(vec![4; 32]),
+        ..tenant
+    };
+    assert_eq!(
+        hex::encode(integrity::tenant_mac(&k, &held)),
+        "4f674c252ec3880b53be02d8c04e6880216cb1f2e89790129ef0fcea1e36b97b"
     );
 }
 

@@ -25,6 +25,9 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "CreatePrincipal", // a tenant's first admin only
             "RequestAdminRecovery",
             "CancelAdminRecovery",
+            "PlaceTenantHold",
+            "ReleaseTenantHold",
+            "ListHolds",
             "VerifyReceipt",
             "ListAuditEntries",
             "VerifyAudit",
@@ -37,6 +40,11 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
         &[
             "GetTenant",
             "CancelAdminRecovery",
+            "PlaceTenantHold",
+            "ReleaseTenantHold",
+            "PlaceSubjectHold",
+            "ReleaseSubjectHold",
+            "ListHolds",
             "CreatePrincipal",
             "ListPrincipals",
             "CreateApiKey",
@@ -51,11 +59,23 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
     ("reader", &["GetRecord", "ListRecords"]),
     (
         "privacy-officer",
-        &["ExportSubject", "ShredSubject", "VerifyReceipt"],
+        &[
+            "ExportSubject",
+            "ShredSubject",
+            "VerifyReceipt",
+            "PlaceSubjectHold",
+            "ReleaseSubjectHold",
+            "ListHolds",
+        ],
     ),
     (
         "auditor",
-        &["VerifyReceipt", "ListAuditEntries", "VerifyAudit"],
+        &[
+            "VerifyReceipt",
+            "ListAuditEntries",
+            "VerifyAudit",
+            "ListHolds",
+        ],
     ),
 ];
 
@@ -125,6 +145,11 @@ fn code_table_matches_spec_table() {
         ("ReencryptDataKeys", Action::KeyReencrypt),
         ("RequestAdminRecovery", Action::TenantAdminRecovery),
         ("CancelAdminRecovery", Action::TenantAdminRecoveryCancel),
+        ("PlaceSubjectHold", Action::SubjectHold),
+        ("ReleaseSubjectHold", Action::SubjectRelease),
+        ("PlaceTenantHold", Action::TenantHold),
+        ("ReleaseTenantHold", Action::TenantRelease),
+        ("ListHolds", Action::HoldList),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

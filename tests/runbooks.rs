@@ -235,3 +235,41 @@ async fn the_move_into_an_hsm_runs_as_written() {
     common::check_populated(&serve.operator(&data).await, &p).await;
     serve.kill();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legal_hold_runbook_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = spawn_binary(&[], dir.path());
+    let operator = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let op = Client::connect(&endpoint, Some(&operator)).await.unwrap();
+    op.tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: "acme".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap();
+    let admin_key = new_principal(&op, "acme", "admin", &["admin"]).await;
+    let admin = op.as_key(&admin_key).unwrap();
+    let dpo = new_principal(&admin, "acme", "dpo", &["privacy-officer", "auditor"]).await;
+    let app = op
+        .as_key(&new_principal(&admin, "acme", "app", &["writer", "reader"]).await)
+        .unwrap();
+    common::put_ok(&app, "acme", "alice@example.com", "contact", "email", b"v").await;
+
+    let out = run("legal-hold.md", dir.path(), &endpoint, &dpo);
+    assert!(out.contains("refused: held"), "{out}");
+    assert!(out.contains("released hold-"), "{out}");
+    assert!(out.contains("subject.hold"), "{out}");
+    assert!(
+        common::get_value(&app, "acme", "alice@example.com", "contact", "email")
+            .await
+            .is_err(),
+        "shredded after the release"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -158,3 +158,14 @@ pub(super) fn key_status(tenant: &str, s: TenantKeyStatus) -> pb::TenantKeyStatu
             .collect(),
     }
 }
+
+pub(super) fn hold(h: crate::vault::HoldInfo) -> pb::Hold {
+    pb::Hold {
+        id: h.id,
+        tenant: h.tenant,
+        subject_blind_id: h.subject_blind_id.map(hex::encode).unwrap_or_default(),
+        reason: h.reason,
+        created_at_unix_ms: h.created_at,
+        created_by: h.created_by,
+    }
+}

@@ -315,6 +315,60 @@ impl TenantService for Api {
         .await
     }
 
+    async fn place_tenant_hold(
+        &self,
+        req: Request<pb::PlaceTenantHoldRequest>,
+    ) -> GrpcResult<pb::Hold> {
+        self.handle(req, Action::TenantHold, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::TenantHold, Some(&tenant))
+                .await?;
+            let reason = crate::vault::parse_hold_reason(&req.get_ref().reason)?;
+            Ok(convert::hold(
+                self.vault.place_tenant_hold(&permit, &call, reason).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn release_tenant_hold(
+        &self,
+        req: Request<pb::ReleaseTenantHoldRequest>,
+    ) -> GrpcResult<pb::ReleaseHoldsResponse> {
+        self.handle(req, Action::TenantRelease, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("tenant:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::TenantRelease, Some(&tenant))
+                .await?;
+            let id = non_empty(&req.get_ref().hold_id);
+            Ok(pb::ReleaseHoldsResponse {
+                released: self.vault.release_tenant_hold(&permit, &call, id).await?,
+            })
+        })
+        .await
+    }
+
+    async fn list_holds(
+        &self,
+        req: Request<pb::ListHoldsRequest>,
+    ) -> GrpcResult<pb::ListHoldsResponse> {
+        self.handle(req, Action::HoldList, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            call.set_resource(format!("holds:{tenant}"));
+            let permit = self
+                .begin(&call, &req, Action::HoldList, Some(&tenant))
+                .await?;
+            let holds = self.vault.list_holds(&permit).await?;
+            Ok(pb::ListHoldsResponse {
+                holds: holds.into_iter().map(convert::hold).collect(),
+            })
+        })
+        .await
+    }
+
     async fn cancel_admin_recovery(
         &self,
         req: Request<pb::AdminRecoveryRequest>,
@@ -644,6 +698,47 @@ impl SubjectService for Api {
         .await
     }
 
+    async fn place_subject_hold(
+        &self,
+        req: Request<pb::PlaceSubjectHoldRequest>,
+    ) -> GrpcResult<pb::Hold> {
+        self.handle(req, Action::SubjectHold, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::SubjectHold, Some(&tenant))
+                .await?;
+            let subject = convert::subject(&req.get_ref().subject)?;
+            let reason = crate::vault::parse_hold_reason(&req.get_ref().reason)?;
+            Ok(convert::hold(
+                self.vault
+                    .place_subject_hold(&permit, &call, subject, reason)
+                    .await?,
+            ))
+        })
+        .await
+    }
+
+    async fn release_subject_hold(
+        &self,
+        req: Request<pb::ReleaseSubjectHoldRequest>,
+    ) -> GrpcResult<pb::ReleaseHoldsResponse> {
+        self.handle(req, Action::SubjectRelease, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::SubjectRelease, Some(&tenant))
+                .await?;
+            let subject = convert::subject(&req.get_ref().subject)?;
+            let id = non_empty(&req.get_ref().hold_id);
+            Ok(pb::ReleaseHoldsResponse {
+                released: self
+                    .vault
+                    .release_subject_hold(&permit, &call, subject, id)
+                    .await?,
+            })
+        })
+        .await
+    }
+
     async fn verify_receipt(
         &self,
         req: Request<pb::VerifyReceiptRequest>,
@@ -857,4 +952,8 @@ impl KeyService for Api {
         })
         .await
     }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
 }

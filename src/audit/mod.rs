@@ -167,6 +167,18 @@ impl Call {
         self.who().principal = id.to_owned();
     }
 
+    /// The principal id the call acts as (empty before authentication).
+    pub fn principal(&self) -> String {
+        self.who().principal.clone()
+    }
+
+    /// Appends `note` to the resource (e.g. the legal hold that refused it).
+    pub fn note_resource(&self, note: &str) {
+        let mut who = self.who();
+        who.resource.push(' ');
+        who.resource.push_str(note);
+    }
+
     pub fn set_tenant(&self, tenant: &str) {
         self.who().tenant = tenant.to_owned();
     }

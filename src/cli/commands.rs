@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::output::{self, record_json, tenant_json, tenant_line};
 use super::{
-    AuditCmd, Cli, Command, KeyCmd, PrincipalCmd, RecordAddrArgs, RecordCmd, SubjectCmd, TenantCmd,
+    AuditCmd, Cli, Command, HoldCmd, KeyCmd, PrincipalCmd, RecordAddrArgs, RecordCmd, SubjectCmd,
+    TenantCmd,
 };
 use crate::api::pb;
 use crate::client::Client;
@@ -40,6 +41,21 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(cmd) => record(&client, cmd, json).await,
         Command::Subject(cmd) => subject(&client, cmd, json).await,
         Command::Audit(cmd) => audit(&client, cmd, json).await,
+        Command::Hold(HoldCmd::List { tenant }) => {
+            let r = client
+                .tenants()
+                .list_holds(pb::ListHoldsRequest { tenant })
+                .await?
+                .into_inner();
+            for h in &r.holds {
+                if json {
+                    print_json(&hold_json(h));
+                } else {
+                    println!("{}", hold_line(h));
+                }
+            }
+            Ok(())
+        }
         Command::Key(cmd) => key(&client, cmd, json).await,
         Command::Bench(args) => super::bench::run(&client, args, json).await,
         Command::Enrol { .. } => anyhow::bail!("enrol needs no server"),
@@ -159,6 +175,23 @@ async fn tenant(client: &Client, cmd: TenantCmd, json: bool) -> anyhow::Result<(
                 .await?
                 .into_inner(),
         ),
+        TenantCmd::Hold { tenant, reason } => {
+            let h = svc
+                .place_tenant_hold(pb::PlaceTenantHoldRequest { tenant, reason })
+                .await?
+                .into_inner();
+            print_hold(&h, json);
+        }
+        TenantCmd::Release { tenant, hold } => {
+            let r = svc
+                .release_tenant_hold(pb::ReleaseTenantHoldRequest {
+                    tenant,
+                    hold_id: hold.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            print_released(&r, json);
+        }
         TenantCmd::CancelRecovery { tenant } => show(
             &svc.cancel_admin_recovery(pb::AdminRecoveryRequest { tenant })
                 .await?
@@ -443,6 +476,36 @@ async fn record(client: &Client, cmd: RecordCmd, json: bool) -> anyhow::Result<(
 async fn subject(client: &Client, cmd: SubjectCmd, json: bool) -> anyhow::Result<()> {
     let mut svc = client.subjects();
     match cmd {
+        SubjectCmd::Hold {
+            tenant,
+            subject,
+            reason,
+        } => {
+            let h = svc
+                .place_subject_hold(pb::PlaceSubjectHoldRequest {
+                    tenant,
+                    subject,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            print_hold(&h, json);
+        }
+        SubjectCmd::Release {
+            tenant,
+            subject,
+            hold,
+        } => {
+            let r = svc
+                .release_subject_hold(pb::ReleaseSubjectHoldRequest {
+                    tenant,
+                    subject,
+                    hold_id: hold.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            print_released(&r, json);
+        }
         SubjectCmd::Export { tenant, subject } => {
             let mut stream = svc
                 .export_subject(pb::ExportSubjectRequest { tenant, subject })
@@ -795,4 +858,47 @@ async fn key(client: &Client, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn hold_json(h: &pb::Hold) -> serde_json::Value {
+    json!({
+        "id": h.id, "tenant": h.tenant,
+        "subject_blind_id": (!h.subject_blind_id.is_empty()).then_some(&h.subject_blind_id),
+        "reason": h.reason, "created_at": fmt_time(h.created_at_unix_ms), "created_by": h.created_by,
+    })
+}
+
+fn hold_line(h: &pb::Hold) -> String {
+    let on = if h.subject_blind_id.is_empty() {
+        "tenant".to_owned()
+    } else {
+        format!("subject {}", h.subject_blind_id)
+    };
+    format!(
+        "{}\t{on}\t{}\tplaced {} by {}",
+        h.id,
+        h.reason,
+        fmt_time(h.created_at_unix_ms),
+        h.created_by
+    )
+}
+
+/// A new hold: its id on stdout (for scripts), the rest on stderr.
+fn print_hold(h: &pb::Hold, json: bool) {
+    if json {
+        print_json(&hold_json(h));
+    } else {
+        eprintln!("{}", hold_line(h));
+        println!("{}", h.id);
+    }
+}
+
+fn print_released(r: &pb::ReleaseHoldsResponse, json: bool) {
+    if json {
+        print_json(&json!({ "released": r.released }));
+    } else if r.released.is_empty() {
+        eprintln!("no hold to release");
+    } else {
+        r.released.iter().for_each(|id| println!("released {id}"));
+    }
 }

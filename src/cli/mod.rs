@@ -71,6 +71,9 @@ pub enum Command {
     /// Verify or query the audit trail (operator, auditor).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Legal holds (see `subject hold`, `tenant hold`).
+    #[command(subcommand)]
+    Hold(HoldCmd),
     /// Drive a running server with concurrent clients and report throughput.
     Bench(BenchArgs),
     /// Make an API key on this machine, for a principal someone else creates
@@ -283,6 +286,19 @@ pub enum TenantCmd {
     RecoverAdmin { tenant: String },
     /// Call off a pending admin recovery (the tenant's admin, or an operator).
     CancelRecovery { tenant: String },
+    /// Place a legal hold on the whole tenant (admin, operator); prints its id.
+    Hold {
+        tenant: String,
+        /// Why: a case or ticket reference, never personal data (<= 256 bytes).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a tenant-wide hold (without --hold: every tenant-wide hold).
+    Release {
+        tenant: String,
+        #[arg(long = "hold")]
+        hold: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -403,6 +419,34 @@ pub enum SubjectCmd {
     VerifyReceipt {
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+    /// Place a legal hold on a subject (privacy officer, admin); prints its id.
+    Hold {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: String,
+        /// Why: a case or ticket reference, never personal data (<= 256 bytes).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a hold on a subject (without --hold: every hold on it).
+    Release {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long = "hold")]
+        hold: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HoldCmd {
+    /// Every legal hold of a tenant: subject and tenant-wide.
+    List {
+        #[arg(long)]
+        tenant: String,
     },
 }
 

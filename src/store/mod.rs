@@ -7,6 +7,7 @@
 //! when acknowledged) and `secure_delete=ON` (deleted bytes are overwritten,
 //! which crypto-shredding depends on).
 
+mod holds;
 mod record_audit;
 mod rows;
 mod schema;
@@ -20,6 +21,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+pub use holds::*;
 pub use record_audit::*;
 pub use rows::*;
 use writer::Writer;

@@ -55,11 +55,13 @@ pub struct TenantRow {
     pub rotate_after_wraps: Option<i64>,
     /// When a pending break-glass admin recovery takes effect.
     pub admin_recovery_at: Option<i64>,
+    /// Digest of the tenant's legal holds (`None`: none).
+    pub holds_digest: Option<Vec<u8>>,
     /// MAC over the row's security state (`integrity`); `None` until sealed.
     pub mac: Option<Vec<u8>>,
 }
 
-const TENANT_COLS: &str = "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id, min_decrypt_version, rotate_after_ms, rotate_after_wraps, mac, admin_recovery_at";
+const TENANT_COLS: &str = "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id, min_decrypt_version, rotate_after_ms, rotate_after_wraps, mac, admin_recovery_at, holds_digest";
 
 fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
     Ok(TenantRow {
@@ -76,6 +78,7 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
         rotate_after_wraps: r.get(10)?,
         mac: r.get(11)?,
         admin_recovery_at: r.get(12)?,
+        holds_digest: r.get(13)?,
     })
 }
 
@@ -89,7 +92,7 @@ pub fn tenant_get(conn: &Connection, id: &str) -> Result<Option<TenantRow>> {
 pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
     conn.execute(
         &format!(
-            "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ),
         params![
             t.id,
@@ -104,7 +107,8 @@ pub fn tenant_insert(conn: &Connection, t: &TenantRow) -> Result<()> {
             t.rotate_after_ms,
             t.rotate_after_wraps,
             t.mac,
-            t.admin_recovery_at
+            t.admin_recovery_at,
+            t.holds_digest
         ],
     )?;
     Ok(())

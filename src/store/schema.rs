@@ -215,6 +215,22 @@ ALTER TABLE records ADD COLUMN corrupt_at INTEGER;
 -- effect (NULL: none pending). Part of the tenant's MAC'd state.
 ALTER TABLE tenants ADD COLUMN admin_recovery_at INTEGER;
 "#,
+    r#"
+-- Legal holds: on a subject (owner = its blind id) or a whole tenant
+-- (owner NULL). Released by deleting the row. The tenant row carries a
+-- digest of all its holds under its MAC, so a hold deleted (or added)
+-- outside Strongbox is detected.
+CREATE TABLE legal_holds (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    owner       BLOB,
+    reason      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL
+);
+CREATE INDEX legal_holds_by_tenant ON legal_holds (tenant_id, owner);
+ALTER TABLE tenants ADD COLUMN holds_digest BLOB;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

@@ -744,3 +744,22 @@ pub async fn rotate_root(op: &Client) -> pb::RotateRootKeyResponse {
         .unwrap()
         .into_inner()
 }
+
+/// Tenant `tenant`'s audit entries as (action, outcome, resource), oldest
+/// first, as `c` may list them.
+pub async fn audit_trail(c: &Client, tenant: &str) -> Vec<(String, String, String)> {
+    let mut stream = c
+        .audit()
+        .list_audit_entries(pb::ListAuditEntriesRequest {
+            tenant: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        out.push((e.action, e.outcome, e.resource));
+    }
+    out
+}

@@ -59,6 +59,11 @@ pub const RPC_ORDER: &[&str] = &[
     "ReencryptDataKeys",
     "RequestAdminRecovery",
     "CancelAdminRecovery",
+    "PlaceSubjectHold",
+    "ReleaseSubjectHold",
+    "PlaceTenantHold",
+    "ReleaseTenantHold",
+    "ListHolds",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -214,6 +219,40 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
         "CancelAdminRecovery" => rid(c
             .tenants()
             .cancel_admin_recovery(pb::AdminRecoveryRequest { tenant: t })
+            .await),
+        "PlaceSubjectHold" => rid(c
+            .subjects()
+            .place_subject_hold(pb::PlaceSubjectHoldRequest {
+                tenant: t,
+                subject: "held".into(),
+                reason: format!("case by {role}"),
+            })
+            .await),
+        "ReleaseSubjectHold" => rid(c
+            .subjects()
+            .release_subject_hold(pb::ReleaseSubjectHoldRequest {
+                tenant: t,
+                subject: "held".into(),
+                hold_id: String::new(),
+            })
+            .await),
+        "PlaceTenantHold" => rid(c
+            .tenants()
+            .place_tenant_hold(pb::PlaceTenantHoldRequest {
+                tenant: t,
+                reason: format!("case by {role}"),
+            })
+            .await),
+        "ReleaseTenantHold" => rid(c
+            .tenants()
+            .release_tenant_hold(pb::ReleaseTenantHoldRequest {
+                tenant: t,
+                hold_id: String::new(),
+            })
+            .await),
+        "ListHolds" => rid(c
+            .tenants()
+            .list_holds(pb::ListHoldsRequest { tenant: t })
             .await),
         "CancelTenantShred" => rid(c
             .tenants()
