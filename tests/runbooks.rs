@@ -91,11 +91,19 @@ fn run_script(
     stdout
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn runbooks_run_as_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, endpoint) = spawn_binary(&[], dir.path());
-    let operator = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key"))
+/// A server binary in `dir` with tenant `acme` and its admin.
+struct Acme {
+    server: std::process::Child,
+    endpoint: String,
+    operator: String,
+    op: Client,
+    admin_key: String,
+    admin: Client,
+}
+
+async fn acme(dir: &Path) -> Acme {
+    let (server, endpoint) = spawn_binary(&[], dir);
+    let operator = std::fs::read_to_string(dir.join("strongbox-data/operator.key"))
         .unwrap()
         .trim()
         .to_owned();
@@ -109,6 +117,27 @@ async fn runbooks_run_as_written() {
         .unwrap();
     let admin_key = new_principal(&op, "acme", "admin", &["admin"]).await;
     let admin = op.as_key(&admin_key).unwrap();
+    Acme {
+        server,
+        endpoint,
+        operator,
+        op,
+        admin_key,
+        admin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runbooks_run_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let Acme {
+        mut server,
+        endpoint,
+        operator,
+        op,
+        admin_key,
+        admin,
+    } = acme(dir.path()).await;
     let dpo = new_principal(&admin, "acme", "dpo", &["privacy-officer"]).await;
     let app = op
         .as_key(&new_principal(&admin, "acme", "app", &["writer", "reader"]).await)
@@ -239,21 +268,13 @@ async fn the_move_into_an_hsm_runs_as_written() {
 #[tokio::test(flavor = "multi_thread")]
 async fn legal_hold_runbook_runs_as_written() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, endpoint) = spawn_binary(&[], dir.path());
-    let operator = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let op = Client::connect(&endpoint, Some(&operator)).await.unwrap();
-    op.tenants()
-        .create_tenant(pb::CreateTenantRequest {
-            tenant: "acme".into(),
-            name: String::new(),
-        })
-        .await
-        .unwrap();
-    let admin_key = new_principal(&op, "acme", "admin", &["admin"]).await;
-    let admin = op.as_key(&admin_key).unwrap();
+    let Acme {
+        mut server,
+        endpoint,
+        op,
+        admin,
+        ..
+    } = acme(dir.path()).await;
     let dpo = new_principal(&admin, "acme", "dpo", &["privacy-officer", "auditor"]).await;
     let app = op
         .as_key(&new_principal(&admin, "acme", "app", &["writer", "reader"]).await)
