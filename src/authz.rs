@@ -92,6 +92,15 @@ pub enum Action {
     SubjectRelease,
     /// See a tenant's legal holds.
     HoldList,
+    /// Set the tenant's retention policy for a category.
+    RetentionSet,
+    /// Set the platform's retention default and cap for a category.
+    RetentionDefault,
+    /// See the retention in force, and preview what would expire.
+    RetentionList,
+    RetentionPreview,
+    /// Record a subject's activity (retention by last activity).
+    SubjectTouch,
     PrincipalCreate,
     PrincipalList,
     ApiKeyCreate,
@@ -113,7 +122,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 31] = [
+    pub const ALL: [Action; 36] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -127,6 +136,11 @@ impl Action {
         Action::SubjectHold,
         Action::SubjectRelease,
         Action::HoldList,
+        Action::RetentionSet,
+        Action::RetentionDefault,
+        Action::RetentionList,
+        Action::RetentionPreview,
+        Action::SubjectTouch,
         Action::PrincipalCreate,
         Action::PrincipalList,
         Action::ApiKeyCreate,
@@ -163,6 +177,11 @@ impl Action {
             Action::SubjectHold => "subject.hold",
             Action::SubjectRelease => "subject.release",
             Action::HoldList => "hold.list",
+            Action::RetentionSet => "retention.set",
+            Action::RetentionDefault => "retention.default",
+            Action::RetentionList => "retention.list",
+            Action::RetentionPreview => "retention.preview",
+            Action::SubjectTouch => "subject.touch",
             Action::PrincipalCreate => "principal.create",
             Action::PrincipalList => "principal.list",
             Action::ApiKeyCreate => "api-key.create",
@@ -193,6 +212,7 @@ impl Action {
                 | Action::AuditList
                 | Action::AuditVerify
                 | Action::KeyRotateRoot
+                | Action::RetentionDefault
         )
     }
 }
@@ -216,6 +236,9 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::TenantHold,
             A::TenantRelease,
             A::HoldList,
+            A::RetentionDefault,
+            A::RetentionList,
+            A::RetentionPreview,
             A::ReceiptVerify,
             A::AuditList,
             A::AuditVerify,
@@ -233,6 +256,9 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::SubjectHold,
             A::SubjectRelease,
             A::HoldList,
+            A::RetentionSet,
+            A::RetentionList,
+            A::RetentionPreview,
             A::PrincipalCreate,
             A::PrincipalList,
             A::ApiKeyCreate,
@@ -243,7 +269,10 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::KeyReencrypt,
         ],
     ),
-    (Role::Writer, &[A::RecordPut, A::RecordDelete]),
+    (
+        Role::Writer,
+        &[A::RecordPut, A::RecordDelete, A::SubjectTouch],
+    ),
     (Role::Reader, &[A::RecordGet, A::RecordList]),
     (
         Role::PrivacyOfficer,
@@ -254,11 +283,20 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::SubjectHold,
             A::SubjectRelease,
             A::HoldList,
+            A::RetentionList,
+            A::RetentionPreview,
         ],
     ),
     (
         Role::Auditor,
-        &[A::ReceiptVerify, A::AuditList, A::AuditVerify, A::HoldList],
+        &[
+            A::ReceiptVerify,
+            A::AuditList,
+            A::AuditVerify,
+            A::HoldList,
+            A::RetentionList,
+            A::RetentionPreview,
+        ],
     ),
 ];
 
@@ -432,6 +470,9 @@ mod tests {
                     "tenant.hold",
                     "tenant.release",
                     "hold.list",
+                    "retention.default",
+                    "retention.list",
+                    "retention.preview",
                     "receipt.verify",
                     "audit.list",
                     "audit.verify",
@@ -449,6 +490,9 @@ mod tests {
                     "subject.hold",
                     "subject.release",
                     "hold.list",
+                    "retention.set",
+                    "retention.list",
+                    "retention.preview",
                     "principal.create",
                     "principal.list",
                     "api-key.create",
@@ -459,7 +503,7 @@ mod tests {
                     "key.reencrypt",
                 ],
             ),
-            ("writer", &["record.put", "record.delete"]),
+            ("writer", &["record.put", "record.delete", "subject.touch"]),
             ("reader", &["record.get", "record.list"]),
             (
                 "privacy-officer",
@@ -470,11 +514,20 @@ mod tests {
                     "subject.hold",
                     "subject.release",
                     "hold.list",
+                    "retention.list",
+                    "retention.preview",
                 ],
             ),
             (
                 "auditor",
-                &["receipt.verify", "audit.list", "audit.verify", "hold.list"],
+                &[
+                    "receipt.verify",
+                    "audit.list",
+                    "audit.verify",
+                    "hold.list",
+                    "retention.list",
+                    "retention.preview",
+                ],
             ),
         ];
         for role in Role::ALL {

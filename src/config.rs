@@ -61,6 +61,24 @@ pub struct ServerConfig {
     pub audit_anchor: Option<PathBuf>,
     /// Connection caps and timeouts.
     pub connections: ConnectionLimits,
+    /// Platform retention defaults and caps per category, applied at start
+    /// (the config file wins over `retention default` for these categories).
+    pub retention_defaults: Vec<RetentionDefaultConfig>,
+}
+
+/// `[retention.CATEGORY]` in the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionDefaultConfig {
+    pub category: String,
+    pub keep: Option<Duration>,
+    pub max: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    keep: Option<String>,
+    max: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +99,7 @@ impl Default for ServerConfig {
             insecure_plaintext: false,
             audit_anchor: None,
             connections: ConnectionLimits::default(),
+            retention_defaults: Vec::new(),
         }
     }
 }
@@ -113,6 +132,7 @@ struct FileConfig {
     client_ca: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
     audit_anchor: Option<PathBuf>,
+    retention: Option<std::collections::BTreeMap<String, RetentionFile>>,
     admin_recovery_delay: Option<String>,
     require_admin_enrolment: Option<bool>,
     max_connections: Option<usize>,
@@ -283,6 +303,13 @@ impl ServerConfig {
             cfg.tls = tls_files(f.tls_cert, f.tls_key, f.client_ca)?;
             cfg.insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
             cfg.audit_anchor = f.audit_anchor;
+            for (category, r) in f.retention.unwrap_or_default() {
+                cfg.retention_defaults.push(RetentionDefaultConfig {
+                    keep: r.keep.map(|k| duration("retention.keep", &k)).transpose()?,
+                    max: r.max.map(|m| duration("retention.max", &m)).transpose()?,
+                    category,
+                });
+            }
             if let Some(d) = f.admin_recovery_delay {
                 cfg.limits.admin_recovery_delay = duration("admin_recovery_delay", &d)?;
             }
@@ -345,6 +372,37 @@ mod tests {
         assert_eq!(cfg.limits.max_value_bytes, 10);
         assert_eq!(cfg.limits.default_shred_grace, Duration::from_secs(3600));
         assert_eq!(cfg.data_dir, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn retention_defaults_per_category() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[retention.billing]\nkeep = \"7d\"\nmax = \"30d\"\n[retention.logs]\nmax = \"90d\"\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::load(Some(&path), None, None).unwrap();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            cfg.retention_defaults,
+            vec![
+                RetentionDefaultConfig {
+                    category: "billing".into(),
+                    keep: Some(7 * day),
+                    max: Some(30 * day)
+                },
+                RetentionDefaultConfig {
+                    category: "logs".into(),
+                    keep: None,
+                    max: Some(90 * day)
+                },
+            ]
+        );
+        std::fs::write(&path, "[retention.billing]\nkeep = \"soon\"\n").unwrap();
+        let e = ServerConfig::load(Some(&path), None, None).unwrap_err();
+        assert!(e.to_string().starts_with("retention.keep:"), "{e}");
     }
 
     #[test]

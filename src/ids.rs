@@ -202,6 +202,28 @@ pub fn seconds(field: &'static str, value: u64, min: u64) -> Result<std::time::D
     Ok(std::time::Duration::from_secs(value))
 }
 
+/// A duration as people write it back: `40d`, `1d 2h`, `90s` (whole
+/// seconds; days, hours, minutes and seconds, never months).
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let parts = [
+        (s / 86_400, "d"),
+        (s % 86_400 / 3600, "h"),
+        (s % 3600 / 60, "m"),
+        (s % 60, "s"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() {
+        "0s".to_owned()
+    } else {
+        text.join(" ")
+    }
+}
+
 /// A sequence or version number: stored as a signed 64-bit integer, so at
 /// most 2^63-1.
 pub fn stored_u64(field: &'static str, value: u64) -> Result<u64> {
@@ -230,6 +252,14 @@ pub fn page_size(requested: u32) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn durations_read_back_as_written() {
+        let d = std::time::Duration::from_secs;
+        assert_eq!(fmt_duration(d(40 * 86_400)), "40d");
+        assert_eq!(fmt_duration(d(86_400 + 7200 + 5)), "1d 2h 5s");
+        assert_eq!(fmt_duration(d(0)), "0s");
+    }
     use super::*;
 
     #[test]

@@ -96,6 +96,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let keys = Arc::new(Keyring::new(root));
     let anchor = AuditAnchor::Check(cfg.audit_anchor_path());
     let vault = Vault::open(store, keys, cfg.limits.clone(), anchor).await?;
+    vault
+        .apply_retention_defaults(&cfg.retention_defaults)
+        .await?;
     let key_file = cfg.operator_key_path();
     if vault.bootstrap_operator(&key_file).await? {
         // The key itself is never logged: only where it was written.
@@ -169,6 +172,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
                 .max_encoding_message_size(max_message),
         )
         .add_service(pb::audit_service_server::AuditServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::retention_service_server::RetentionServiceServer::new(
             api.clone(),
         ))
         .add_service(pb::key_service_server::KeyServiceServer::new(api));
@@ -556,6 +562,14 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => tracing::info!(tenants = n, "key-encryption keys rotated by policy"),
             Err(e) => tracing::warn!(error = %e, "automatic rotation failed; will retry"),
+        }
+        match vault
+            .retention_sweep(crate::vault::SWEEP_BATCH, crate::vault::SWEEP_PAUSE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "retention sweep: records expired"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
         }
         match vault.reencrypt_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
             Ok(0) => {}

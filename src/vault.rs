@@ -30,7 +30,9 @@ mod audit_trail;
 mod holds;
 pub use holds::{HoldInfo, parse_reason as parse_hold_reason};
 mod record_check;
+mod retention;
 pub use record_check::RecordCheck;
+pub use retention::{Preview as RetentionPreview, Retention, SWEEP_BATCH, SWEEP_PAUSE};
 
 /// Limits and defaults the use cases enforce.
 #[derive(Clone, Debug)]
@@ -226,6 +228,7 @@ pub struct DeletionReceipt {
     pub destroyed_key_ids: Vec<String>,
     pub records_made_unreadable: u64,
     pub shredded_at: i64,
+    pub reason: ShredReason,
     pub mac: Vec<u8>,
 }
 
@@ -233,16 +236,77 @@ impl DeletionReceipt {
     /// The bytes the MAC covers: every field but the MAC, length-prefixed.
     fn canonical(&self) -> Vec<u8> {
         let keys = self.destroyed_key_ids.join(",");
-        crypto::encode_fields(&[
+        let records = self.records_made_unreadable.to_be_bytes();
+        let at = self.shredded_at.to_be_bytes();
+        let mut fields: Vec<&[u8]> = vec![
             b"strongbox/v1/deletion-receipt",
             self.receipt_id.as_bytes(),
             self.tenant.as_bytes(),
             &self.subject_blind_id,
             keys.as_bytes(),
-            &self.records_made_unreadable.to_be_bytes(),
-            &self.shredded_at.to_be_bytes(),
-        ])
+            &records,
+            &at,
+        ];
+        // A reason other than the person's request is appended after its
+        // name, so every receipt issued before reasons existed verifies.
+        if self.reason != ShredReason::Request {
+            fields.extend([&b"reason"[..], self.reason.as_str().as_bytes()]);
+        }
+        crypto::encode_fields(&fields)
     }
+}
+
+/// Why a subject's keys were destroyed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShredReason {
+    /// A privacy officer's shred (the person's erasure request).
+    Request,
+    /// The subject's last record passed its retention window.
+    Retention,
+}
+
+impl ShredReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShredReason::Request => "request",
+            ShredReason::Retention => "retention",
+        }
+    }
+}
+
+/// Destroys every live key of a subject (during a re-encryption the old
+/// one still holds records too), erases its sealed id, and issues the MAC'd
+/// receipt. The caller has checked holds.
+fn erase_subject(
+    conn: &Connection,
+    keys: &Keyring,
+    t: &str,
+    blind: &[u8],
+    reason: ShredReason,
+) -> Result<DeletionReceipt> {
+    let deks = store::live_deks_of_owner(conn, t, blind)?;
+    let now = now_ms();
+    let mut records = 0;
+    for dek_id in &deks {
+        records += store::records_count_for_dek(conn, dek_id)?;
+        store::dek_destroy(conn, dek_id, now)?;
+        store::reencrypt_delete(conn, dek_id)?;
+    }
+    store::subject_erase(conn, t, blind, now)?;
+    let mut receipt = DeletionReceipt {
+        receipt_id: keyring::new_id("rcpt"),
+        tenant: t.to_owned(),
+        subject_blind_id: blind.to_vec(),
+        destroyed_key_ids: deks,
+        records_made_unreadable: records,
+        shredded_at: now,
+        reason,
+        mac: Vec::new(),
+    };
+    let body = receipt.canonical();
+    receipt.mac = crypto::hmac_sha256(&keys.receipt_key(conn)?, &[&body]).to_vec();
+    store::receipt_insert(conn, &receipt.receipt_id, t, &body, &receipt.mac, now)?;
+    Ok(receipt)
 }
 
 /// The vault: storage, keys and limits.
@@ -1844,6 +1908,15 @@ impl Vault {
                                 let dek = keys.dek(conn, &tenant, &row)?.ok_or_else(|| {
                                     Error::FailedPrecondition("subject: the subject's data key is destroyed".into())
                                 })?;
+                                // A write is activity (retention by last
+                                // activity); to the second is enough.
+                                if existing
+                                    .as_ref()
+                                    .and_then(|s| s.last_activity_at)
+                                    .is_none_or(|at| now - at >= 1000)
+                                {
+                                    store::subject_touch(conn, t, &blind, now)?;
+                                }
                                 (blind.to_vec(), dek_id, dek)
                             }
                             None if existing.is_some() && !put.reinstate_erased_subject => {
@@ -2196,30 +2269,7 @@ impl Vault {
                 if row.dek_id.is_none() {
                     return Err(subject_not_found());
                 }
-                // Every live key of the subject: during a re-encryption the
-                // old one still holds records too.
-                let deks = store::live_deks_of_owner(conn, t, &blind)?;
-                let now = now_ms();
-                let mut records = 0;
-                for dek_id in &deks {
-                    records += store::records_count_for_dek(conn, dek_id)?;
-                    store::dek_destroy(conn, dek_id, now)?;
-                    store::reencrypt_delete(conn, dek_id)?;
-                }
-                store::subject_erase(conn, t, &blind, now)?;
-                let mut receipt = DeletionReceipt {
-                    receipt_id: keyring::new_id("rcpt"),
-                    tenant: t.to_owned(),
-                    subject_blind_id: blind.to_vec(),
-                    destroyed_key_ids: deks,
-                    records_made_unreadable: records,
-                    shredded_at: now,
-                    mac: Vec::new(),
-                };
-                let body = receipt.canonical();
-                receipt.mac = crypto::hmac_sha256(&keys.receipt_key(conn)?, &[&body]).to_vec();
-                store::receipt_insert(conn, &receipt.receipt_id, t, &body, &receipt.mac, now)?;
-                Ok(receipt)
+                erase_subject(conn, &keys, t, &blind, ShredReason::Request)
             })
             .await?;
         for id in &receipt.destroyed_key_ids {
@@ -2442,6 +2492,7 @@ mod tests {
             destroyed_key_ids: vec!["dek-1".into(), "dek-2".into()],
             records_made_unreadable: 5,
             shredded_at: 1_700_000_000_000,
+            reason: ShredReason::Request,
             mac: vec![],
         };
         let key = SecretKey::from_slice(&[7u8; 32]).unwrap();
@@ -2460,6 +2511,7 @@ mod tests {
             destroyed_key_ids: vec!["dek-1".into()],
             records_made_unreadable: 5,
             shredded_at: 10,
+            reason: ShredReason::Request,
             mac: vec![],
         };
         let base = r.canonical();
@@ -2486,6 +2538,10 @@ mod tests {
             },
             DeletionReceipt {
                 shredded_at: 11,
+                ..r.clone()
+            },
+            DeletionReceipt {
+                reason: ShredReason::Retention,
                 ..r.clone()
             },
         ];

@@ -153,6 +153,50 @@ async fn every_numeric_field_is_range_checked() {
             .await;
         check("grace_seconds", v, ten_years, outcome(r));
 
+        cover("SetRetentionPolicyRequest.keep_seconds");
+        let r = admin
+            .retention()
+            .set_retention_policy(pb::SetRetentionPolicyRequest {
+                tenant: "t".into(),
+                category: "c".into(),
+                keep_seconds: v,
+                after: String::new(),
+            })
+            .await;
+        check("keep_seconds", v, ten_years, outcome(r));
+        cover("SetRetentionDefaultRequest.keep_seconds");
+        cover("SetRetentionDefaultRequest.max_seconds");
+        for (field, req) in [
+            (
+                "keep_seconds",
+                pb::SetRetentionDefaultRequest {
+                    category: "n".into(),
+                    keep_seconds: Some(v),
+                    max_seconds: None,
+                },
+            ),
+            (
+                "max_seconds",
+                pb::SetRetentionDefaultRequest {
+                    category: "n".into(),
+                    keep_seconds: None,
+                    max_seconds: Some(v),
+                },
+            ),
+        ] {
+            let r = op.retention().set_retention_default(req).await;
+            check(field, v, ten_years, outcome(r));
+        }
+        cover("PreviewRetentionRequest.within_seconds");
+        let r = admin
+            .retention()
+            .preview_retention(pb::PreviewRetentionRequest {
+                tenant: "t".into(),
+                within_seconds: v,
+            })
+            .await;
+        check("within_seconds", v, ten_years, outcome(r));
+
         cover("CreatePrincipalRequest.expires_in_seconds");
         let r = admin
             .principals()

@@ -28,6 +28,9 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "PlaceTenantHold",
             "ReleaseTenantHold",
             "ListHolds",
+            "SetRetentionDefault",
+            "ListRetention",
+            "PreviewRetention",
             "VerifyReceipt",
             "ListAuditEntries",
             "VerifyAudit",
@@ -45,6 +48,9 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "PlaceSubjectHold",
             "ReleaseSubjectHold",
             "ListHolds",
+            "SetRetentionPolicy",
+            "ListRetention",
+            "PreviewRetention",
             "CreatePrincipal",
             "ListPrincipals",
             "CreateApiKey",
@@ -55,7 +61,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "ReencryptDataKeys",
         ],
     ),
-    ("writer", &["PutRecord", "DeleteRecord"]),
+    ("writer", &["PutRecord", "DeleteRecord", "TouchSubject"]),
     ("reader", &["GetRecord", "ListRecords"]),
     (
         "privacy-officer",
@@ -66,6 +72,8 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "PlaceSubjectHold",
             "ReleaseSubjectHold",
             "ListHolds",
+            "ListRetention",
+            "PreviewRetention",
         ],
     ),
     (
@@ -75,6 +83,8 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "ListAuditEntries",
             "VerifyAudit",
             "ListHolds",
+            "ListRetention",
+            "PreviewRetention",
         ],
     ),
 ];
@@ -150,6 +160,11 @@ fn code_table_matches_spec_table() {
         ("PlaceTenantHold", Action::TenantHold),
         ("ReleaseTenantHold", Action::TenantRelease),
         ("ListHolds", Action::HoldList),
+        ("TouchSubject", Action::SubjectTouch),
+        ("SetRetentionPolicy", Action::RetentionSet),
+        ("SetRetentionDefault", Action::RetentionDefault),
+        ("ListRetention", Action::RetentionList),
+        ("PreviewRetention", Action::RetentionPreview),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

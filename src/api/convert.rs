@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::ids::SubjectId;
 use crate::store::TenantState;
 use crate::vault::{
-    ApiKeyInfo, DeletionReceipt, PrincipalInfo, RecordValue, TenantInfo, TenantKeyStatus,
+    ApiKeyInfo, DeletionReceipt, PrincipalInfo, RecordValue, ShredReason, TenantInfo,
+    TenantKeyStatus,
 };
 
 /// An empty subject field means a tenant-level record.
@@ -68,6 +69,7 @@ pub(super) fn receipt_to_pb(r: DeletionReceipt) -> pb::DeletionReceipt {
         records_made_unreadable: r.records_made_unreadable,
         shredded_at_unix_ms: r.shredded_at,
         mac: hex::encode(r.mac),
+        reason: r.reason.as_str().to_owned(),
     }
 }
 
@@ -83,6 +85,16 @@ pub(super) fn receipt_from_pb(r: pb::DeletionReceipt) -> Result<DeletionReceipt>
         destroyed_key_ids: r.destroyed_key_ids,
         records_made_unreadable: r.records_made_unreadable,
         shredded_at: r.shredded_at_unix_ms,
+        reason: match r.reason.as_str() {
+            "" | "request" => ShredReason::Request,
+            "retention" => ShredReason::Retention,
+            _ => {
+                return Err(Error::invalid(
+                    "receipt.reason",
+                    "must be request or retention",
+                ));
+            }
+        },
     })
 }
 

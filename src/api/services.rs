@@ -29,6 +29,8 @@ use crate::error::Error;
 use crate::ids::{self, Category, ContentType, PrincipalName, RecordKey, TenantId};
 use crate::vault::{PrincipalSpec, PutRecord, RecordRef, Vault};
 
+mod retention;
+
 /// Implements every `strongbox.v1` service over one vault.
 #[derive(Clone)]
 pub struct Api {
@@ -735,6 +737,22 @@ impl SubjectService for Api {
                     .release_subject_hold(&permit, &call, subject, id)
                     .await?,
             })
+        })
+        .await
+    }
+
+    async fn touch_subject(
+        &self,
+        req: Request<pb::TouchSubjectRequest>,
+    ) -> GrpcResult<pb::TouchSubjectResponse> {
+        self.handle(req, Action::SubjectTouch, async |call, req| {
+            let tenant = req.get_ref().tenant.clone();
+            let permit = self
+                .begin(&call, &req, Action::SubjectTouch, Some(&tenant))
+                .await?;
+            let subject = convert::subject(&req.get_ref().subject)?;
+            self.vault.touch_subject(&permit, &call, subject).await?;
+            Ok(pb::TouchSubjectResponse {})
         })
         .await
     }

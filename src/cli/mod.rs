@@ -74,6 +74,10 @@ pub enum Command {
     /// Legal holds (see `subject hold`, `tenant hold`).
     #[command(subcommand)]
     Hold(HoldCmd),
+    /// Retention windows per category (admin), platform defaults and caps
+    /// (operator), and a dry run of what will expire.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
     /// Drive a running server with concurrent clients and report throughput.
     Bench(BenchArgs),
     /// Make an API key on this machine, for a principal someone else creates
@@ -430,6 +434,14 @@ pub enum SubjectCmd {
         #[arg(long)]
         reason: String,
     },
+    /// The person was active: their records kept by last activity live on
+    /// from now (writer).
+    Touch {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: String,
+    },
     /// Release a hold on a subject (without --hold: every hold on it).
     Release {
         #[arg(long)]
@@ -438,6 +450,47 @@ pub enum SubjectCmd {
         subject: String,
         #[arg(long = "hold")]
         hold: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RetentionCmd {
+    /// Keep a category's records DURATION after their last write, or after
+    /// the subject's last activity (tenant admin; at most the platform cap).
+    Set {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        category: String,
+        /// e.g. `365d`, `12months`, `30s`.
+        #[arg(long)]
+        keep: String,
+        /// `write` (default) or `last-activity`.
+        #[arg(long, default_value = "write")]
+        after: String,
+    },
+    /// The platform's default window (by last write) and cap for a
+    /// category (operator). A field not given keeps its value.
+    Default {
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        keep: Option<String>,
+        #[arg(long)]
+        max: Option<String>,
+    },
+    /// Every category with a policy, default or cap, and what is in force.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Dry run: what would expire within DURATION (default: what is due
+    /// now), per category and day; and what has expired.
+    Preview {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        within: Option<String>,
     },
 }
 

@@ -109,6 +109,7 @@ pub(super) fn receipt_json(r: &pb::DeletionReceipt) -> Value {
         "records_made_unreadable": r.records_made_unreadable,
         "shredded_at_unix_ms": r.shredded_at_unix_ms,
         "shredded_at": fmt_time(r.shredded_at_unix_ms),
+        "reason": if r.reason.is_empty() { "request" } else { &r.reason },
         "mac": r.mac,
     })
 }
@@ -142,5 +143,7 @@ pub(super) fn receipt_from_json(v: &Value) -> anyhow::Result<pb::DeletionReceipt
         records_made_unreadable: n("records_made_unreadable")?,
         shredded_at_unix_ms: n("shredded_at_unix_ms")? as i64,
         mac: s("mac")?,
+        // Receipts saved before reasons existed were all requests.
+        reason: s("reason").unwrap_or_default(),
     })
 }

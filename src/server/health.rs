@@ -21,7 +21,7 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Every service the server registers health for: the whole server, and
 /// each `strongbox.v1` service.
-pub fn services() -> [&'static str; 7] {
+pub fn services() -> [&'static str; 8] {
     [
         "",
         <pb::tenant_service_server::TenantServiceServer<Api> as NamedService>::NAME,
@@ -30,6 +30,7 @@ pub fn services() -> [&'static str; 7] {
         <pb::subject_service_server::SubjectServiceServer<Api> as NamedService>::NAME,
         <pb::audit_service_server::AuditServiceServer<Api> as NamedService>::NAME,
         <pb::key_service_server::KeyServiceServer<Api> as NamedService>::NAME,
+        <pb::retention_service_server::RetentionServiceServer<Api> as NamedService>::NAME,
     ]
 }
 

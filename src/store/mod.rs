@@ -9,6 +9,7 @@
 
 mod holds;
 mod record_audit;
+mod retention;
 mod rows;
 mod schema;
 mod writer;
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 pub use holds::*;
 pub use record_audit::*;
+pub use retention::*;
 pub use rows::*;
 use writer::Writer;
 

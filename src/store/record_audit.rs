@@ -38,6 +38,8 @@ pub struct StoredRecord {
     pub key: String,
     pub version: u64,
     pub deleted: bool,
+    /// Deleted by the retention sweep (audited per batch, not per record).
+    pub expired: bool,
 }
 
 /// Every record whose data key is not destroyed (rows under destroyed keys
@@ -48,7 +50,7 @@ pub fn live_key_records(
     mut each: impl FnMut(StoredRecord),
 ) -> Result<()> {
     let mut stmt = conn.prepare(
-        "SELECT r.tenant_id, r.owner, r.category, r.key, r.version, r.deleted_at IS NOT NULL
+        "SELECT r.tenant_id, r.owner, r.category, r.key, r.version, r.deleted_at IS NOT NULL, r.expired_at IS NOT NULL
          FROM records r JOIN data_keys d ON d.id = r.dek_id
          WHERE d.wrapped IS NOT NULL AND (?1 IS NULL OR r.tenant_id = ?1)",
     )?;
@@ -61,6 +63,7 @@ pub fn live_key_records(
             key: r.get(3)?,
             version: r.get::<_, i64>(4)? as u64,
             deleted: r.get(5)?,
+            expired: r.get(6)?,
         });
     }
     Ok(())

@@ -410,18 +410,21 @@ pub struct SubjectRow {
     pub dek_id: Option<String>,
     pub sealed_subject: Option<Vec<u8>>,
     pub created_at: i64,
+    /// The subject's last write or touch (retention by last activity).
+    pub last_activity_at: Option<i64>,
 }
 
 pub fn subject_get(conn: &Connection, tenant: &str, blind: &[u8]) -> Result<Option<SubjectRow>> {
     Ok(conn
         .prepare_cached(
-            "SELECT dek_id, sealed_subject, created_at FROM subjects WHERE tenant_id = ?1 AND blind_id = ?2",
+            "SELECT dek_id, sealed_subject, created_at, last_activity_at FROM subjects WHERE tenant_id = ?1 AND blind_id = ?2",
         )?
         .query_row(params![tenant, blind], |r| {
             Ok(SubjectRow {
                 dek_id: r.get(0)?,
                 sealed_subject: r.get(1)?,
                 created_at: r.get(2)?,
+                last_activity_at: r.get(3)?,
             })
         })
         .optional()?)
@@ -437,8 +440,8 @@ pub fn subject_activate(
     now: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO subjects (tenant_id, blind_id, dek_id, sealed_subject, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (tenant_id, blind_id) DO UPDATE SET dek_id = ?3, sealed_subject = ?4, created_at = ?5, erased_at = NULL",
+        "INSERT INTO subjects (tenant_id, blind_id, dek_id, sealed_subject, created_at, last_activity_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (tenant_id, blind_id) DO UPDATE SET dek_id = ?3, sealed_subject = ?4, created_at = ?5, erased_at = NULL, last_activity_at = ?5",
         params![tenant, blind, dek_id, sealed, now],
     )?;
     Ok(())

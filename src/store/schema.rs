@@ -231,6 +231,44 @@ CREATE TABLE legal_holds (
 CREATE INDEX legal_holds_by_tenant ON legal_holds (tenant_id, owner);
 ALTER TABLE tenants ADD COLUMN holds_digest BLOB;
 "#,
+    r#"
+-- Retention: a tenant's policy per category (keep records this long after
+-- their last write, or after the subject's last activity), and the
+-- platform's default and cap per category.
+CREATE TABLE retention_policies (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    category    TEXT NOT NULL,
+    keep_ms     INTEGER NOT NULL,
+    after       TEXT NOT NULL CHECK (after IN ('write', 'last-activity')),
+    set_at      INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, category)
+);
+CREATE TABLE retention_defaults (
+    category    TEXT PRIMARY KEY,
+    keep_ms     INTEGER,
+    max_ms      INTEGER,
+    set_at      INTEGER NOT NULL
+);
+-- Records expired per tenant, category and day (Unix day number).
+CREATE TABLE retention_history (
+    tenant_id   TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    day         INTEGER NOT NULL,
+    expired     INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, category, day)
+);
+-- The subject's last write or TouchSubject; records expired by retention
+-- are tombstones with expired_at set.
+ALTER TABLE subjects ADD COLUMN last_activity_at INTEGER;
+UPDATE subjects SET last_activity_at = COALESCE(
+    (SELECT max(r.updated_at) FROM records r WHERE r.tenant_id = subjects.tenant_id AND r.owner = subjects.blind_id),
+    created_at);
+ALTER TABLE records ADD COLUMN expired_at INTEGER;
+-- What the sweep looks up: live records by age within a category, and
+-- subjects by last activity. No full scans.
+CREATE INDEX records_by_age ON records (tenant_id, category, updated_at) WHERE deleted_at IS NULL;
+CREATE INDEX subjects_by_activity ON subjects (tenant_id, last_activity_at) WHERE dek_id IS NOT NULL;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

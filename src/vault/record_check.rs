@@ -12,7 +12,8 @@
 //!
 //! - stored version older than the last write: **rollback**;
 //! - stored live where the last write deleted it: **resurrection**;
-//! - stored deleted where the last write put it: **deleted outside Strongbox**;
+//! - stored deleted where the last write put it: **deleted outside Strongbox**
+//!   (unless the retention sweep expired it: those tombstones say so);
 //! - stored version newer than the last write: **ahead of the trail** (a
 //!   write whose entry is missing, or one made outside Strongbox).
 //!
@@ -115,7 +116,7 @@ fn judge(r: &store::StoredRecord, last: (u64, bool)) -> Option<String> {
             "resurrection: {} was deleted at version {version} and is stored live",
             name()
         ))
-    } else if !deleted && r.deleted {
+    } else if !deleted && r.deleted && !r.expired {
         Some(format!(
             "deleted outside Strongbox: {} is stored deleted, the trail's last write put version {version}",
             name()

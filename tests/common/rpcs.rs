@@ -64,6 +64,11 @@ pub const RPC_ORDER: &[&str] = &[
     "PlaceTenantHold",
     "ReleaseTenantHold",
     "ListHolds",
+    "TouchSubject",
+    "SetRetentionPolicy",
+    "SetRetentionDefault",
+    "ListRetention",
+    "PreviewRetention",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -253,6 +258,41 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
         "ListHolds" => rid(c
             .tenants()
             .list_holds(pb::ListHoldsRequest { tenant: t })
+            .await),
+        "TouchSubject" => rid(c
+            .subjects()
+            .touch_subject(pb::TouchSubjectRequest {
+                tenant: t,
+                subject: "alice".into(),
+            })
+            .await),
+        "SetRetentionPolicy" => rid(c
+            .retention()
+            .set_retention_policy(pb::SetRetentionPolicyRequest {
+                tenant: t,
+                category: "contact".into(),
+                keep_seconds: 10 * 365 * 86_400,
+                after: "write".into(),
+            })
+            .await),
+        "SetRetentionDefault" => rid(c
+            .retention()
+            .set_retention_default(pb::SetRetentionDefaultRequest {
+                category: "billing".into(),
+                keep_seconds: Some(10 * 365 * 86_400),
+                max_seconds: None,
+            })
+            .await),
+        "ListRetention" => rid(c
+            .retention()
+            .list_retention(pb::ListRetentionRequest { tenant: t })
+            .await),
+        "PreviewRetention" => rid(c
+            .retention()
+            .preview_retention(pb::PreviewRetentionRequest {
+                tenant: t,
+                within_seconds: 86_400,
+            })
             .await),
         "CancelTenantShred" => rid(c
             .tenants()

@@ -1,0 +1,498 @@
+//! Retention: "we retain data for 12 months from the date of last
+//! activity", "deleted according to your retention settings, with a
+//! maximum of 90 days".
+//!
+//! A tenant admin sets a policy per category: keep records a duration after
+//! their last write, or after the subject's last activity (any write to the
+//! subject's records, or `TouchSubject`). The operator sets a platform
+//! default and a cap per category. The effective window of a (tenant,
+//! category) is the tenant's policy, else the default (by last write), else
+//! the cap alone, and never more than the cap; with none of them the data
+//! is kept until deleted.
+//!
+//! The housekeeping sweep turns every record past its window into an
+//! expired tombstone (no value; the version kept so an old ciphertext can
+//! never be replayed into it) and, when a subject's last live record goes,
+//! destroys the subject's keys like a shred, with a receipt whose reason is
+//! `retention`. Lookups use the indexes on (tenant, category, last write)
+//! and (tenant, last activity); the sweep works in batches with a pause
+//! between them, and writes one audit entry per batch per tenant and
+//! category (`retention.expire`, with the count in its resource). Held
+//! subjects and held tenants are skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::holds::{self, Held};
+use super::{ShredReason, Vault, active_tenant, erase_subject, subject_not_found};
+use crate::audit::Call;
+use crate::authz::{Action, Permit};
+use crate::error::{Error, Result};
+use crate::ids::{Category, SubjectId, TenantId};
+use crate::integrity;
+use crate::now_ms;
+use crate::store::{self, After, DefaultRow, PolicyRow};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Records expired per transaction, and the pause between transactions
+/// that leaves the writer to live traffic.
+pub const SWEEP_BATCH: usize = 500;
+pub const SWEEP_PAUSE: Duration = Duration::from_millis(10);
+
+/// A category's retention in a tenant, as in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub category: String,
+    /// The tenant's own policy.
+    pub policy: Option<(i64, After)>,
+    /// The platform's default (by last write) and cap.
+    pub default_ms: Option<i64>,
+    pub max_ms: Option<i64>,
+}
+
+impl Retention {
+    /// The window in force and what it counts from; `None`: kept until
+    /// deleted.
+    pub fn effective(&self) -> Option<(i64, After)> {
+        let (keep, after) = match (self.policy, self.default_ms, self.max_ms) {
+            (Some(p), _, _) => p,
+            (None, Some(d), _) => (d, After::Write),
+            (None, None, Some(m)) => (m, After::Write),
+            (None, None, None) => return None,
+        };
+        Some((self.max_ms.map_or(keep, |m| keep.min(m)), after))
+    }
+}
+
+/// What `retention preview` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preview {
+    /// Records that would expire by the horizon: (category, Unix day of
+    /// expiry, count). Held records are left out.
+    pub due: Vec<(String, i64, u64)>,
+    /// Records expired so far: (category, Unix day, count), newest first.
+    pub history: Vec<(String, i64, u64)>,
+}
+
+fn duration_ms(field: &'static str, d: Duration) -> Result<i64> {
+    let ms = i64::try_from(d.as_millis()).map_err(|_| Error::invalid(field, "is too large"))?;
+    if ms < 1000 {
+        return Err(Error::invalid(field, "must be at least 1s"));
+    }
+    Ok(ms)
+}
+
+fn human(ms: i64) -> String {
+    crate::ids::fmt_duration(Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Every category with a policy or a default in the tenant.
+fn retentions(conn: &rusqlite::Connection, tenant: &str) -> Result<Vec<Retention>> {
+    let mut out: std::collections::BTreeMap<String, Retention> = Default::default();
+    let blank = |c: &str| Retention {
+        category: c.to_owned(),
+        policy: None,
+        default_ms: None,
+        max_ms: None,
+    };
+    for d in store::retention_defaults(conn)? {
+        let r = out
+            .entry(d.category.clone())
+            .or_insert_with(|| blank(&d.category));
+        r.default_ms = d.keep_ms;
+        r.max_ms = d.max_ms;
+    }
+    for p in store::retention_policies(conn, tenant)? {
+        let r = out
+            .entry(p.category.clone())
+            .or_insert_with(|| blank(&p.category));
+        r.policy = Some((p.keep_ms, p.after));
+    }
+    Ok(out.into_values().collect())
+}
+
+impl Vault {
+    /// Sets the permit's tenant's policy for a category, up to the cap.
+    pub async fn set_retention(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        category: Category,
+        keep: Duration,
+        after: After,
+    ) -> Result<Retention> {
+        let tenant = permit.tenant_for(Action::RetentionSet)?.clone();
+        let keep_ms = duration_ms("keep", keep)?;
+        let keys = self.keys.clone();
+        let c = call.clone();
+        self.mutate(call, move |conn| {
+            active_tenant(conn, &keys, &tenant)?;
+            let cat = category.as_str();
+            c.set_resource(format!("retention:{cat}"));
+            if let Some(max) = store::retention_default(conn, cat)?.and_then(|d| d.max_ms)
+                && keep_ms > max
+            {
+                return Err(Error::invalid(
+                    "keep",
+                    format!(
+                        "{} exceeds the platform cap of {} for category '{cat}'",
+                        human(keep_ms),
+                        human(max)
+                    ),
+                ));
+            }
+            let policy = PolicyRow {
+                category: cat.to_owned(),
+                keep_ms,
+                after,
+            };
+            store::retention_set(conn, tenant.as_str(), &policy, now_ms())?;
+            retentions(conn, tenant.as_str())?
+                .into_iter()
+                .find(|r| r.category == cat)
+                .ok_or_else(|| Error::Internal("a policy just set is missing".into()))
+        })
+        .await
+    }
+
+    /// Sets the platform's default and/or cap for a category (a field not
+    /// given keeps its value).
+    pub async fn set_retention_default(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        category: Category,
+        keep: Option<Duration>,
+        max: Option<Duration>,
+    ) -> Result<DefaultRow> {
+        permit.require(Action::RetentionDefault)?;
+        self.write_retention_default(call, category, keep, max)
+            .await
+    }
+
+    async fn write_retention_default(
+        &self,
+        call: &Arc<Call>,
+        category: Category,
+        keep: Option<Duration>,
+        max: Option<Duration>,
+    ) -> Result<DefaultRow> {
+        let keep_ms = keep.map(|d| duration_ms("keep", d)).transpose()?;
+        let max_ms = max.map(|d| duration_ms("max", d)).transpose()?;
+        if keep_ms.is_none() && max_ms.is_none() {
+            return Err(Error::invalid("keep", "give keep, max or both"));
+        }
+        let c = call.clone();
+        self.mutate(call, move |conn| {
+            let cat = category.as_str();
+            c.set_resource(format!("retention-default:{cat}"));
+            let old = store::retention_default(conn, cat)?;
+            let row = DefaultRow {
+                category: cat.to_owned(),
+                keep_ms: keep_ms.or(old.as_ref().and_then(|o| o.keep_ms)),
+                max_ms: max_ms.or(old.as_ref().and_then(|o| o.max_ms)),
+            };
+            if let (Some(k), Some(m)) = (row.keep_ms, row.max_ms)
+                && k > m
+            {
+                return Err(Error::invalid(
+                    "keep",
+                    format!("the default {} exceeds the cap {}", human(k), human(m)),
+                ));
+            }
+            store::retention_default_set(conn, &row, now_ms())?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Applies the server configuration's defaults and caps (trusted: it
+    /// comes from the operator's config file), audited as the platform's.
+    pub async fn apply_retention_defaults(
+        &self,
+        defaults: &[crate::config::RetentionDefaultConfig],
+    ) -> Result<()> {
+        for d in defaults {
+            let category = Category::parse(&d.category)?;
+            let call = Arc::new(Call::system("retention.default"));
+            self.write_retention_default(&call, category, d.keep, d.max)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The retention in force for each category of the permit's tenant.
+    pub async fn list_retention(&self, permit: &Permit) -> Result<Vec<Retention>> {
+        let tenant = permit.tenant_for(Action::RetentionList)?.clone();
+        let keys = self.keys.clone();
+        self.store
+            .read(move |conn| {
+                integrity::tenant(conn, &keys, tenant.as_str())?
+                    .ok_or_else(|| crate::authz::tenant_not_found(&tenant))?;
+                retentions(conn, tenant.as_str())
+            })
+            .await
+    }
+
+    /// A dry run: what would expire within `within` from now, and what
+    /// has expired.
+    pub async fn preview_retention(&self, permit: &Permit, within: Duration) -> Result<Preview> {
+        let tenant = permit.tenant_for(Action::RetentionPreview)?.clone();
+        let within = i64::try_from(within.as_millis())
+            .map_err(|_| Error::invalid("within", "is too large"))?;
+        let keys = self.keys.clone();
+        self.store
+            .read(move |conn| {
+                let row = integrity::tenant(conn, &keys, tenant.as_str())?
+                    .ok_or_else(|| crate::authz::tenant_not_found(&tenant))?;
+                let mut due = Vec::new();
+                // A tenant-wide hold holds everything.
+                if holds::blocking(conn, &row, Held::Owner(&[]))?.is_none() {
+                    let horizon = now_ms().saturating_add(within);
+                    for r in retentions(conn, tenant.as_str())? {
+                        let Some((keep, after)) = r.effective() else {
+                            continue;
+                        };
+                        let cutoff = horizon.saturating_sub(keep);
+                        for (day, n) in store::retention_due_by_day(
+                            conn,
+                            tenant.as_str(),
+                            &r.category,
+                            after,
+                            keep,
+                            cutoff,
+                        )? {
+                            due.push((r.category.clone(), day, n));
+                        }
+                    }
+                }
+                let history = store::retention_history(conn, tenant.as_str(), 1000)?;
+                Ok(Preview { due, history })
+            })
+            .await
+    }
+
+    /// Records that the subject was active now (its records kept by last
+    /// activity live on).
+    pub async fn touch_subject(
+        &self,
+        permit: &Permit,
+        call: &Arc<Call>,
+        subject: SubjectId,
+    ) -> Result<()> {
+        let tenant = permit.tenant_for(Action::SubjectTouch)?.clone();
+        let keys = self.keys.clone();
+        let c = call.clone();
+        self.mutate(call, move |conn| {
+            active_tenant(conn, &keys, &tenant)?;
+            let blind = keys.blind_id(conn, &tenant, &subject)?;
+            c.set_resource(format!("subject:{}", hex::encode(blind)));
+            if !store::subject_touch(conn, tenant.as_str(), &blind, now_ms())? {
+                return Err(subject_not_found());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// One sweep over every active tenant: expires what is past its
+    /// window. Returns the records expired.
+    pub async fn retention_sweep(&self, batch: usize, pause: Duration) -> Result<u64> {
+        let tenants = self.store.read(store::active_tenant_ids).await?;
+        let mut expired = 0;
+        for t in tenants {
+            let tenant = TenantId::parse(&t)
+                .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
+            let keys = self.keys.clone();
+            let tid = tenant.clone();
+            let plan = self
+                .store
+                .read(move |conn| {
+                    let row = integrity::tenant(conn, &keys, tid.as_str())?;
+                    let held = match &row {
+                        Some(row) => holds::blocking(conn, row, Held::Owner(&[]))?
+                            .filter(|h| h.owner.is_none()),
+                        None => None,
+                    };
+                    Ok((retentions(conn, tid.as_str())?, held.is_some()))
+                })
+                .await?;
+            let (retentions, tenant_held) = plan;
+            let due: Vec<_> = retentions
+                .iter()
+                .filter_map(|r| r.effective().map(|e| (r.category.clone(), e)))
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            if tenant_held {
+                let _ = self
+                    .held_for_job(
+                        "retention.expire",
+                        &t,
+                        None,
+                        format!("retention:tenant:{t}"),
+                    )
+                    .await?;
+                continue;
+            }
+            self.report_held_subjects(&tenant, &due).await?;
+            for (category, (keep, after)) in due {
+                loop {
+                    let n = self
+                        .expire_batch(&tenant, &category, keep, after, batch)
+                        .await?;
+                    expired += n as u64;
+                    if n < batch || self.is_stopping() {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        if expired > 0 {
+            // The expired values' pages leave the WAL too.
+            self.after_shred().await;
+        }
+        Ok(expired)
+    }
+
+    /// Audits (once per hold) that a held subject's due records were not
+    /// expired.
+    async fn report_held_subjects(
+        &self,
+        tenant: &TenantId,
+        due: &[(String, (i64, After))],
+    ) -> Result<()> {
+        let keys = self.keys.clone();
+        let (t, due_v) = (tenant.clone(), due.to_vec());
+        let held: Vec<Vec<u8>> = self
+            .store
+            .read(move |conn| {
+                let Some(row) = integrity::tenant(conn, &keys, t.as_str())? else {
+                    return Ok(Vec::new());
+                };
+                if row.holds_digest.is_none() {
+                    return Ok(Vec::new());
+                }
+                let now = now_ms();
+                let mut held = Vec::new();
+                for h in holds::checked_holds(conn, &row)? {
+                    let Some(owner) = h.owner else { continue };
+                    for (cat, (keep, after)) in &due_v {
+                        if store::owner_has_due(conn, t.as_str(), &owner, cat, *after, now - keep)?
+                        {
+                            held.push(owner.clone());
+                            break;
+                        }
+                    }
+                }
+                Ok(held)
+            })
+            .await?;
+        for owner in held {
+            let resource = format!("retention:subject:{}", hex::encode(&owner));
+            self.held_for_job("retention.expire", tenant.as_str(), Some(owner), resource)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Expires up to `batch` records of one (tenant, category) in one
+    /// transaction with its audit entry; erases subjects left with none.
+    async fn expire_batch(
+        &self,
+        tenant: &TenantId,
+        category: &str,
+        keep: i64,
+        after: After,
+        batch: usize,
+    ) -> Result<usize> {
+        let call = Arc::new(Call::system("retention.expire"));
+        call.set_tenant(tenant.as_str());
+        let (keys, t, cat, c) = (
+            self.keys.clone(),
+            tenant.clone(),
+            category.to_owned(),
+            call.clone(),
+        );
+        let (n, erased, destroyed) = self
+            .mutate(&call, move |conn| {
+                let now = now_ms();
+                let row = active_tenant(conn, &keys, &t)?;
+                // Checks the holds digest; a tenant-wide hold (placed since
+                // the plan) stops the batch, held subjects are left out below.
+                if holds::blocking(conn, &row, Held::Owner(&[]))?.is_some() {
+                    return Ok((0, 0, Vec::new()));
+                }
+                let rows = store::retention_due(conn, t.as_str(), &cat, after, now - keep, batch)?;
+                let mut owners: Vec<Vec<u8>> = Vec::new();
+                for (rowid, owner) in &rows {
+                    store::record_expire(conn, *rowid, now)?;
+                    if !owner.is_empty() && !owners.contains(owner) {
+                        owners.push(owner.clone());
+                    }
+                }
+                let mut destroyed = Vec::new();
+                let mut erased = 0;
+                for owner in &owners {
+                    if !store::owner_has_live_records(conn, t.as_str(), owner)? {
+                        let receipt =
+                            erase_subject(conn, &keys, t.as_str(), owner, ShredReason::Retention)?;
+                        destroyed.extend(receipt.destroyed_key_ids);
+                        erased += 1;
+                    }
+                }
+                if !rows.is_empty() {
+                    store::retention_history_add(
+                        conn,
+                        t.as_str(),
+                        &cat,
+                        now / DAY_MS,
+                        rows.len() as u64,
+                    )?;
+                }
+                c.set_resource(format!(
+                    "retention:{cat} expired:{} subjects-erased:{erased}",
+                    rows.len()
+                ));
+                Ok((rows.len(), erased, destroyed))
+            })
+            .await?;
+        let (n, erased, destroyed) = (n, erased, destroyed);
+        for id in &destroyed {
+            self.keys.forget_dek(id);
+        }
+        if n > 0 {
+            tracing::info!(tenant = %tenant, category, records = n, subjects_erased = erased, "retention: records expired");
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_bounds_whatever_is_in_force() {
+        let r = |policy, default_ms, max_ms| Retention {
+            category: "c".into(),
+            policy,
+            default_ms,
+            max_ms,
+        };
+        assert_eq!(r(None, None, None).effective(), None);
+        assert_eq!(r(None, Some(5), None).effective(), Some((5, After::Write)));
+        assert_eq!(r(None, None, Some(9)).effective(), Some((9, After::Write)));
+        assert_eq!(
+            r(Some((20, After::LastActivity)), Some(5), Some(9)).effective(),
+            Some((9, After::LastActivity))
+        );
+        assert_eq!(
+            r(Some((3, After::Write)), Some(5), Some(9)).effective(),
+            Some((3, After::Write))
+        );
+    }
+}
