@@ -190,6 +190,25 @@ pub struct RecordRef {
 }
 
 /// A decrypted record. The value zeroizes on drop.
+/// One item of a subject's export after its header.
+pub enum ExportItem {
+    Record(RecordValue),
+    Access(AccessEntry),
+}
+
+/// A call that touched the subject (GDPR Art. 15: who received the
+/// person's data): from the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessEntry {
+    pub seq: u64,
+    pub time: i64,
+    pub principal_id: String,
+    pub principal_name: String,
+    pub action: String,
+    pub outcome: String,
+    pub purpose: String,
+}
+
 pub struct RecordValue {
     pub category: String,
     pub key: String,
@@ -1564,19 +1583,19 @@ impl Vault {
     /// no live data key uses. Progress is the rows themselves, so a pass
     /// cut short by a crash simply continues on the next start.
     pub async fn rewrap_pass(&self, batch: usize, pause: Duration) -> Result<(usize, usize)> {
-        let mut after = String::new();
+        let mut after = 0;
         let mut rewrapped = 0;
         loop {
             let keys = self.keys.clone();
-            let from = after.clone();
+            let from = after;
             let (done, last) = self
                 .store
                 .write(move |conn| {
-                    let work = store::deks_to_rewrap(conn, &from, batch)?;
-                    let last = work.last().map(|(row, _)| row.id.clone());
+                    let work = store::deks_to_rewrap(conn, from, batch)?;
+                    let last = work.last().map(|(_, _, rowid)| *rowid);
                     let mut done = 0;
                     let mut counts: HashMap<(String, u32), u64> = HashMap::new();
-                    for (row, to) in work {
+                    for (row, to, _) in work {
                         let tenant = TenantId::parse(&row.tenant_id)
                             .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
                         match keys.rewrap_dek(conn, &tenant, &row, to) {
@@ -2132,14 +2151,15 @@ impl Vault {
 
     // ----- subjects ------------------------------------------------------
 
-    /// Exports a subject: the header now, then every record through the
-    /// returned channel, read a page at a time.
+    /// Exports a subject: the header now, then through the returned
+    /// channel every record, then the subject's access history (every
+    /// audited call that touched it), each read a page at a time.
     pub async fn export_subject(
         self: &Arc<Self>,
         permit: &Permit,
         call: &Arc<Call>,
         subject: SubjectId,
-    ) -> Result<(ExportHeader, mpsc::Receiver<Result<RecordValue>>)> {
+    ) -> Result<(ExportHeader, mpsc::Receiver<Result<ExportItem>>)> {
         // Memory per export stays bounded whatever the values' size: a page
         // read holds at most PAGE records and stops once PAGE_BYTES of
         // ciphertext are in; at most QUEUED values wait for the client.
@@ -2226,13 +2246,13 @@ impl Vault {
                 match page {
                     Ok((values, last)) => {
                         for v in values {
-                            if tx.send(Ok(v)).await.is_err() {
+                            if tx.send(Ok(ExportItem::Record(v))).await.is_err() {
                                 return;
                             }
                         }
                         match last {
                             Some(c) => after = Some(c),
-                            None => return,
+                            None => break,
                         }
                     }
                     Err(e) => {
@@ -2241,8 +2261,75 @@ impl Vault {
                     }
                 }
             }
+            vault.stream_access_history(&tenant, &owner, &tx).await;
         });
         Ok((header, rx))
+    }
+
+    /// Sends the subject's access history, a page of audit entries at a
+    /// time, principal ids resolved to names (once each).
+    async fn stream_access_history(
+        &self,
+        tenant: &TenantId,
+        owner: &[u8],
+        tx: &mpsc::Sender<Result<ExportItem>>,
+    ) {
+        const PAGE: usize = 1000;
+        let blind_hex = hex::encode(owner);
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut after = 0;
+        loop {
+            let (t, b, known) = (
+                tenant.clone(),
+                blind_hex.clone(),
+                names
+                    .keys()
+                    .cloned()
+                    .collect::<std::collections::HashSet<_>>(),
+            );
+            let page = self
+                .store
+                .read(move |conn| {
+                    let rows = store::audit_touching(conn, t.as_str(), &b, after, PAGE)?;
+                    let mut found = HashMap::new();
+                    for r in &rows {
+                        if !known.contains(&r.principal) && !found.contains_key(&r.principal) {
+                            let name = store::principal_get(conn, &r.principal)?
+                                .map_or_else(|| r.principal.clone(), |p| p.name);
+                            found.insert(r.principal.clone(), name);
+                        }
+                    }
+                    Ok((rows, found))
+                })
+                .await;
+            let (rows, found) = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            names.extend(found);
+            let full = rows.len() == PAGE;
+            for r in rows {
+                after = r.seq;
+                let entry = AccessEntry {
+                    principal_name: names.get(&r.principal).cloned().unwrap_or_default(),
+                    seq: r.seq,
+                    time: r.time,
+                    principal_id: r.principal,
+                    action: r.action,
+                    outcome: r.outcome,
+                    purpose: r.purpose,
+                };
+                if tx.send(Ok(ExportItem::Access(entry))).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                return;
+            }
+        }
     }
 
     /// Crypto-shreds a subject: destroys its data key (the records become

@@ -27,7 +27,7 @@ use crate::authz::{self, Action, Permit, Principal, Role};
 use crate::crypto;
 use crate::error::Error;
 use crate::ids::{self, Category, ContentType, PrincipalName, RecordKey, TenantId};
-use crate::vault::{PrincipalSpec, PutRecord, RecordRef, Vault};
+use crate::vault::{ExportItem, PrincipalSpec, PutRecord, RecordRef, Vault};
 
 mod retention;
 
@@ -674,8 +674,21 @@ impl SubjectService for Api {
             // in-flight slot until the client has it all or goes away.
             let rest = ReceiverStream::new(records).map(move |item| {
                 let _held = &slot;
-                item.map(|v| pb::ExportSubjectResponse {
-                    item: Some(Item::Record(convert::record(&tenant, &subject_id, v))),
+                item.map(|item| pb::ExportSubjectResponse {
+                    item: Some(match item {
+                        ExportItem::Record(v) => {
+                            Item::Record(convert::record(&tenant, &subject_id, v))
+                        }
+                        ExportItem::Access(a) => Item::Access(pb::AccessEntry {
+                            seq: a.seq,
+                            time_unix_ms: a.time,
+                            principal_id: a.principal_id,
+                            principal_name: a.principal_name,
+                            action: a.action,
+                            outcome: a.outcome,
+                            purpose: a.purpose,
+                        }),
+                    }),
                 })
                 .map_err(Status::from)
             });

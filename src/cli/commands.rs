@@ -523,6 +523,7 @@ async fn subject(client: &Client, cmd: SubjectCmd, json: bool) -> anyhow::Result
                 .into_inner();
             let mut doc = serde_json::Map::new();
             let mut records = Vec::new();
+            let mut history = Vec::new();
             while let Some(item) = stream.message().await? {
                 match item.item {
                     Some(pb::export_subject_response::Item::Header(h)) => {
@@ -534,10 +535,16 @@ async fn subject(client: &Client, cmd: SubjectCmd, json: bool) -> anyhow::Result
                     Some(pb::export_subject_response::Item::Record(r)) => {
                         records.push(record_json(&r))
                     }
+                    Some(pb::export_subject_response::Item::Access(a)) => history.push(json!({
+                        "time": fmt_time(a.time_unix_ms), "principal": a.principal_name,
+                        "principal_id": a.principal_id, "action": a.action,
+                        "outcome": a.outcome, "purpose": a.purpose,
+                    })),
                     None => {}
                 }
             }
             doc.insert("records".into(), json!(records));
+            doc.insert("access_history".into(), json!(history));
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         SubjectCmd::Shred { tenant, subject } => {

@@ -68,3 +68,45 @@ pub fn live_key_records(
     }
     Ok(())
 }
+
+/// An audit entry that touched a subject, for its access history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRow {
+    pub seq: u64,
+    pub time: i64,
+    pub principal: String,
+    pub action: String,
+    pub outcome: String,
+    pub purpose: String,
+}
+
+/// Up to `limit` entries of `tenant` after `after` whose resource names
+/// `blind_hex` (the subject's blind id), in chain order. Walks the tenant's
+/// entries by (tenant, seq).
+pub fn audit_touching(
+    conn: &Connection,
+    tenant: &str,
+    blind_hex: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<AccessRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, time, principal, action, outcome, purpose FROM audit_log
+         WHERE tenant = ?1 AND seq > ?2 AND instr(resource, ?3) > 0
+         ORDER BY seq LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        rusqlite::params![tenant, after as i64, blind_hex, limit as i64],
+        |r| {
+            Ok(AccessRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                time: r.get(1)?,
+                principal: r.get(2)?,
+                action: r.get(3)?,
+                outcome: r.get(4)?,
+                purpose: r.get(5)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -308,20 +308,22 @@ pub fn tenant_set_kek_version(conn: &Connection, tenant: &str, version: u32) -> 
 }
 
 /// Up to `limit` live data keys of active tenants wrapped under a KEK
-/// version older than their tenant's current one: the rewrap job's work.
+/// version older than their tenant's current one, after row `after` in
+/// the order they were made (oldest first): the rewrap job's work, with
+/// each key's target version and row number (the next page's cursor).
 pub fn deks_to_rewrap(
     conn: &Connection,
-    after_id: &str,
+    after: i64,
     limit: usize,
-) -> Result<Vec<(DekRow, u32)>> {
+) -> Result<Vec<(DekRow, u32, i64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT d.id, d.tenant_id, d.owner, d.kek_version, d.wrapped, t.kek_version
+        "SELECT d.id, d.tenant_id, d.owner, d.kek_version, d.wrapped, t.kek_version, d.rowid
          FROM tenants t JOIN data_keys d ON d.tenant_id = t.id
-         WHERE t.state = 'active' AND d.wrapped IS NOT NULL AND d.kek_version < t.kek_version AND d.id > ?1
-         ORDER BY d.id LIMIT ?2",
+         WHERE t.state = 'active' AND d.wrapped IS NOT NULL AND d.kek_version < t.kek_version AND d.rowid > ?1
+         ORDER BY d.rowid LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![after_id, limit as i64], |r| {
-        Ok((dek_row(r)?, r.get(5)?))
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok((dek_row(r)?, r.get(5)?, r.get(6)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

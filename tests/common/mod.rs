@@ -278,6 +278,16 @@ pub async fn export(
     tenant: &str,
     subject: &str,
 ) -> (pb::SubjectHeader, Vec<pb::Record>) {
+    let (header, records, _) = export_all(c, tenant, subject).await;
+    (header, records)
+}
+
+/// As [`export`], with the access history after the records.
+pub async fn export_all(
+    c: &Client,
+    tenant: &str,
+    subject: &str,
+) -> (pb::SubjectHeader, Vec<pb::Record>, Vec<pb::AccessEntry>) {
     let mut stream = c
         .subjects()
         .export_subject(pb::ExportSubjectRequest {
@@ -287,14 +297,22 @@ pub async fn export(
         .await
         .unwrap()
         .into_inner();
-    let (mut header, mut records) = (None, Vec::new());
+    let (mut header, mut records, mut history) = (None, Vec::new(), Vec::new());
     while let Some(m) = stream.message().await.unwrap() {
         match m.item.unwrap() {
             pb::export_subject_response::Item::Header(h) => header = Some(h),
-            pb::export_subject_response::Item::Record(r) => records.push(r),
+            pb::export_subject_response::Item::Record(r) => {
+                assert!(history.is_empty(), "records come before the history");
+                records.push(r)
+            }
+            pb::export_subject_response::Item::Access(a) => history.push(a),
         }
     }
-    (header.expect("an export starts with a header"), records)
+    (
+        header.expect("an export starts with a header"),
+        records,
+        history,
+    )
 }
 
 /// Starts the real `strongbox serve` binary on port 0 with `args`, in
