@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// The audit chain's anchor file; `<data_dir>/audit.anchor` if unset.
     /// Put it on another volume than the database.
     pub audit_anchor: Option<PathBuf>,
+    /// The shred ledger; `<data_dir>/shred.ledger` if unset. Put it on
+    /// another volume than the database.
+    pub shred_ledger: Option<PathBuf>,
     /// Connection caps and timeouts.
     pub connections: ConnectionLimits,
     /// Platform retention defaults and caps per category, applied at start
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             tls: None,
             insecure_plaintext: false,
             audit_anchor: None,
+            shred_ledger: None,
             connections: ConnectionLimits::default(),
             retention_defaults: Vec::new(),
         }
@@ -132,6 +136,7 @@ struct FileConfig {
     client_ca: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
     audit_anchor: Option<PathBuf>,
+    shred_ledger: Option<PathBuf>,
     retention: Option<std::collections::BTreeMap<String, RetentionFile>>,
     admin_recovery_delay: Option<String>,
     require_admin_enrolment: Option<bool>,
@@ -222,6 +227,9 @@ pub fn pkcs11_config(
     }
 }
 
+/// The file name of the shred ledger inside the data directory, by default.
+pub const SHRED_LEDGER_FILE: &str = "shred.ledger";
+
 /// The file name of the audit anchor inside the data directory, by default.
 pub const AUDIT_ANCHOR_FILE: &str = "audit.anchor";
 
@@ -303,6 +311,7 @@ impl ServerConfig {
             cfg.tls = tls_files(f.tls_cert, f.tls_key, f.client_ca)?;
             cfg.insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
             cfg.audit_anchor = f.audit_anchor;
+            cfg.shred_ledger = f.shred_ledger;
             for (category, r) in f.retention.unwrap_or_default() {
                 cfg.retention_defaults.push(RetentionDefaultConfig {
                     keep: r.keep.map(|k| duration("retention.keep", &k)).transpose()?,
@@ -347,6 +356,13 @@ impl ServerConfig {
     /// The audit anchor file: configured, or beside the database.
     pub fn audit_anchor_path(&self) -> PathBuf {
         audit_anchor_path(self.audit_anchor.clone(), &self.data_dir)
+    }
+
+    /// The shred ledger file: configured, or beside the database.
+    pub fn shred_ledger_path(&self) -> PathBuf {
+        self.shred_ledger
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(SHRED_LEDGER_FILE))
     }
 
     pub fn operator_key_path(&self) -> PathBuf {

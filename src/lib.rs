@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod api_key;
+pub(crate) mod appendfile;
 pub mod audit;
 pub mod authz;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod error;
 pub mod ids;
 pub mod integrity;
 pub mod keyring;
+pub mod ledger;
 pub mod rootkey;
 pub mod server;
 pub mod store;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Audit(AuditCmd::AcceptLoss(args)) => accept_loss(args, cli.json).await,
+            Command::Audit(AuditCmd::AcceptLoss(args)) => accept_loss(*args, cli.json).await,
             _ => cli::run_client(cli).await,
         }
     });
@@ -107,6 +107,9 @@ fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if args.audit_anchor.is_some() {
         cfg.audit_anchor = args.audit_anchor;
+    }
+    if args.shred_ledger.is_some() {
+        cfg.shred_ledger = args.shred_ledger;
     }
     Ok(cfg)
 }

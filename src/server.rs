@@ -99,6 +99,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     vault
         .apply_retention_defaults(&cfg.retention_defaults)
         .await?;
+    let ledger = cfg.shred_ledger_path();
+    let entries = vault.open_ledger(&ledger).await?;
+    tracing::info!(path = %ledger.display(), entries, "shred ledger open");
     let key_file = cfg.operator_key_path();
     if vault.bootstrap_operator(&key_file).await? {
         // The key itself is never logged: only where it was written.

@@ -236,6 +236,9 @@ pub struct ExportHeader {
     pub subject: Zeroizing<String>,
     pub subject_blind_id: BlindId,
     pub created_at: i64,
+    /// The access history runs up to this audit entry: the calls before
+    /// the export began.
+    pub history_until: u64,
 }
 
 /// Proof of a subject shred, MAC'd under the vault's receipt key.
@@ -328,6 +331,16 @@ fn erase_subject(
     Ok(receipt)
 }
 
+/// Ledger entries for data keys of `tenant`.
+fn ledger_deks(tenant: &str, ids: &[String]) -> Vec<crate::ledger::Destroyed> {
+    ids.iter()
+        .map(|id| crate::ledger::Destroyed::Dek {
+            tenant: tenant.to_owned(),
+            id: id.clone(),
+        })
+        .collect()
+}
+
 /// The vault: storage, keys and limits.
 pub struct Vault {
     store: Store,
@@ -345,6 +358,9 @@ pub struct Vault {
     stopping: std::sync::atomic::AtomicBool,
     /// Background jobs already reported as blocked by a legal hold.
     held_reported: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The shred ledger, once opened (the server opens it; library use
+    /// may run without).
+    ledger: std::sync::OnceLock<crate::ledger::Ledger>,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -779,6 +795,7 @@ impl Vault {
             anchor_wanted: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             held_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
+            ledger: std::sync::OnceLock::new(),
         }))
     }
 
@@ -1138,6 +1155,10 @@ impl Vault {
         };
         self.keys.forget_tenant(tenant);
         self.auth_cache().forget_tenant(tenant);
+        self.ledger_record(vec![crate::ledger::Destroyed::Tenant {
+            tenant: tenant.as_str().to_owned(),
+        }])
+        .await?;
         tracing::info!(
             tenant = %tenant,
             kek_versions = ?destroyed.kek_versions,
@@ -1461,6 +1482,11 @@ impl Vault {
             .await?;
         if done {
             self.keys.forget_dek(&job.old_dek);
+            self.ledger_record(ledger_deks(
+                &job.tenant_id,
+                std::slice::from_ref(&job.old_dek),
+            ))
+            .await?;
             self.store.checkpoint().await?;
             tracing::info!(tenant = %job.tenant_id, dek = %job.old_dek, "data key re-encrypted and destroyed");
         }
@@ -1643,6 +1669,11 @@ impl Vault {
             self.mutate(&call, move |conn| store::kek_retire(conn, &t, v, now_ms()))
                 .await?;
             self.keys.forget_kek(tenant, *version);
+            self.ledger_record(vec![crate::ledger::Destroyed::Kek {
+                tenant: tenant.clone(),
+                version: *version,
+            }])
+            .await?;
             tracing::info!(tenant = %tenant, version, "retired key-encryption key: material destroyed");
         }
         if !due.is_empty() {
@@ -2202,12 +2233,14 @@ impl Vault {
                     subject,
                     subject_blind_id: blind,
                     created_at: row.created_at,
+                    history_until: store::audit_last_seq(conn)?,
                 })
             })
             .await?;
         let (tx, rx) = mpsc::channel(QUEUED);
         let vault = self.clone();
         let owner = header.subject_blind_id.to_vec();
+        let until = header.history_until;
         tokio::spawn(async move {
             let mut after: Option<RecordCursor> = None;
             loop {
@@ -2261,7 +2294,9 @@ impl Vault {
                     }
                 }
             }
-            vault.stream_access_history(&tenant, &owner, &tx).await;
+            vault
+                .stream_access_history(&tenant, &owner, until, &tx)
+                .await;
         });
         Ok((header, rx))
     }
@@ -2272,6 +2307,7 @@ impl Vault {
         &self,
         tenant: &TenantId,
         owner: &[u8],
+        until: u64,
         tx: &mpsc::Sender<Result<ExportItem>>,
     ) {
         const PAGE: usize = 1000;
@@ -2290,7 +2326,7 @@ impl Vault {
             let page = self
                 .store
                 .read(move |conn| {
-                    let rows = store::audit_touching(conn, t.as_str(), &b, after, PAGE)?;
+                    let rows = store::audit_touching(conn, t.as_str(), &b, (after, until), PAGE)?;
                     let mut found = HashMap::new();
                     for r in &rows {
                         if !known.contains(&r.principal) && !found.contains_key(&r.principal) {
@@ -2362,6 +2398,8 @@ impl Vault {
         for id in &receipt.destroyed_key_ids {
             self.keys.forget_dek(id);
         }
+        self.ledger_record(ledger_deks(&receipt.tenant, &receipt.destroyed_key_ids))
+            .await?;
         self.after_shred().await;
         Ok(receipt)
     }
@@ -2387,6 +2425,30 @@ impl Vault {
             tracing::warn!(error = %e, "WAL checkpoint after shred failed; housekeeping retries it");
         }
         self.purge_wanted.notify_one();
+    }
+
+    /// Opens the shred ledger at `path` and records every destruction in
+    /// it from now on. Returns how many entries it holds.
+    pub async fn open_ledger(&self, path: &Path) -> Result<usize> {
+        let keys = self.keys.clone();
+        let key = self.store.read(move |c| keys.audit_key(c)).await?;
+        let (ledger, entries) = crate::ledger::Ledger::open(path, &key)?;
+        let _ = self.ledger.set(ledger);
+        Ok(entries.len())
+    }
+
+    /// Appends destructions to the ledger (synced) before the call that
+    /// made them returns.
+    async fn ledger_record(&self, destroyed: Vec<crate::ledger::Destroyed>) -> Result<()> {
+        let Some(ledger) = self.ledger.get() else {
+            return Ok(());
+        };
+        if destroyed.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys.clone();
+        let key = self.store.read(move |c| keys.audit_key(c)).await?;
+        ledger.record(&key, &destroyed)
     }
 
     /// Asks background passes to stop between batches (shutdown).

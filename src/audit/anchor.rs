@@ -15,8 +15,6 @@
 //! entries are written; a `reset` line is written by `strongbox audit
 //! accept-loss`, when an operator has acknowledged a break.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -98,26 +96,10 @@ impl Anchor {
     /// checks every line's MAC and link. A last line cut short by a crash
     /// (no newline) is dropped; any other bad line is `Corrupt`.
     pub fn open(path: &Path, key: &SecretKey) -> Result<Self> {
-        let io =
-            |e: std::io::Error| Error::Unavailable(format!("audit anchor {}: {e}", path.display()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let mut text = std::fs::read(path).map_err(io)?;
-        if let Some(end) = text.iter().rposition(|b| *b == b'\n') {
-            if end + 1 != text.len() {
-                file.set_len(end as u64 + 1).map_err(io)?;
-                text.truncate(end + 1);
-            }
-        } else if !text.is_empty() {
-            file.set_len(0).map_err(io)?;
-            text.clear();
-        }
-        let text = String::from_utf8(text).map_err(|_| broken(path, 0, "is not text"))?;
+        let text = crate::appendfile::open_lines(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => broken(path, 0, "is not text"),
+            _ => Error::Unavailable(format!("audit anchor {}: {e}", path.display())),
+        })?;
         let mut state = State {
             newest: None,
             link: [0; 32],
@@ -214,15 +196,9 @@ impl Anchor {
             hex::encode(&point.head),
             hex::encode(mac)
         );
-        let io = |e: std::io::Error| {
+        crate::appendfile::append_synced(&self.path, &line).map_err(|e| {
             Error::Unavailable(format!("audit anchor {}: {e}", self.path.display()))
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
-        file.write_all(line.as_bytes()).map_err(io)?;
-        file.sync_data().map_err(io)?;
+        })?;
         *state = State {
             newest: Some(point),
             link: mac,
@@ -296,7 +272,7 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        f.write_all(b"v1 head 4 17").unwrap();
+        std::io::Write::write_all(&mut f, b"v1 head 4 17").unwrap();
         let a = Anchor::open(&path, &key).unwrap();
         assert_eq!(a.floor(), 3);
         a.record(&key, Kind::Head, point(4)).unwrap();

@@ -26,6 +26,9 @@ pub enum BenchOp {
     Mixed,
     Shred,
     Rewrap,
+    /// Put latency while the retention sweep expires `--records` records
+    /// (the server's housekeeping interval sets when the sweep starts).
+    Sweep,
 }
 
 impl BenchOp {
@@ -36,6 +39,7 @@ impl BenchOp {
             BenchOp::Mixed => "mixed",
             BenchOp::Shred => "shred",
             BenchOp::Rewrap => "rewrap",
+            BenchOp::Sweep => "sweep",
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub subjects: usize,
 }
+
+mod sweep;
 
 /// One worker's tally.
 #[derive(Default)]
@@ -126,7 +132,7 @@ async fn load(
             let (mut records, mut writes) = (c.records(), 0usize);
             while !stop.now() {
                 let is_put = match op {
-                    BenchOp::Put | BenchOp::Rewrap => true,
+                    BenchOp::Put | BenchOp::Rewrap | BenchOp::Sweep => true,
                     BenchOp::Get => false,
                     BenchOp::Mixed => rng.random_bool(0.5),
                     BenchOp::Shred => unreachable!("shred runs apart"),
@@ -233,10 +239,20 @@ fn put_req(tenant: &str, subjects: usize, i: usize, value: &[u8]) -> pb::PutReco
 }
 
 fn put_to(tenant: &str, subject: String, i: usize, value: &[u8]) -> pb::PutRecordRequest {
+    put_in(tenant, "bench", subject, i, value)
+}
+
+fn put_in(
+    tenant: &str,
+    category: &str,
+    subject: String,
+    i: usize,
+    value: &[u8],
+) -> pb::PutRecordRequest {
     pb::PutRecordRequest {
         tenant: tenant.to_owned(),
         subject,
-        category: "bench".into(),
+        category: category.into(),
         key: format!("k{i}"),
         value: value.to_vec(),
         ..Default::default()
@@ -275,6 +291,11 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
 
     if args.op == BenchOp::Shred {
         let result = shred_bench(&pool, &tenant, &args, &value, json_out).await;
+        cleanup(client, &tenant).await;
+        return result;
+    }
+    if args.op == BenchOp::Sweep {
+        let result = sweep::run(&pool, &tenant, &args, &value, duration, json_out).await;
         cleanup(client, &tenant).await;
         return result;
     }
@@ -495,6 +516,17 @@ async fn prefill(
     value: &[u8],
     subject: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
 ) -> anyhow::Result<()> {
+    prefill_in(pool, tenant, "bench", args, value, subject).await
+}
+
+async fn prefill_in(
+    pool: &[Client],
+    tenant: &str,
+    category: &'static str,
+    args: &BenchArgs,
+    value: &[u8],
+    subject: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
+) -> anyhow::Result<()> {
     let lanes = args.concurrency.min(args.records.max(1));
     let mut tasks = Vec::with_capacity(lanes);
     for lane in 0..lanes {
@@ -509,7 +541,7 @@ async fn prefill(
             let mut i = lane;
             while i < total {
                 records
-                    .put_record(put_to(&tenant, subject(i), i, &value))
+                    .put_record(put_in(&tenant, category, subject(i), i, &value))
                     .await?;
                 i += lanes;
             }

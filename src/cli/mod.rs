@@ -150,7 +150,7 @@ pub enum AuditCmd {
     /// stop the server first; takes the server's flags (data dir, config,
     /// root key). Keeps the verified stretch, quarantines the rest, and
     /// records the acknowledgement in the chain.
-    AcceptLoss(AcceptLossArgs),
+    AcceptLoss(Box<AcceptLossArgs>),
     /// Print entries (JSON lines with --json, ready for a SIEM).
     List {
         /// Only this tenant's entries (an auditor always gets its own).
@@ -258,6 +258,10 @@ pub struct ServeArgs {
     /// it on another volume than the database.
     #[arg(long)]
     pub audit_anchor: Option<PathBuf>,
+    /// The shred ledger: every key destruction, so a restore keeps erased
+    /// data erased (default DATA_DIR/shred.ledger; put it on another volume).
+    #[arg(long)]
+    pub shred_ledger: Option<PathBuf>,
     /// Keep the root key in a PKCS#11 token (HSM) instead of the key file.
     #[command(flatten)]
     pub pkcs11: Pkcs11Args,

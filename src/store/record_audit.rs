@@ -80,23 +80,31 @@ pub struct AccessRow {
     pub purpose: String,
 }
 
-/// Up to `limit` entries of `tenant` after `after` whose resource names
-/// `blind_hex` (the subject's blind id), in chain order. Walks the tenant's
-/// entries by (tenant, seq).
+/// The newest entry's sequence number (0: none).
+pub fn audit_last_seq(conn: &Connection) -> Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM audit_log")?
+        .query_row([], |r| r.get(0))?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+/// Up to `limit` entries of `tenant` in (`after`, `until`] whose resource
+/// names `blind_hex` (the subject's blind id), in chain order. Walks the
+/// tenant's entries by (tenant, seq).
 pub fn audit_touching(
     conn: &Connection,
     tenant: &str,
     blind_hex: &str,
-    after: u64,
+    (after, until): (u64, u64),
     limit: usize,
 ) -> Result<Vec<AccessRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, time, principal, action, outcome, purpose FROM audit_log
-         WHERE tenant = ?1 AND seq > ?2 AND instr(resource, ?3) > 0
+         WHERE tenant = ?1 AND seq > ?2 AND seq <= ?5 AND instr(resource, ?3) > 0
          ORDER BY seq LIMIT ?4",
     )?;
     let rows = stmt.query_map(
-        rusqlite::params![tenant, after as i64, blind_hex, limit as i64],
+        rusqlite::params![tenant, after as i64, blind_hex, limit as i64, until as i64],
         |r| {
             Ok(AccessRow {
                 seq: r.get::<_, i64>(0)? as u64,

@@ -37,8 +37,8 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Records expired per transaction, and the pause between transactions
 /// that leaves the writer to live traffic.
-pub const SWEEP_BATCH: usize = 500;
-pub const SWEEP_PAUSE: Duration = Duration::from_millis(10);
+pub const SWEEP_BATCH: usize = 128;
+pub const SWEEP_PAUSE: Duration = Duration::from_millis(20);
 
 /// A category's retention in a tenant, as in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -464,6 +464,8 @@ impl Vault {
         for id in &destroyed {
             self.keys.forget_dek(id);
         }
+        self.ledger_record(super::ledger_deks(tenant.as_str(), &destroyed))
+            .await?;
         if n > 0 {
             tracing::info!(tenant = %tenant, category, records = n, subjects_erased = erased, "retention: records expired");
         }
