@@ -134,9 +134,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     // Every service is registered, with the first probe's outcome, before
     // the listener answers.
     let was_serving = health::probe(&vault, &health, None).await;
+    // Reflection in both versions: grpc.reflection.v1, and v1alpha, which
+    // is all that grpcio-reflection, many GUI clients and older grpcurl
+    // builds speak.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     let (stop, stopped) = watch::channel(false);
@@ -159,6 +166,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(pb::tenant_service_server::TenantServiceServer::new(
             api.clone(),
         ))

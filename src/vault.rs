@@ -276,6 +276,35 @@ impl DeletionReceipt {
         }
         crypto::encode_fields(&fields)
     }
+
+    /// A stored receipt back from its canonical bytes and MAC.
+    fn from_stored(body: &[u8], mac: Vec<u8>) -> Option<DeletionReceipt> {
+        let f = crypto::decode_fields(body)?;
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+        let reason = match f.get(7..) {
+            None | Some([]) => ShredReason::Request,
+            Some([name, r]) if name == b"reason" && r == b"retention" => ShredReason::Retention,
+            _ => return None,
+        };
+        if f.first()?.as_slice() != b"strongbox/v1/deletion-receipt" {
+            return None;
+        }
+        let keys = text(f.get(4)?)?;
+        Some(DeletionReceipt {
+            receipt_id: text(f.get(1)?)?,
+            tenant: text(f.get(2)?)?,
+            subject_blind_id: f.get(3)?.clone(),
+            destroyed_key_ids: if keys.is_empty() {
+                Vec::new()
+            } else {
+                keys.split(',').map(str::to_owned).collect()
+            },
+            records_made_unreadable: u64::from_be_bytes(f.get(5)?.as_slice().try_into().ok()?),
+            shredded_at: i64::from_be_bytes(f.get(6)?.as_slice().try_into().ok()?),
+            reason,
+            mac,
+        })
+    }
 }
 
 /// Why a subject's keys were destroyed.
@@ -327,7 +356,14 @@ fn erase_subject(
     };
     let body = receipt.canonical();
     receipt.mac = crypto::hmac_sha256(&keys.receipt_key(conn)?, &[&body]).to_vec();
-    store::receipt_insert(conn, &receipt.receipt_id, t, &body, &receipt.mac, now)?;
+    store::receipt_insert(
+        conn,
+        &receipt.receipt_id,
+        t,
+        blind,
+        (&body, &receipt.mac),
+        now,
+    )?;
     Ok(receipt)
 }
 
@@ -2387,14 +2423,31 @@ impl Vault {
                 let trow = active_tenant(conn, &keys, &tenant)?;
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
-                holds::refuse_if_held(conn, &c, &trow, holds::Held::Owner(&blind), "subject")?;
                 let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
                 if row.dek_id.is_none() {
-                    return Err(subject_not_found());
+                    // A retried deletion request: already done; the original
+                    // receipt answers it (if it was issued with its subject).
+                    let (body, mac) =
+                        store::receipt_latest(conn, t, &blind)?.ok_or_else(subject_not_found)?;
+                    let expected = crypto::hmac_sha256(&keys.receipt_key(conn)?, &[&body]);
+                    if !crypto::ct_eq(&expected, &mac) {
+                        return Err(Error::Corrupt(
+                            "the stored deletion receipt fails its MAC".into(),
+                        ));
+                    }
+                    let receipt = DeletionReceipt::from_stored(&body, mac)
+                        .ok_or_else(|| Error::Corrupt("a stored receipt is malformed".into()))?;
+                    c.note_resource(&format!("repeat-of:{}", receipt.receipt_id));
+                    return Ok((receipt, true));
                 }
-                erase_subject(conn, &keys, t, &blind, ShredReason::Request)
+                holds::refuse_if_held(conn, &c, &trow, holds::Held::Owner(&blind), "subject")?;
+                erase_subject(conn, &keys, t, &blind, ShredReason::Request).map(|r| (r, false))
             })
             .await?;
+        let (receipt, repeat) = receipt;
+        if repeat {
+            return Ok(receipt);
+        }
         for id in &receipt.destroyed_key_ids {
             self.keys.forget_dek(id);
         }
@@ -2649,6 +2702,27 @@ mod tests {
             hex::encode(crypto::hmac_sha256(&key, &[&r.canonical()])),
             "258e105aa1123a3832d414d8edd81df1f69f6f0df0363e1b69d3fe6424397cd5"
         );
+    }
+
+    #[test]
+    fn a_stored_receipt_reads_back_whole() {
+        for reason in [ShredReason::Request, ShredReason::Retention] {
+            let r = DeletionReceipt {
+                receipt_id: "rcpt-1".into(),
+                tenant: "t".into(),
+                subject_blind_id: vec![1; 32],
+                destroyed_key_ids: vec!["dek-1".into(), "dek-2".into()],
+                records_made_unreadable: 5,
+                shredded_at: 10,
+                reason,
+                mac: vec![9; 32],
+            };
+            assert_eq!(
+                DeletionReceipt::from_stored(&r.canonical(), r.mac.clone()),
+                Some(r)
+            );
+        }
+        assert_eq!(DeletionReceipt::from_stored(b"junk", vec![]), None);
     }
 
     #[test]

@@ -283,6 +283,35 @@ async fn health_and_reflection_answer() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // v1alpha: what grpcio-reflection (Python), many GUI clients and older
+    // grpcurl builds speak.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut refl = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "strongbox.v1.RetentionService".into(),
+            )),
+        };
+        let msg = refl
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = msg.message_response else {
+            panic!("unexpected v1alpha reflection answer: {msg:?}");
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
+
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,

@@ -401,14 +401,81 @@ async fn fail_subject_rpcs() {
         Code::InvalidArgument,
         "receipt.mac: must be hex",
     );
-    // A second shred of the same subject finds nothing to shred.
+    // Deletion requests are retried: a second shred of the same subject
+    // succeeds with the original receipt, which still verifies.
+    let again = subj
+        .shred_subject(pb::ShredSubjectRequest {
+            tenant: "t".into(),
+            subject: "dave".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, receipt);
+    assert!(receipt_valid(&u, &again).await);
+    // A subject never stored is still NOT_FOUND.
     assert_status(
         subj.shred_subject(pb::ShredSubjectRequest {
             tenant: "t".into(),
-            subject: "dave".into(),
+            subject: "never-seen".into(),
         })
         .await,
         Code::NotFound,
         "subject not found",
     );
+}
+
+/// A `tenant` field sent as a varint where the method wants a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongWireType {
+    #[prost(uint64, tag = "1")]
+    tenant: u64,
+}
+
+/// A `tenant` field whose bytes are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotUtf8 {
+    #[prost(bytes = "vec", tag = "1")]
+    tenant: Vec<u8>,
+}
+
+async fn raw_get_tenant<M>(s: &TestServer, msg: M) -> tonic::Status
+where
+    M: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(s.anonymous().await.channel());
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<M, pb::Tenant> = tonic_prost::ProstCodec::default();
+    grpc.unary(
+        tonic::Request::new(msg),
+        http::uri::PathAndQuery::from_static("/strongbox.v1.TenantService/GetTenant"),
+        codec,
+    )
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_undecodable_requests_are_invalid_argument_not_internal() {
+    let s = TestServer::start().await;
+    for status in [
+        raw_get_tenant(&s, WrongWireType { tenant: 7 }).await,
+        raw_get_tenant(
+            &s,
+            NotUtf8 {
+                tenant: vec![0xff, 0xfe, 0x41],
+            },
+        )
+        .await,
+    ] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("request: not a valid protobuf message for this method: ")
+                && status.message().contains("tenant"),
+            "{}",
+            status.message()
+        );
+    }
 }

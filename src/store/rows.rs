@@ -859,15 +859,30 @@ pub fn receipt_insert(
     conn: &Connection,
     id: &str,
     tenant: &str,
-    body: &[u8],
-    mac: &[u8],
+    subject: &[u8],
+    (body, mac): (&[u8], &[u8]),
     now: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO receipts (id, tenant_id, body, mac, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, tenant, body, mac, now],
+        "INSERT INTO receipts (id, tenant_id, subject, body, mac, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, tenant, subject, body, mac, now],
     )?;
     Ok(())
+}
+
+/// The newest receipt issued for a subject: (body, mac).
+pub fn receipt_latest(
+    conn: &Connection,
+    tenant: &str,
+    subject: &[u8],
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT body, mac FROM receipts WHERE tenant_id = ?1 AND subject = ?2
+             ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        )?
+        .query_row(params![tenant, subject], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
 }
 
 /// Every tenant's wrapped index key (shredded tenants have none).

@@ -269,6 +269,12 @@ ALTER TABLE records ADD COLUMN expired_at INTEGER;
 CREATE INDEX records_by_age ON records (tenant_id, category, updated_at) WHERE deleted_at IS NULL;
 CREATE INDEX subjects_by_activity ON subjects (tenant_id, last_activity_at) WHERE dek_id IS NOT NULL;
 "#,
+    r#"
+-- A receipt's subject (blind id), so a repeated shred answers with the
+-- original receipt. NULL for receipts issued before this.
+ALTER TABLE receipts ADD COLUMN subject BLOB;
+CREATE INDEX receipts_by_subject ON receipts (tenant_id, subject, created_at) WHERE subject IS NOT NULL;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.
