@@ -101,6 +101,8 @@ pub enum Action {
     RetentionPreview,
     /// Record a subject's activity (retention by last activity).
     SubjectTouch,
+    /// Take an online backup of the vault.
+    Backup,
     PrincipalCreate,
     PrincipalList,
     ApiKeyCreate,
@@ -122,7 +124,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 36] = [
+    pub const ALL: [Action; 37] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::TenantGet,
@@ -141,6 +143,7 @@ impl Action {
         Action::RetentionList,
         Action::RetentionPreview,
         Action::SubjectTouch,
+        Action::Backup,
         Action::PrincipalCreate,
         Action::PrincipalList,
         Action::ApiKeyCreate,
@@ -182,6 +185,7 @@ impl Action {
             Action::RetentionList => "retention.list",
             Action::RetentionPreview => "retention.preview",
             Action::SubjectTouch => "subject.touch",
+            Action::Backup => "vault.backup",
             Action::PrincipalCreate => "principal.create",
             Action::PrincipalList => "principal.list",
             Action::ApiKeyCreate => "api-key.create",
@@ -213,6 +217,7 @@ impl Action {
                 | Action::AuditVerify
                 | Action::KeyRotateRoot
                 | Action::RetentionDefault
+                | Action::Backup
         )
     }
 }
@@ -239,6 +244,7 @@ pub const PERMISSIONS: &[(Role, &[Action])] = &[
             A::RetentionDefault,
             A::RetentionList,
             A::RetentionPreview,
+            A::Backup,
             A::ReceiptVerify,
             A::AuditList,
             A::AuditVerify,
@@ -473,6 +479,7 @@ mod tests {
                     "retention.default",
                     "retention.list",
                     "retention.preview",
+                    "vault.backup",
                     "receipt.verify",
                     "audit.list",
                     "audit.verify",

@@ -8,10 +8,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::api::pb::{
-    audit_service_client::AuditServiceClient, key_service_client::KeyServiceClient,
-    principal_service_client::PrincipalServiceClient, record_service_client::RecordServiceClient,
-    retention_service_client::RetentionServiceClient, subject_service_client::SubjectServiceClient,
-    tenant_service_client::TenantServiceClient,
+    audit_service_client::AuditServiceClient, backup_service_client::BackupServiceClient,
+    key_service_client::KeyServiceClient, principal_service_client::PrincipalServiceClient,
+    record_service_client::RecordServiceClient, retention_service_client::RetentionServiceClient,
+    subject_service_client::SubjectServiceClient, tenant_service_client::TenantServiceClient,
 };
 
 /// Adds `authorization: Bearer <key>` to every call.
@@ -161,6 +161,10 @@ impl Client {
         RecordServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn backup(&self) -> BackupServiceClient<Svc> {
+        BackupServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub fn retention(&self) -> RetentionServiceClient<Svc> {

@@ -188,6 +188,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .add_service(pb::retention_service_server::RetentionServiceServer::new(
             api.clone(),
         ))
+        .add_service(pb::backup_service_server::BackupServiceServer::new(
+            api.clone(),
+        ))
         .add_service(pb::key_service_server::KeyServiceServer::new(api));
     let (incoming, connections) =
         connections::incoming(listener, cfg.connections, max_connections, stopped.clone());

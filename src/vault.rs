@@ -27,6 +27,7 @@ use crate::tombstones::Tombstones;
 
 mod admin_recovery;
 mod audit_trail;
+pub mod backup;
 mod holds;
 pub use holds::{HoldInfo, parse_reason as parse_hold_reason};
 mod record_check;

@@ -31,6 +31,7 @@ const SPEC_TABLE: &[(&str, &[&str])] = &[
             "SetRetentionDefault",
             "ListRetention",
             "PreviewRetention",
+            "Backup",
             "VerifyReceipt",
             "ListAuditEntries",
             "VerifyAudit",
@@ -165,6 +166,7 @@ fn code_table_matches_spec_table() {
         ("SetRetentionDefault", Action::RetentionDefault),
         ("ListRetention", Action::RetentionList),
         ("PreviewRetention", Action::RetentionPreview),
+        ("Backup", Action::Backup),
     ];
     for (role_name, allowed) in SPEC_TABLE {
         let role = Role::parse(role_name).unwrap();

@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::ids::{self, Category, ContentType, PrincipalName, RecordKey, TenantId};
 use crate::vault::{ExportItem, PrincipalSpec, PutRecord, RecordRef, Vault};
 
+mod backup;
 mod retention;
 
 /// Implements every `strongbox.v1` service over one vault.

@@ -60,6 +60,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key(&client, cmd, json).await,
         Command::Bench(args) => super::bench::run(&client, args, json).await,
         Command::Enrol { .. } => anyhow::bail!("enrol needs no server"),
+        Command::Backup { out } => backup(&client, &out, json).await,
     }
 }
 
@@ -1056,4 +1057,57 @@ fn print_retention(r: &pb::Retention, json: bool) {
         d(r.default_keep_seconds),
         d(r.max_seconds)
     );
+}
+
+/// `strongbox backup --out FILE`: streamed to FILE.partial, renamed when whole.
+async fn backup(client: &Client, out: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    anyhow::ensure!(
+        !out.exists(),
+        "--out: {} exists; a backup never overwrites a file",
+        out.display()
+    );
+    let partial = out.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("--out: cannot create {}", partial.display()))?;
+    let started = std::time::Instant::now();
+    let written = async {
+        let mut stream = client
+            .backup()
+            .backup(pb::BackupRequest {})
+            .await?
+            .into_inner();
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            file.write_all(&chunk.data)?;
+            bytes += chunk.data.len() as u64;
+        }
+        file.sync_all()?;
+        Ok::<_, anyhow::Error>(bytes)
+    }
+    .await;
+    let bytes = match written {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("--out: cannot rename to {}", out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        print_json(&json!({ "file": out, "bytes": bytes, "seconds": secs }));
+    } else {
+        println!(
+            "backup written to {} ({bytes} bytes in {secs:.1} s)",
+            out.display()
+        );
+    }
+    Ok(())
 }

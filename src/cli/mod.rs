@@ -80,6 +80,12 @@ pub enum Command {
     Retention(RetentionCmd),
     /// Drive a running server with concurrent clients and report throughput.
     Bench(BenchArgs),
+    /// An online backup (operator): a consistent snapshot streamed while
+    /// writes go on, written to FILE (which must not exist; mode 0600).
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make an API key on this machine, for a principal someone else creates
     /// (e.g. the operator creating your tenant's first admin): writes the key
     /// to FILE (mode 0600) and prints the enrolment to hand on. Needs no server.

@@ -21,7 +21,7 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Every service the server registers health for: the whole server, and
 /// each `strongbox.v1` service.
-pub fn services() -> [&'static str; 8] {
+pub fn services() -> [&'static str; 9] {
     [
         "",
         <pb::tenant_service_server::TenantServiceServer<Api> as NamedService>::NAME,
@@ -31,6 +31,7 @@ pub fn services() -> [&'static str; 8] {
         <pb::audit_service_server::AuditServiceServer<Api> as NamedService>::NAME,
         <pb::key_service_server::KeyServiceServer<Api> as NamedService>::NAME,
         <pb::retention_service_server::RetentionServiceServer<Api> as NamedService>::NAME,
+        <pb::backup_service_server::BackupServiceServer<Api> as NamedService>::NAME,
     ]
 }
 

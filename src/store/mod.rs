@@ -42,6 +42,8 @@ pub struct Store {
     writer: Writer,
     readers: Arc<ReadPool>,
     checkpointer: Arc<Checkpointer>,
+    /// The database file (snapshots are made beside it).
+    path: Arc<std::path::PathBuf>,
 }
 
 /// Its own connection for TRUNCATE checkpoints, off the writer thread, and
@@ -117,6 +119,7 @@ impl Store {
                 conn: Mutex::new(checkpoint_conn),
                 pending: std::sync::atomic::AtomicBool::new(false),
             }),
+            path: Arc::new(path.to_owned()),
         })
     }
 
@@ -194,6 +197,62 @@ impl Store {
             );
         }
         Ok(done)
+    }
+
+    /// A new, empty, private (0600) file beside the database, for a
+    /// snapshot.
+    pub fn scratch_file(&self) -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dest = self.path.with_extension(format!(
+            "snapshot-{}.tmp",
+            hex::encode(crate::crypto::random_bytes::<8>())
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dest)
+            .map_err(|e| Error::Unavailable(format!("snapshot file {}: {e}", dest.display())))?;
+        Ok(dest)
+    }
+
+    /// Writes a consistent copy of the database into `dest` (`VACUUM INTO`,
+    /// on a read connection: one read snapshot, so writers go on; it only
+    /// keeps the WAL from being checkpointed past that snapshot meanwhile).
+    /// `dest` must be empty.
+    pub async fn snapshot_to(&self, dest: std::path::PathBuf) -> Result<()> {
+        let slot = self
+            .readers
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("storage: read pool closed".into()))?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let conn = pool
+                .idle
+                .lock()
+                .map_err(|_| Error::Internal("read pool lock poisoned".into()))?
+                .pop()
+                .ok_or_else(|| Error::Internal("read pool: a slot without a connection".into()))?;
+            let dest = dest
+                .to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Internal("the snapshot's path is not UTF-8".into()));
+            let result = dest.and_then(|d| {
+                conn.execute("VACUUM INTO ?1", [d])
+                    .map(drop)
+                    .map_err(Error::from)
+            });
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot task: {e}")))?
     }
 
     /// Runs `f` on a read connection inside one read transaction (a

@@ -69,6 +69,7 @@ pub const RPC_ORDER: &[&str] = &[
     "SetRetentionDefault",
     "ListRetention",
     "PreviewRetention",
+    "Backup",
     "ScheduleTenantShred",
     "CancelTenantShred",
 ];
@@ -294,6 +295,20 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
                 within_seconds: 86_400,
             })
             .await),
+        "Backup" => match c.backup().backup(pb::BackupRequest {}).await {
+            Ok(resp) => {
+                let id = request_id(&Ok::<_, Status>(Response::new(())));
+                let id = resp
+                    .metadata()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or(id, str::to_owned);
+                let mut stream = resp.into_inner();
+                while stream.message().await?.is_some() {}
+                Ok(id)
+            }
+            Err(e) => rid::<()>(Err(e)),
+        },
         "CancelTenantShred" => rid(c
             .tenants()
             .cancel_tenant_shred(pb::CancelTenantShredRequest { tenant: t })
