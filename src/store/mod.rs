@@ -221,43 +221,35 @@ impl Store {
     /// keeps the WAL from being checkpointed past that snapshot meanwhile).
     /// `dest` must be empty.
     pub async fn snapshot_to(&self, dest: std::path::PathBuf) -> Result<()> {
-        let slot = self
-            .readers
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Unavailable("storage: read pool closed".into()))?;
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            let conn = pool
-                .idle
-                .lock()
-                .map_err(|_| Error::Internal("read pool lock poisoned".into()))?
-                .pop()
-                .ok_or_else(|| Error::Internal("read pool: a slot without a connection".into()))?;
+        self.on_reader(move |conn| {
             let dest = dest
                 .to_str()
-                .map(str::to_owned)
-                .ok_or_else(|| Error::Internal("the snapshot's path is not UTF-8".into()));
-            let result = dest.and_then(|d| {
-                conn.execute("VACUUM INTO ?1", [d])
-                    .map(drop)
-                    .map_err(Error::from)
-            });
-            if let Ok(mut idle) = pool.idle.lock() {
-                idle.push(conn);
-            }
-            result
+                .ok_or_else(|| Error::Internal("the snapshot's path is not UTF-8".into()))?;
+            conn.execute("VACUUM INTO ?1", [dest])?;
+            Ok(())
         })
         .await
-        .map_err(|e| Error::Internal(format!("snapshot task: {e}")))?
     }
 
     /// Runs `f` on a read connection inside one read transaction (a
     /// consistent snapshot), off the async executor.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.on_reader(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let out = f(&tx);
+            tx.finish()?;
+            out
+        })
+        .await
+    }
+
+    /// Runs `f` on an idle read connection, off the async executor; the
+    /// connection goes back to the pool whatever `f` does (a panic too).
+    async fn on_reader<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -278,14 +270,8 @@ impl Store {
                 .map_err(|_| Error::Internal("read pool lock poisoned".into()))?
                 .pop()
                 .ok_or_else(|| Error::Internal("read pool: a slot without a connection".into()))?;
-            // A panicking reader must not take its connection with it.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let tx = conn.unchecked_transaction()?;
-                let out = f(&tx);
-                tx.finish()?;
-                out
-            }))
-            .unwrap_or_else(|_| Err(Error::Internal("a read panicked".into())));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)))
+                .unwrap_or_else(|_| Err(Error::Internal("a read panicked".into())));
             if let Ok(mut idle) = pool.idle.lock() {
                 idle.push(conn);
             }
