@@ -36,18 +36,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn init_logging(format: cli::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => fmt.init(),
+        // One JSON object a line: timestamp, level, target, the message
+        // and the event's fields at the top level.
+        cli::LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.log_format);
     let cfg = server_config(args)?;
     let running = server::start(cfg).await?;
     // Scripts and tests read the bound address (the real port for :0) here.
@@ -59,7 +68,7 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.server.log_format);
     let cfg = server_config(args.server)?;
     let done = server::accept_audit_loss(&cfg, args.reason).await?;
     if json {

@@ -233,11 +233,22 @@ pub struct MoveRootArgs {
     pub pkcs11: Pkcs11Args,
 }
 
+/// How the server writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Data directory (default ./strongbox-data).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Log lines as `text` (for people) or `json` (one object a line, for
+    /// Loki, Elasticsearch, CloudWatch). Level: RUST_LOG.
+    #[arg(long, env = "STRONGBOX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Listen address (default 127.0.0.1:50051).
     #[arg(long)]
     pub listen: Option<String>,

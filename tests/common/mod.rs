@@ -479,6 +479,11 @@ impl Serve {
         }
     }
 
+    /// The stderr lines read so far (by [`Serve::wait_for`]).
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Waits up to `timeout` for a stderr line containing `needle`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
         if self.seen.iter().any(|l| l.contains(needle)) {
