@@ -397,7 +397,7 @@ pub struct Vault {
     held_reported: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The shred ledger, once opened (the server opens it; library use
     /// may run without).
-    ledger: std::sync::OnceLock<crate::ledger::Ledger>,
+    ledger: std::sync::OnceLock<Arc<crate::ledger::Ledger>>,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -2486,15 +2486,17 @@ impl Vault {
     pub async fn open_ledger(&self, path: &Path) -> Result<usize> {
         let keys = self.keys.clone();
         let key = self.store.read(move |c| keys.audit_key(c)).await?;
-        let (ledger, entries) = crate::ledger::Ledger::open(path, &key)?;
-        let _ = self.ledger.set(ledger);
+        let path = path.to_owned();
+        let (ledger, entries) =
+            crate::blocking(move || crate::ledger::Ledger::open(&path, &key)).await?;
+        let _ = self.ledger.set(Arc::new(ledger));
         Ok(entries.len())
     }
 
     /// Appends destructions to the ledger (synced) before the call that
     /// made them returns.
     async fn ledger_record(&self, destroyed: Vec<crate::ledger::Destroyed>) -> Result<()> {
-        let Some(ledger) = self.ledger.get() else {
+        let Some(ledger) = self.ledger.get().cloned() else {
             return Ok(());
         };
         if destroyed.is_empty() {
@@ -2502,7 +2504,8 @@ impl Vault {
         }
         let keys = self.keys.clone();
         let key = self.store.read(move |c| keys.audit_key(c)).await?;
-        ledger.record(&key, &destroyed)
+        // The append ends in an fsync: off the async executor.
+        crate::blocking(move || ledger.record(&key, &destroyed)).await
     }
 
     /// Asks background passes to stop between batches (shutdown).

@@ -451,28 +451,20 @@ async fn rewrap_bench(
         tenant: tenant.to_owned(),
     })
     .await?;
-    let stop = Stop::at(Instant::now() + std::time::Duration::from_secs(3600));
-    let watcher = {
-        let (mut keys, tenant, stop) = (keys.clone(), tenant.to_owned(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let st = keys
-                    .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
-                        tenant: tenant.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                if st.data_keys_to_rewrap == 0 && st.versions.iter().all(|v| v.state != "retiring")
-                {
-                    stop.flag.store(true, Ordering::Relaxed);
-                    return Ok::<_, tonic::Status>(started.elapsed());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        })
-    };
-    let during = load(pool, tenant, args, value, BenchOp::Put, stop).await?;
-    let took = watcher.await??;
+    let (during, ()) = puts_until(pool, tenant, args, value, async || {
+        let st = keys
+            .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
+                tenant: tenant.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(
+            (st.data_keys_to_rewrap == 0 && st.versions.iter().all(|v| v.state != "retiring"))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let took = started.elapsed();
     // The data keys: the prefilled subjects, the tenant's own, and those the
     // first load's puts created.
     let rewrapped = args.records as f64;
@@ -505,6 +497,39 @@ async fn rewrap_bench(
         );
     }
     Ok(())
+}
+
+/// Puts under load (as `--op put`) until `done`, polled every 50 ms while
+/// a background job runs, answers `Some`: the load's figures and that
+/// answer.
+async fn puts_until<T>(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+    mut done: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<(LoadResult, T)> {
+    let stop = Stop::at(Instant::now() + std::time::Duration::from_secs(3600));
+    let watch = async {
+        loop {
+            match done().await {
+                Ok(Some(t)) => {
+                    stop.flag.store(true, Ordering::Relaxed);
+                    return Ok(t);
+                }
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(e) => {
+                    stop.flag.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let (during, answer) = tokio::join!(
+        load(pool, tenant, args, value, BenchOp::Put, stop.clone()),
+        watch
+    );
+    Ok((during?, answer?))
 }
 
 /// Writes `--records` records `concurrency` at a time; `subject(i)` names

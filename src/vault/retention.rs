@@ -460,7 +460,6 @@ impl Vault {
                 Ok((rows.len(), erased, destroyed))
             })
             .await?;
-        let (n, erased, destroyed) = (n, erased, destroyed);
         for id in &destroyed {
             self.keys.forget_dek(id);
         }

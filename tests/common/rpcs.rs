@@ -295,20 +295,13 @@ pub async fn call(rpc: &str, c: &Client, ctx: &Ctx, role: &str) -> Result<String
                 within_seconds: 86_400,
             })
             .await),
-        "Backup" => match c.backup().backup(pb::BackupRequest {}).await {
-            Ok(resp) => {
-                let id = request_id(&Ok::<_, Status>(Response::new(())));
-                let id = resp
-                    .metadata()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map_or(id, str::to_owned);
-                let mut stream = resp.into_inner();
-                while stream.message().await?.is_some() {}
-                Ok(id)
-            }
-            Err(e) => rid::<()>(Err(e)),
-        },
+        "Backup" => {
+            let r = c.backup().backup(pb::BackupRequest {}).await;
+            let id = request_id(&r);
+            let mut stream = r?.into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(id)
+        }
         "CancelTenantShred" => rid(c
             .tenants()
             .cancel_tenant_shred(pb::CancelTenantShredRequest { tenant: t })

@@ -7,12 +7,11 @@
 //! The sweep starts at the server's next housekeeping pass: run the server
 //! with a short `housekeeping_interval` (e.g. 1s) to measure it.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{BenchArgs, BenchOp, Stop, load, prefill_in};
+use super::{BenchArgs, BenchOp, Stop, load, prefill_in, puts_until};
 use crate::api::pb;
 use crate::client::Client;
 
@@ -47,34 +46,25 @@ pub(super) async fn run(
         })
         .await?;
     let started = Instant::now();
-    let stop = Stop::at(Instant::now() + Duration::from_secs(3600));
-    let watcher = {
-        let (mut retention, tenant, stop) = (retention.clone(), tenant.to_owned(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let p = retention
-                    .preview_retention(pb::PreviewRetentionRequest {
-                        tenant: tenant.clone(),
-                        within_seconds: 0,
-                    })
-                    .await?
-                    .into_inner();
-                let expired: u64 = p
-                    .expired
-                    .iter()
-                    .filter(|c| c.category == "expiring")
-                    .map(|c| c.records)
-                    .sum();
-                if p.due.iter().all(|c| c.category != "expiring") && expired > 0 {
-                    stop.flag.store(true, Ordering::Relaxed);
-                    return Ok::<_, tonic::Status>((started.elapsed(), expired));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-    let during = load(pool, tenant, args, value, BenchOp::Put, stop).await?;
-    let (took, expired) = watcher.await??;
+    let (during, expired) = puts_until(pool, tenant, args, value, async || {
+        let p = retention
+            .preview_retention(pb::PreviewRetentionRequest {
+                tenant: tenant.to_owned(),
+                within_seconds: 0,
+            })
+            .await?
+            .into_inner();
+        let expired: u64 = p
+            .expired
+            .iter()
+            .filter(|c| c.category == "expiring")
+            .map(|c| c.records)
+            .sum();
+        let done = p.due.iter().all(|c| c.category != "expiring") && expired > 0;
+        Ok(done.then_some(expired))
+    })
+    .await?;
+    let took = started.elapsed();
     let rate = expired as f64 / took.as_secs_f64();
     if json_out {
         println!(
