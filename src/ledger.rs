@@ -26,7 +26,7 @@ const VERSION: &str = "v1";
 const LABEL: &[u8] = b"strongbox/v1/shred-ledger";
 
 /// One destruction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Destroyed {
     /// A data key of `tenant`.
     Dek { tenant: String, id: String },

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Audit(AuditCmd::AcceptLoss(args)) => accept_loss(*args, cli.json).await,
+            Command::Restore(args) => restore(*args, cli.json).await,
             _ => cli::run_client(cli).await,
         }
     });
@@ -84,6 +85,56 @@ async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()
         println!(
             "audit chain break accepted: entries through {} kept, {} quarantined (table audit_quarantine); the acknowledgement is entry {}",
             done.kept_through, done.quarantined, done.head_seq
+        );
+    }
+    Ok(())
+}
+
+async fn restore(args: cli::RestoreArgs, json: bool) -> anyhow::Result<()> {
+    use server::restore::Ledger;
+    init_logging(args.server.log_format);
+    let ledger = match args.ledger {
+        Some(path) => Ledger::Apply(path),
+        None => Ledger::Without,
+    };
+    let without = matches!(ledger, Ledger::Without);
+    let cfg = server_config(args.server)?;
+    let done = server::restore::restore(&cfg, &args.from, ledger).await?;
+    let taken = strongbox::vault::fmt_time(done.backup_time);
+    if without {
+        eprintln!(
+            "warning: restored WITHOUT the shred ledger: subjects and tenants erased after {taken} may be readable again"
+        );
+    }
+    if json {
+        let a = done.applied.unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({
+                "backup_time": taken,
+                "restarted": done.restarted,
+                "ledger_applied": !without,
+                "ledger_entries": a.entries,
+                "subjects_erased": a.subjects,
+                "tenants_shredded": a.tenants,
+                "data_keys_destroyed": a.data_keys,
+                "keks_retired": a.keks,
+                "records_expired": a.expired,
+            })
+        );
+        return Ok(());
+    }
+    if done.restarted {
+        println!("an interrupted restore was found and started over from the backup");
+    }
+    println!(
+        "restored the backup taken at {taken} into {}",
+        cfg.data_dir.display()
+    );
+    if let Some(a) = done.applied {
+        println!(
+            "shred ledger applied: {} entries; {} subjects erased, {} tenants shredded, {} data keys destroyed, {} KEK versions retired, {} records expired",
+            a.entries, a.subjects, a.tenants, a.data_keys, a.keks, a.expired
         );
     }
     Ok(())

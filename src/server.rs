@@ -16,6 +16,7 @@ use crate::api::{Api, pb};
 
 pub mod connections;
 pub mod health;
+pub mod restore;
 use crate::blocking;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
@@ -89,6 +90,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .create(&cfg.data_dir)
         .map_err(|e| Error::Unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    restore::refuse_if_restoring(&cfg.data_dir)?;
     let db = cfg.data_dir.join(DB_FILE);
     let readers = cfg.read_connections;
     let store = blocking(move || Store::open(&db, readers)).await?;
@@ -408,6 +410,7 @@ pub async fn move_root_to_hsm(
         )));
     }
     let _lock = lock_data_dir(data_dir)?;
+    restore::refuse_if_restoring(data_dir)?;
     let store = blocking(move || Store::open(&db, 1)).await?;
     let to = target.uri();
     let p11 = target.clone();
@@ -489,6 +492,7 @@ pub async fn accept_audit_loss(
         ));
     }
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    restore::refuse_if_restoring(&cfg.data_dir)?;
     let store = blocking(move || Store::open(&db, 1)).await?;
     let root = open_root(cfg, &store).await?;
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());

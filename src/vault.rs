@@ -31,9 +31,13 @@ pub mod backup;
 mod holds;
 pub use holds::{HoldInfo, parse_reason as parse_hold_reason};
 mod record_check;
+mod restore;
+pub use restore::Applied as RestoreApplied;
 mod retention;
+mod shred_ledger;
 pub use record_check::RecordCheck;
 pub use retention::{Preview as RetentionPreview, Retention, SWEEP_BATCH, SWEEP_PAUSE};
+use shred_ledger::ledger_deks;
 
 /// Limits and defaults the use cases enforce.
 #[derive(Clone, Debug)]
@@ -366,16 +370,6 @@ fn erase_subject(
         now,
     )?;
     Ok(receipt)
-}
-
-/// Ledger entries for data keys of `tenant`.
-fn ledger_deks(tenant: &str, ids: &[String]) -> Vec<crate::ledger::Destroyed> {
-    ids.iter()
-        .map(|id| crate::ledger::Destroyed::Dek {
-            tenant: tenant.to_owned(),
-            id: id.clone(),
-        })
-        .collect()
 }
 
 /// The vault: storage, keys and limits.
@@ -2479,33 +2473,6 @@ impl Vault {
             tracing::warn!(error = %e, "WAL checkpoint after shred failed; housekeeping retries it");
         }
         self.purge_wanted.notify_one();
-    }
-
-    /// Opens the shred ledger at `path` and records every destruction in
-    /// it from now on. Returns how many entries it holds.
-    pub async fn open_ledger(&self, path: &Path) -> Result<usize> {
-        let keys = self.keys.clone();
-        let key = self.store.read(move |c| keys.audit_key(c)).await?;
-        let path = path.to_owned();
-        let (ledger, entries) =
-            crate::blocking(move || crate::ledger::Ledger::open(&path, &key)).await?;
-        let _ = self.ledger.set(Arc::new(ledger));
-        Ok(entries.len())
-    }
-
-    /// Appends destructions to the ledger (synced) before the call that
-    /// made them returns.
-    async fn ledger_record(&self, destroyed: Vec<crate::ledger::Destroyed>) -> Result<()> {
-        let Some(ledger) = self.ledger.get().cloned() else {
-            return Ok(());
-        };
-        if destroyed.is_empty() {
-            return Ok(());
-        }
-        let keys = self.keys.clone();
-        let key = self.store.read(move |c| keys.audit_key(c)).await?;
-        // The append ends in an fsync: off the async executor.
-        crate::blocking(move || ledger.record(&key, &destroyed)).await
     }
 
     /// Asks background passes to stop between batches (shutdown).

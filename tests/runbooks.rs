@@ -294,3 +294,87 @@ async fn legal_hold_runbook_runs_as_written() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_and_restore_runbook_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let Acme {
+        mut server,
+        endpoint,
+        operator,
+        op,
+        admin,
+        ..
+    } = acme(dir.path()).await;
+    let app_key = new_principal(
+        &admin,
+        "acme",
+        "app",
+        &["writer", "reader", "privacy-officer"],
+    )
+    .await;
+    let app = op.as_key(&app_key).unwrap();
+    common::put_ok(&app, "acme", "alice@example.com", "contact", "email", b"a").await;
+    common::put_ok(&app, "acme", "bob@example.com", "contact", "email", b"b").await;
+    let parts = runnable_parts("backup-and-restore.md");
+    assert_eq!(parts.len(), 3);
+
+    let out = run_script(
+        "backup-and-restore.md",
+        &parts[0],
+        dir.path(),
+        &endpoint,
+        &operator,
+        &[],
+    );
+    assert!(out.contains("backup written to backups/vault-"), "{out}");
+    // After the backup, alice asks to be erased.
+    common::shred_ok(&app, "acme", "alice@example.com").await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let out = run_script(
+        "backup-and-restore.md",
+        &parts[1],
+        dir.path(),
+        &endpoint,
+        &operator,
+        &[],
+    );
+    assert!(
+        out.contains("shred ledger applied") && out.contains("1 subjects erased"),
+        "{out}"
+    );
+
+    let (mut restored, endpoint) = spawn_binary(
+        &["--data-dir".as_ref(), "restored-data".as_ref()],
+        dir.path(),
+    );
+    let out = run_script(
+        "backup-and-restore.md",
+        &parts[2],
+        dir.path(),
+        &endpoint,
+        &operator,
+        &[],
+    );
+    assert!(
+        out.starts_with("ok: ") && out.contains("backup.restore"),
+        "{out}"
+    );
+    let app = Client::connect(&endpoint, Some(&app_key)).await.unwrap();
+    assert!(
+        common::get_value(&app, "acme", "alice@example.com", "contact", "email")
+            .await
+            .is_err(),
+        "erased after the backup: stays erased"
+    );
+    assert_eq!(
+        common::get_value(&app, "acme", "bob@example.com", "contact", "email")
+            .await
+            .unwrap(),
+        b"b"
+    );
+    restored.kill().unwrap();
+    restored.wait().unwrap();
+}

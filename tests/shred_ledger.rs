@@ -112,3 +112,37 @@ async fn every_destruction_is_in_the_ledger_before_the_call_returns() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destruction_the_ledger_missed_in_a_crash_is_recorded_at_the_next_start() {
+    let mut s = TestServer::start().await;
+    let (_, user) = s.tenant_with_user("t").await;
+    put_ok(&user, "t", "alice", "c", "k", b"v").await;
+    put_ok(&user, "t", "bob", "c", "k", b"v").await;
+    let alice = shred_ok(&user, "t", "alice").await;
+    let path = s.config.shred_ledger_path();
+    let kept = std::fs::read_to_string(&path).unwrap();
+    let bob = shred_ok(&user, "t", "bob").await;
+    s.stop().await;
+    // As if the server died after bob's shred committed and before its
+    // ledger lines were appended.
+    std::fs::write(&path, &kept).unwrap();
+    let lines = ledger(&path);
+    assert!(
+        !lines
+            .iter()
+            .any(|(_, _, id)| bob.destroyed_key_ids.contains(id))
+    );
+    s.restart().await;
+    let lines = ledger(&path);
+    for id in bob.destroyed_key_ids.iter().chain(&alice.destroyed_key_ids) {
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|(kind, _, i)| kind == "dek" && i == id)
+                .count(),
+            1,
+            "{id} once in {lines:?}"
+        );
+    }
+}

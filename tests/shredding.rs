@@ -147,17 +147,6 @@ fn wrapped_dek_of(db: &Path, dek_id: &str) -> Vec<u8> {
         .unwrap()
 }
 
-async fn shred(c: &strongbox::client::Client, tenant: &str, subject: &str) -> pb::DeletionReceipt {
-    c.subjects()
-        .shred_subject(pb::ShredSubjectRequest {
-            tenant: tenant.into(),
-            subject: subject.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
     let mut s = TestServer::start().await;
@@ -195,7 +184,7 @@ async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
         "the read cached alice's key"
     );
 
-    let receipt = shred(&u, "t", "alice").await;
+    let receipt = shred_ok(&u, "t", "alice").await;
     assert_eq!(receipt.destroyed_key_ids, vec![alice_dek.clone()]);
     assert_eq!(receipt.records_made_unreadable, 3);
 
@@ -262,7 +251,7 @@ async fn ciphertext_rows_are_purged_after_shred() {
         .await;
     }
     let stolen = steal_records(&s.db_path(), "t");
-    shred(&u, "t", "carol").await;
+    shred_ok(&u, "t", "carol").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left: i64 = Connection::open(s.db_path())
@@ -331,7 +320,7 @@ async fn no_read_succeeds_after_shred_returns_even_under_concurrent_reads() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    shred(&u, "t", "dana").await;
+    shred_ok(&u, "t", "dana").await;
     *returned_at.lock().unwrap() = Some(Instant::now());
     for r in readers {
         assert_eq!(
@@ -351,7 +340,7 @@ async fn erased_subject_refuses_writes_unless_reinstated() {
     let s = TestServer::start().await;
     let (_, u) = s.tenant_with_user("t").await;
     put_ok(&u, "t", "erin", "contact", "email", b"old@example.com").await;
-    shred(&u, "t", "erin").await;
+    shred_ok(&u, "t", "erin").await;
     assert_status(
         u.records()
             .put_record(put("t", "erin", "contact", "email", b"new"))

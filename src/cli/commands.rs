@@ -36,6 +36,9 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
+        Command::Restore(_) => {
+            anyhow::bail!("restore runs on the data directory, without a server")
+        }
         Command::Tenant(cmd) => tenant(&client, cmd, json).await,
         Command::Principal(cmd) => principal(&client, cmd, json).await,
         Command::Record(cmd) => record(&client, cmd, json).await,

@@ -86,6 +86,11 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Restore a backup into a data directory, offline (no server on it):
+    /// writes the database (never over an existing one), replays the shred
+    /// ledger so nothing erased after the backup comes back, and audits
+    /// the restore. Takes the server's flags (data dir, config, root key).
+    Restore(Box<RestoreArgs>),
     /// Make an API key on this machine, for a principal someone else creates
     /// (e.g. the operator creating your tenant's first admin): writes the key
     /// to FILE (mode 0600) and prints the enrolment to hand on. Needs no server.
@@ -211,6 +216,23 @@ pub struct AcceptLossArgs {
     /// entry's purpose.
     #[arg(long)]
     pub reason: String,
+    #[command(flatten)]
+    pub server: ServeArgs,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The backup file (`strongbox backup --out`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The shred ledger of the vault the backup came from (its server's
+    /// --shred-ledger): every key destroyed since is destroyed again.
+    #[arg(long, required_unless_present = "without_ledger")]
+    pub ledger: Option<PathBuf>,
+    /// Restore without a ledger. Subjects and tenants erased after the
+    /// backup was taken may be readable again.
+    #[arg(long, conflicts_with = "ledger")]
+    pub without_ledger: bool,
     #[command(flatten)]
     pub server: ServeArgs,
 }

@@ -9,6 +9,7 @@
 
 mod holds;
 mod record_audit;
+mod restore;
 mod retention;
 mod rows;
 mod schema;
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 pub use holds::*;
 pub use record_audit::*;
+pub use restore::*;
 pub use retention::*;
 pub use rows::*;
 use writer::Writer;

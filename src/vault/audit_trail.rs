@@ -198,6 +198,16 @@ impl Vault {
     /// older than the anchor is tampering (`Corrupt`), logged as such.
     /// Returns the anchored sequence number.
     pub async fn anchor_audit(&self) -> Result<u64> {
+        self.anchor_as(Kind::Head).await
+    }
+
+    /// Anchors the head as a `reset` line: the trail before it is not the
+    /// one the anchor saw (a restore from a backup).
+    pub(super) async fn anchor_reset(&self) -> Result<()> {
+        self.anchor_as(Kind::Reset).await.map(drop)
+    }
+
+    async fn anchor_as(&self, kind: Kind) -> Result<u64> {
         let Some(anchor) = self.anchor.clone() else {
             return Ok(0);
         };
@@ -212,7 +222,7 @@ impl Vault {
             .await?;
         crate::blocking(move || {
             anchor
-                .record(&key, Kind::Head, Point { seq, head })
+                .record(&key, kind, Point { seq, head })
                 .inspect_err(audit::log_tampering)
                 .map(|()| seq)
         })

@@ -6,10 +6,12 @@
 //! HMAC-SHA256 over everything before it, under the backup key
 //! (HMAC of a fixed label under the audit key, itself held under the root
 //! key). It holds what the database holds, wrapped keys and ciphertext,
-//! never the root key. `strongbox restore` (next) verifies the MAC with
-//! the root key, writes the database and replays the shred ledger.
+//! never the root key. `strongbox restore` (`server::restore`) writes the
+//! database out, checks the MAC with the key it holds under the root key,
+//! and replays the shred ledger.
 
 use std::io::Read;
+use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -36,28 +38,78 @@ fn mac_with(key: &SecretKey) -> Result<Hmac<Sha256>> {
         .map_err(|_| Error::Internal("backup MAC key".into()))
 }
 
-/// Whether `file` (a whole backup) carries a valid MAC under `key`; the
-/// database bytes if so.
-pub fn verified<'f>(file: &'f [u8], key: &SecretKey) -> Result<(i64, &'f [u8])> {
-    let bad = |what: &str| {
-        Error::Corrupt(format!(
-            "backup: {what}: the file was damaged or tampered with"
-        ))
-    };
-    if file.len() < MAGIC.len() + 8 + 32 || &file[..MAGIC.len()] != MAGIC {
-        return Err(bad("not a Strongbox backup"));
+/// Bytes of a backup file before the database: magic and time.
+const HEADER: u64 = MAGIC.len() as u64 + 8;
+/// Bytes of the MAC at its end.
+const TAG: u64 = 32;
+
+fn damaged(what: &str) -> Error {
+    Error::Corrupt(format!(
+        "backup: {what}: the file was damaged or tampered with, or it is not a backup of this vault"
+    ))
+}
+
+fn read_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("backup {}: {e}", path.display()))
+}
+
+/// Copies the database out of backup file `from` into `dest` (a new file,
+/// 0600, synced) and returns the snapshot time. Nothing is trusted yet:
+/// [`verify_file`] checks the MAC, with the key the database holds.
+pub fn unpack(from: &Path, dest: &Path) -> Result<i64> {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = std::fs::File::open(from).map_err(|e| read_err(from, e))?;
+    let len = src.metadata().map_err(|e| read_err(from, e))?.len();
+    let mut header = [0u8; HEADER as usize];
+    if len < HEADER + TAG || src.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+        return Err(damaged("not a Strongbox backup"));
     }
-    let (body, tag) = file.split_at(file.len() - 32);
-    let mut mac = mac_with(key)?;
-    mac.update(body);
-    mac.verify_slice(tag)
-        .map_err(|_| bad("its MAC does not match"))?;
     let time = i64::from_be_bytes(
-        body[MAGIC.len()..MAGIC.len() + 8]
+        header[8..]
             .try_into()
-            .map_err(|_| bad("short header"))?,
+            .map_err(|_| damaged("short header"))?,
     );
-    Ok((time, &body[MAGIC.len() + 8..]))
+    src.seek(SeekFrom::Start(HEADER))
+        .map_err(|e| read_err(from, e))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", dest.display())))?;
+    let copied = std::io::copy(&mut src.take(len - HEADER - TAG), &mut out)
+        .and_then(|n| out.sync_all().map(|()| n))
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", dest.display())))?;
+    out.flush()
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", dest.display())))?;
+    if copied != len - HEADER - TAG {
+        return Err(damaged("shorter than it says"));
+    }
+    Ok(time)
+}
+
+/// Checks backup file `path`'s MAC under `key`, reading it in chunks.
+pub fn verify_file(path: &Path, key: &SecretKey) -> Result<()> {
+    let mut file = std::fs::File::open(path).map_err(|e| read_err(path, e))?;
+    let len = file.metadata().map_err(|e| read_err(path, e))?.len();
+    if len < HEADER + TAG {
+        return Err(damaged("not a Strongbox backup"));
+    }
+    let mut mac = mac_with(key)?;
+    let mut body = (&mut file).take(len - TAG);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = body.read(&mut buf).map_err(|e| read_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        mac.update(&buf[..n]);
+    }
+    let mut tag = [0u8; TAG as usize];
+    file.read_exact(&mut tag).map_err(|e| read_err(path, e))?;
+    mac.verify_slice(&tag)
+        .map_err(|_| damaged("its MAC does not match"))
 }
 
 impl Vault {
@@ -125,6 +177,7 @@ mod tests {
 
     #[test]
     fn fail_a_flipped_byte_or_another_key() {
+        let dir = tempfile::tempdir().unwrap();
         let key = SecretKey::generate();
         let mut file = MAGIC.to_vec();
         file.extend_from_slice(&5i64.to_be_bytes());
@@ -132,12 +185,22 @@ mod tests {
         let mut mac = mac_with(&key).unwrap();
         mac.update(&file);
         file.extend_from_slice(&mac.finalize().into_bytes());
-        let (time, db) = verified(&file, &key).unwrap();
-        assert_eq!((time, db), (5, &b"database bytes"[..]));
-        let mut flipped = file.clone();
-        flipped[20] ^= 1;
-        assert!(verified(&flipped, &key).is_err());
-        assert!(verified(&file, &SecretKey::generate()).is_err());
-        assert!(verified(b"SBXBAK01", &key).is_err());
+        let path = dir.path().join("b");
+        std::fs::write(&path, &file).unwrap();
+        verify_file(&path, &key).unwrap();
+        let db = dir.path().join("db");
+        assert_eq!(unpack(&path, &db).unwrap(), 5);
+        assert_eq!(std::fs::read(&db).unwrap(), b"database bytes");
+        assert!(verify_file(&path, &SecretKey::generate()).is_err());
+        for at in [3, 9, 20, file.len() - 1] {
+            let mut flipped = file.clone();
+            flipped[at] ^= 1;
+            std::fs::write(&path, &flipped).unwrap();
+            assert!(verify_file(&path, &key).is_err(), "byte {at}");
+        }
+        std::fs::write(&path, &file[..file.len() - 1]).unwrap();
+        assert!(verify_file(&path, &key).is_err());
+        std::fs::write(&path, b"SBXBAK01").unwrap();
+        assert!(unpack(&path, &dir.path().join("db2")).is_err());
     }
 }

@@ -786,3 +786,15 @@ pub async fn audit_trail(c: &Client, tenant: &str) -> Vec<(String, String, Strin
     }
     out
 }
+
+/// Shreds `subject` of `tenant` through `c`; its receipt.
+pub async fn shred_ok(c: &Client, tenant: &str, subject: &str) -> pb::DeletionReceipt {
+    c.subjects()
+        .shred_subject(pb::ShredSubjectRequest {
+            tenant: tenant.into(),
+            subject: subject.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}

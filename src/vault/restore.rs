@@ -1,0 +1,195 @@
+//! Restore's use case on the vault: replay the shred ledger onto a
+//! database restored from a backup, so nothing erased after the backup was
+//! taken comes back, then record the restore in the audit trail.
+//!
+//! Replaying is idempotent (a key already destroyed is left alone), so a
+//! restore cut short by a crash is finished by running it again. Each
+//! ledger entry destroys in the restored database what it destroyed in the
+//! live one:
+//!
+//! - `dek`: the data key. If it is a subject's current key, the whole
+//!   subject is erased as a shred did (all its keys, its sealed id). A key
+//!   that a re-encryption was moving records off, to a key the ledger does
+//!   not list, is left to the re-encryption job, which moves the records
+//!   and then destroys it, as the live vault did.
+//! - `kek`: the KEK version, after rewrapping any data key still under it
+//!   to the tenant's current version. If the backup predates the rotation
+//!   that made the successor, the version is kept (it is the tenant's
+//!   current key in the backup) and the restored vault's rotation retires
+//!   it later; no personal data depends on this.
+//! - `tenant`: every key of the tenant, as the tenant shred did.
+//!
+//! Then the retention sweep runs to completion (records whose window
+//! passed after the backup expire again before anything is served), the
+//! ciphertext of destroyed keys is purged and the WAL truncated.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::Vault;
+use crate::audit::Call;
+use crate::error::Result;
+use crate::integrity;
+use crate::keyring::Keyring;
+use crate::ledger::{Destroyed, Entry};
+use crate::now_ms;
+use crate::store::{self, TenantState};
+
+/// Ledger entries applied per transaction.
+const APPLY_BATCH: usize = 256;
+
+/// What replaying the ledger destroyed in the restored database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Ledger entries read.
+    pub entries: usize,
+    /// Data keys destroyed (subjects erased count their every key).
+    pub data_keys: usize,
+    /// Subjects erased.
+    pub subjects: usize,
+    /// Tenants shredded.
+    pub tenants: usize,
+    /// KEK versions retired.
+    pub keks: usize,
+    /// Records expired by the retention sweep.
+    pub expired: u64,
+    /// Ciphertext rows purged.
+    pub purged: usize,
+}
+
+impl Vault {
+    /// Applies the shred ledger at `ledger` (opened, checked, and kept as
+    /// this vault's ledger from now on) to the database.
+    pub async fn apply_ledger(&self, ledger: &std::path::Path) -> Result<Applied> {
+        self.open_ledger(ledger).await?;
+        let entries = self.ledger_entries(ledger).await?;
+        let listed: Arc<HashSet<String>> = Arc::new(
+            entries
+                .iter()
+                .filter_map(|e| match &e.destroyed {
+                    Destroyed::Dek { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect(),
+        );
+        let mut applied = Applied {
+            entries: entries.len(),
+            ..Applied::default()
+        };
+        for batch in entries.chunks(APPLY_BATCH) {
+            let (keys, batch, listed) = (self.keys.clone(), batch.to_vec(), listed.clone());
+            let done = self
+                .store
+                .write(move |conn| {
+                    let mut done = Applied::default();
+                    for e in &batch {
+                        apply_entry(conn, &keys, e, &listed, &mut done)?;
+                    }
+                    Ok(done)
+                })
+                .await?;
+            applied.data_keys += done.data_keys;
+            applied.subjects += done.subjects;
+            applied.tenants += done.tenants;
+            applied.keks += done.keks;
+        }
+        loop {
+            let n = self
+                .retention_sweep(super::SWEEP_BATCH, Duration::ZERO)
+                .await?;
+            applied.expired += n;
+            if n == 0 {
+                break;
+            }
+        }
+        applied.purged = self.purge_destroyed().await?;
+        self.store.checkpoint().await?;
+        Ok(applied)
+    }
+
+    /// Records the restore in the audit trail, then anchors the new head
+    /// as a reset: the entries the live vault wrote after the backup are
+    /// not in this trail.
+    pub async fn record_restore(&self, call: &Arc<Call>) -> Result<()> {
+        self.mutate(call, |_| Ok(())).await?;
+        self.anchor_reset().await
+    }
+
+    async fn ledger_entries(&self, path: &std::path::Path) -> Result<Vec<Entry>> {
+        let keys = self.keys.clone();
+        let key = self.store.read(move |c| keys.audit_key(c)).await?;
+        let path = path.to_owned();
+        crate::blocking(move || crate::ledger::Ledger::open(&path, &key).map(|(_, e)| e)).await
+    }
+}
+
+fn apply_entry(
+    conn: &Connection,
+    keys: &Keyring,
+    entry: &Entry,
+    listed: &HashSet<String>,
+    done: &mut Applied,
+) -> Result<()> {
+    let now = now_ms();
+    match &entry.destroyed {
+        Destroyed::Dek { tenant, id } => {
+            let Some(row) = store::dek_get(conn, id)? else {
+                return Ok(()); // made after the backup
+            };
+            if row.wrapped.is_none() || row.tenant_id != *tenant {
+                return Ok(());
+            }
+            if let Some(to) = store::reencrypt_target(conn, id)?
+                && !listed.contains(&to)
+            {
+                return Ok(()); // the re-encryption job finishes it
+            }
+            if store::subject_of_dek(conn, tenant, id)?.is_some() {
+                for d in store::live_deks_of_owner(conn, tenant, &row.owner)? {
+                    store::dek_destroy(conn, &d, now)?;
+                    store::reencrypt_delete(conn, &d)?;
+                    done.data_keys += 1;
+                }
+                store::subject_erase(conn, tenant, &row.owner, now)?;
+                done.subjects += 1;
+            } else {
+                store::dek_destroy(conn, id, now)?;
+                store::reencrypt_delete(conn, id)?;
+                done.data_keys += 1;
+            }
+        }
+        Destroyed::Kek { tenant, version } => {
+            if !store::kek_live(conn, tenant, *version)? {
+                return Ok(());
+            }
+            let Some(t) = integrity::tenant(conn, keys, tenant)? else {
+                return Ok(());
+            };
+            if t.state == TenantState::Shredded || t.kek_version <= *version {
+                return Ok(());
+            }
+            let id = crate::ids::TenantId::parse(tenant)
+                .map_err(|_| crate::error::Error::Internal("stored tenant id is invalid".into()))?;
+            for d in store::deks_under_kek(conn, tenant, *version)? {
+                let wrapped = keys.rewrap_dek(conn, &id, &d, t.kek_version)?;
+                store::dek_rewrapped(conn, &d.id, t.kek_version, &wrapped)?;
+            }
+            store::kek_retire(conn, tenant, *version, now)?;
+            done.keks += 1;
+        }
+        Destroyed::Tenant { tenant } => {
+            match integrity::tenant(conn, keys, tenant)? {
+                Some(t) if t.state != TenantState::Shredded => {}
+                _ => return Ok(()),
+            }
+            store::tenant_destroy(conn, tenant, now)?;
+            store::holds_delete_tenant(conn, tenant)?;
+            integrity::seal_tenant(conn, keys, tenant)?;
+            done.tenants += 1;
+        }
+    }
+    Ok(())
+}
