@@ -67,6 +67,15 @@ pub struct ServerConfig {
     /// Platform retention defaults and caps per category, applied at start
     /// (the config file wins over `retention default` for these categories).
     pub retention_defaults: Vec<RetentionDefaultConfig>,
+    /// The erasure epoch keys file; `<data_dir>/erasure.keys` if unset.
+    /// Keep it with the root key, never in the backups.
+    pub erasure_keys: Option<PathBuf>,
+    /// How long an erasure epoch lasts.
+    pub erasure_epoch: Duration,
+    /// How long after an epoch ends its key is destroyed: the longest any
+    /// copy of the database stays openable. At least `erasure_epoch`; at
+    /// least the backup retention you keep.
+    pub erasure_window: Duration,
 }
 
 /// `[retention.CATEGORY]` in the config file.
@@ -104,6 +113,9 @@ impl Default for ServerConfig {
             shred_ledger: None,
             connections: ConnectionLimits::default(),
             retention_defaults: Vec::new(),
+            erasure_keys: None,
+            erasure_epoch: Duration::from_secs(86_400),
+            erasure_window: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -144,6 +156,9 @@ struct FileConfig {
     max_connections_per_peer: Option<usize>,
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
+    erasure_keys: Option<PathBuf>,
+    erasure_epoch: Option<String>,
+    erasure_window: Option<String>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -337,6 +352,14 @@ impl ServerConfig {
             if let Some(t) = f.idle_timeout {
                 cfg.connections.idle_timeout = nonzero("idle_timeout", &t)?;
             }
+            cfg.erasure_keys = f.erasure_keys;
+            if let Some(d) = f.erasure_epoch {
+                cfg.erasure_epoch = duration("erasure_epoch", &d)?;
+            }
+            if let Some(d) = f.erasure_window {
+                cfg.erasure_window = duration("erasure_window", &d)?;
+            }
+            cfg.erasure()?;
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;
@@ -368,6 +391,39 @@ impl ServerConfig {
     pub fn operator_key_path(&self) -> PathBuf {
         self.data_dir.join("operator.key")
     }
+
+    /// The erasure epoch settings, checked: an epoch of at least a second,
+    /// a window of at least one epoch.
+    pub fn erasure(&self) -> Result<crate::vault::ErasureSettings> {
+        if self.erasure_epoch < Duration::from_secs(1) {
+            return Err(Error::invalid("erasure_epoch", "must be at least 1s"));
+        }
+        if self.erasure_window < self.erasure_epoch {
+            return Err(Error::invalid(
+                "erasure_window",
+                format!(
+                    "must be at least erasure_epoch ({})",
+                    fmt_duration(self.erasure_epoch)
+                ),
+            ));
+        }
+        Ok(crate::vault::ErasureSettings {
+            keys_file: self
+                .erasure_keys
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join(ERASURE_KEYS_FILE)),
+            epoch: self.erasure_epoch,
+            window: self.erasure_window,
+        })
+    }
+}
+
+/// The erasure epoch keys file's name in the data directory (default).
+pub const ERASURE_KEYS_FILE: &str = "erasure.keys";
+
+/// A duration as the config takes it (`30d`, `1h 30m`).
+pub fn fmt_duration(d: Duration) -> String {
+    crate::ids::fmt_duration(d)
 }
 
 #[cfg(test)]

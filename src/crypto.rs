@@ -46,6 +46,7 @@ pub mod label {
     pub const WRAP_RECEIPT_KEY: &str = "strongbox/v1/wrap/receipt-key";
     pub const WRAP_AUDIT_KEY: &str = "strongbox/v1/wrap/audit-key";
     pub const WRAP_STATE_KEY: &str = "strongbox/v1/wrap/state-key";
+    pub const WRAP_ERASURE_KEY: &str = "strongbox/v1/wrap/erasure-wrap-key";
     pub const ROOT_CHECK: &str = "strongbox/v1/root-check";
 }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use crate::crypto::{self, SecretKey, label};
+use crate::erasure::{self, EpochKeys};
 use crate::error::{Error, Result};
 use crate::ids::{SubjectId, TenantId};
 use crate::rootkey::{RootKeyProvider, UnwrapError};
@@ -34,6 +35,9 @@ const AUDIT_KEY_META: &str = "audit_key";
 /// The `meta` row holding the key that MACs security state (principals,
 /// API keys, tenant state), wrapped by the root key.
 const STATE_KEY_META: &str = "state_key";
+/// The `meta` row holding the key that wraps the erasure epoch keys (in
+/// their own file), wrapped by the root key.
+const ERASURE_KEY_META: &str = "erasure_wrap_key";
 /// The `meta` row holding a sealed check value that proves the root key.
 const ROOT_CHECK_META: &str = "root_check";
 /// Which provider holds the root key (its description, no key material),
@@ -102,6 +106,10 @@ pub mod aad {
         encode_fields(&[b"state-key"])
     }
 
+    pub fn erasure_wrap_key() -> Vec<u8> {
+        encode_fields(&[b"erasure-wrap-key"])
+    }
+
     pub fn root_check() -> Vec<u8> {
         encode_fields(&[b"root-check"])
     }
@@ -114,10 +122,15 @@ type VaultKey = (&'static str, &'static str, fn() -> Vec<u8>);
 /// their wrapping label and AAD: the one list that key creation
 /// (`ensure_vault_keys`) and root rotation (`rewrap_root_keys`) both walk,
 /// so a key added here is made and rotated alike.
-const VAULT_KEYS: [VaultKey; 3] = [
+const VAULT_KEYS: [VaultKey; 4] = [
     (RECEIPT_KEY_META, label::WRAP_RECEIPT_KEY, aad::receipt_key),
     (AUDIT_KEY_META, label::WRAP_AUDIT_KEY, aad::audit_key),
     (STATE_KEY_META, label::WRAP_STATE_KEY, aad::state_key),
+    (
+        ERASURE_KEY_META,
+        label::WRAP_ERASURE_KEY,
+        aad::erasure_wrap_key,
+    ),
 ];
 
 /// A subject's blind id: HMAC-SHA256 of the subject id under the tenant's
@@ -162,6 +175,8 @@ impl Default for Cache {
 pub struct NewTenantKeys {
     pub wrapped_index_key: Vec<u8>,
     pub wrapped_kek: Vec<u8>,
+    /// The erasure epoch both are wrapped under (`None`: the root key).
+    pub epoch: Option<u64>,
     pub kek_version: u32,
     pub dek: DekRow,
 }
@@ -178,6 +193,9 @@ struct Roots {
 pub struct Keyring {
     roots: std::sync::RwLock<Roots>,
     cache: Mutex<Cache>,
+    /// The erasure epoch keys, once loaded (`None`: tenant keys are
+    /// wrapped by the root key directly, as before epochs; library use).
+    epochs: std::sync::RwLock<Option<EpochKeys>>,
 }
 
 fn corrupt(what: String) -> Error {
@@ -225,6 +243,7 @@ impl Keyring {
                 previous: None,
             }),
             cache: Mutex::new(Cache::default()),
+            epochs: std::sync::RwLock::new(None),
         }
     }
 
@@ -454,14 +473,20 @@ impl Keyring {
         let t = tenant.as_str();
         let index_key = SecretKey::generate();
         let kek = SecretKey::generate();
-        let wrapped_index_key =
-            self.root()
-                .wrap(label::WRAP_INDEX_KEY, &aad::index_key(t), &index_key)?;
-        let wrapped_kek = self.root().wrap(label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
+        let (wrapped_index_key, epoch) =
+            self.wrap_tenant_key(label::WRAP_INDEX_KEY, &aad::index_key(t), &index_key)?;
+        let (wrapped_kek, kek_epoch) =
+            self.wrap_tenant_key(label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
+        if kek_epoch != epoch {
+            return Err(Error::Unavailable(
+                "an erasure epoch began while a tenant was made; retry".into(),
+            ));
+        }
         let (dek, _) = self.new_dek_under(tenant, &[], 1, &kek);
         Ok(NewTenantKeys {
             wrapped_index_key,
             wrapped_kek,
+            epoch,
             kek_version: 1,
             dek,
         })
@@ -506,6 +531,133 @@ impl Keyring {
         Ok((row, Arc::new(dek)))
     }
 
+    // ----- erasure epochs ------------------------------------------------
+
+    /// The key that wraps the erasure epoch keys in their file.
+    pub fn erasure_wrap_key(&self, conn: &Connection) -> Result<SecretKey> {
+        let wrapped = store::meta_get(conn, ERASURE_KEY_META)?
+            .ok_or_else(|| Error::Internal("the erasure wrapping key is missing".into()))?;
+        self.root_unwrap(
+            label::WRAP_ERASURE_KEY,
+            &aad::erasure_wrap_key(),
+            &wrapped,
+            || "the erasure wrapping key".into(),
+        )
+    }
+
+    /// Uses `keys` for tenant keys from now on.
+    pub fn set_epochs(&self, keys: EpochKeys) {
+        *self.epochs.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+    }
+
+    /// Runs `f` on the epoch keys (which must be loaded).
+    pub fn with_epochs<T>(&self, f: impl FnOnce(&mut EpochKeys) -> Result<T>) -> Result<T> {
+        let mut epochs = self.epochs.write().unwrap_or_else(|p| p.into_inner());
+        let keys = epochs
+            .as_mut()
+            .ok_or_else(|| Error::Internal("erasure epochs are not loaded".into()))?;
+        f(keys)
+    }
+
+    /// The epochs held, oldest first, with when each was made (none
+    /// without epochs).
+    pub fn epochs(&self) -> Vec<(u64, i64)> {
+        self.epochs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(EpochKeys::epochs)
+            .unwrap_or_default()
+    }
+
+    /// Wraps a tenant key (a KEK or index key whose identity is `base`)
+    /// under the current erasure epoch, or the root key without epochs.
+    fn wrap_tenant_key(
+        &self,
+        label: &str,
+        base: &[u8],
+        key: &SecretKey,
+    ) -> Result<(Vec<u8>, Option<u64>)> {
+        let current = self
+            .epochs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|e| e.current().map(|(n, _)| (n, e.key(n))));
+        match current {
+            Some((n, Some(epoch_key))) => Ok((
+                crypto::wrap_key(&epoch_key, label, &erasure::wrapped_aad(base, n), key),
+                Some(n),
+            )),
+            _ => Ok((self.root().wrap(label, base, key)?, None)),
+        }
+    }
+
+    /// Unwraps a tenant key wrapped under erasure epoch `epoch`, or the
+    /// root key when `None`.
+    fn unwrap_tenant_key(
+        &self,
+        label: &str,
+        base: &[u8],
+        wrapped: &[u8],
+        epoch: Option<u64>,
+        what: impl FnOnce() -> String,
+    ) -> Result<SecretKey> {
+        let Some(n) = epoch else {
+            return self.root_unwrap(label, base, wrapped, what);
+        };
+        let key = self
+            .epochs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|e| e.key(n));
+        let what = what();
+        let key = key.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{what} is wrapped under erasure epoch {n}, whose key is not in the erasure keys file (destroyed after erasure_window, or the file is not this vault's)"
+            ))
+        })?;
+        crypto::unwrap_key(&key, label, &erasure::wrapped_aad(base, n), wrapped)
+            .map_err(|_| corrupt(what))
+    }
+
+    /// Rewraps up to `limit` live tenant keys not yet under epoch `target`
+    /// under it, in the caller's transaction; returns how many.
+    pub fn rewrap_into_epoch(&self, conn: &Connection, target: u64, limit: usize) -> Result<usize> {
+        let target_key = self
+            .epochs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|e| e.key(target))
+            .ok_or_else(|| Error::Internal(format!("erasure epoch {target} has no key")))?;
+        let rows = store::tenant_keys_outside_epoch(conn, target, limit)?;
+        for row in &rows {
+            let (label, base, what) = match row.kek_version {
+                Some(v) => (
+                    label::WRAP_KEK,
+                    aad::kek(&row.tenant, v),
+                    format!("key-encryption key v{v} of tenant '{}'", row.tenant),
+                ),
+                None => (
+                    label::WRAP_INDEX_KEY,
+                    aad::index_key(&row.tenant),
+                    format!("the index key of tenant '{}'", row.tenant),
+                ),
+            };
+            let key = self.unwrap_tenant_key(label, &base, &row.wrapped, row.epoch, || what)?;
+            let wrapped = crypto::wrap_key(
+                &target_key,
+                label,
+                &erasure::wrapped_aad(&base, target),
+                &key,
+            );
+            store::set_tenant_key_wrap(conn, &row.tenant, row.kek_version, &wrapped, Some(target))?;
+        }
+        Ok(rows.len())
+    }
+
     /// The tenant's blind-index key.
     pub fn index_key(&self, conn: &Connection, tenant: &TenantId) -> Result<Arc<SecretKey>> {
         let t = tenant.as_str();
@@ -515,10 +667,11 @@ impl Keyring {
         let wrapped = crate::integrity::tenant(conn, self, t)?
             .and_then(|row| row.wrapped_index_key)
             .ok_or_else(|| Error::NotFound(format!("tenant '{t}' not found")))?;
-        let key = Arc::new(self.root_unwrap(
+        let key = Arc::new(self.unwrap_tenant_key(
             label::WRAP_INDEX_KEY,
             &aad::index_key(t),
             &wrapped,
+            store::index_epoch(conn, t)?,
             || format!("the index key of tenant '{t}'"),
         )?);
         let mut cache = self.cache();
@@ -550,15 +703,16 @@ impl Keyring {
         if let Some(k) = self.cache().keks.get(&(t.to_owned(), version)) {
             return Ok(k.clone());
         }
-        let wrapped = store::kek_get(conn, t, version)?.ok_or_else(|| {
+        let (wrapped, epoch) = store::kek_get(conn, t, version)?.ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "key-encryption key v{version} of tenant '{t}' is destroyed"
             ))
         })?;
-        let key = Arc::new(self.root_unwrap(
+        let key = Arc::new(self.unwrap_tenant_key(
             label::WRAP_KEK,
             &aad::kek(t, version),
             &wrapped,
+            epoch,
             || format!("key-encryption key v{version} of tenant '{t}'"),
         )?);
         self.cache_kek(t, version, &key);
@@ -699,9 +853,10 @@ impl Keyring {
             .insert(id.to_owned(), (tenant.as_str().to_owned(), key.clone()));
     }
 
-    /// A new KEK for `tenant` at `version`, wrapped by the root key.
-    pub fn new_kek(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>> {
-        self.root().wrap(
+    /// A new KEK for `tenant` at `version`, wrapped under the current
+    /// erasure epoch (or the root key, without epochs), and that epoch.
+    pub fn new_kek(&self, tenant: &TenantId, version: u32) -> Result<(Vec<u8>, Option<u64>)> {
+        self.wrap_tenant_key(
             label::WRAP_KEK,
             &aad::kek(tenant.as_str(), version),
             &SecretKey::generate(),

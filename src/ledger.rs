@@ -10,8 +10,9 @@
 //!
 //! A line: `v1 <kind> <time> <tenant> <id> <mac>`, where kind is `dek`
 //! (a data key: subject shred, retention, re-encryption; id the key id),
-//! `kek` (a tenant key-encryption key version retired; id the version) or
-//! `tenant` (a whole tenant shredded; id `-`). The MAC (HMAC-SHA256 under
+//! `kek` (a tenant key-encryption key version retired; id the version),
+//! `tenant` (a whole tenant shredded; id `-`) or `epoch` (an erasure
+//! epoch's key destroyed; tenant `-`, id the epoch). The MAC (HMAC-SHA256 under
 //! the audit key) covers the previous line's MAC and every field, so a
 //! line edited, dropped from the middle or reordered fails the whole file;
 //! a last line torn by a crash is dropped.
@@ -34,6 +35,9 @@ pub enum Destroyed {
     Kek { tenant: String, version: u32 },
     /// Every key of a tenant.
     Tenant { tenant: String },
+    /// An erasure epoch's key: every copy of the database made while it
+    /// was current is unreadable from now on.
+    Epoch { epoch: u64 },
 }
 
 impl Destroyed {
@@ -42,6 +46,7 @@ impl Destroyed {
             Destroyed::Dek { tenant, id } => ("dek", tenant, id.clone()),
             Destroyed::Kek { tenant, version } => ("kek", tenant, version.to_string()),
             Destroyed::Tenant { tenant } => ("tenant", tenant, "-".to_owned()),
+            Destroyed::Epoch { epoch } => ("epoch", "-", epoch.to_string()),
         }
     }
 
@@ -57,6 +62,9 @@ impl Destroyed {
                 version: id.parse().ok()?,
             }),
             "tenant" if id == "-" => Some(Destroyed::Tenant { tenant }),
+            "epoch" if tenant == "-" => Some(Destroyed::Epoch {
+                epoch: id.parse().ok()?,
+            }),
             _ => None,
         }
     }
@@ -201,17 +209,19 @@ mod tests {
                     version: 3,
                 },
                 Destroyed::Tenant { tenant: "u".into() },
+                Destroyed::Epoch { epoch: 7 },
             ],
         )
         .unwrap();
         let (l, entries) = Ledger::open(&path, &key).unwrap();
         let got: Vec<_> = entries.into_iter().map(|e| e.destroyed).collect();
-        assert_eq!(got.len(), 4);
+        assert_eq!(got.len(), 5);
         assert_eq!(got[0], dek("dek-1"));
         assert_eq!(got[3], Destroyed::Tenant { tenant: "u".into() });
+        assert_eq!(got[4], Destroyed::Epoch { epoch: 7 });
         // The chain continues after a reopen.
         l.record(&key, &[dek("dek-3")]).unwrap();
-        assert_eq!(Ledger::open(&path, &key).unwrap().1.len(), 5);
+        assert_eq!(Ledger::open(&path, &key).unwrap().1.len(), 6);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`crypto`]: the secret key type and the one seal construction.
 //! - [`rootkey`]: root-key providers (key file, environment, PKCS#11 HSM).
 //! - [`integrity`]: MACs over security state (tenants, principals, API keys).
+//! - [`erasure`]: erasure epoch keys, between the root key and the tenant keys.
 //! - [`keyring`]: the key hierarchy below the root, AAD layouts, key caches.
 //! - [`authz`]: roles, the permission table, and the `Permit`.
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod erasure;
 pub mod error;
 pub mod ids;
 pub mod integrity;

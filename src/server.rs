@@ -104,6 +104,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let ledger = cfg.shred_ledger_path();
     let entries = vault.open_ledger(&ledger).await?;
     tracing::info!(path = %ledger.display(), entries, "shred ledger open");
+    vault.open_erasure(cfg.erasure()?, None).await?;
+    vault.roll_erasure_epoch().await?;
     let key_file = cfg.operator_key_path();
     if vault.bootstrap_operator(&key_file).await? {
         // The key itself is never logged: only where it was written.
@@ -588,6 +590,9 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "retention sweep: records expired"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
+        if let Err(e) = vault.roll_erasure_epoch().await {
+            tracing::warn!(error = %e, "erasure epoch roll failed; will retry");
         }
         match vault.reencrypt_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
             Ok(0) => {}

@@ -33,6 +33,8 @@ pub use holds::{HoldInfo, parse_reason as parse_hold_reason};
 mod record_check;
 mod restore;
 pub use restore::Applied as RestoreApplied;
+mod erasure;
+pub use erasure::{EpochRoll, ErasureSettings};
 mod retention;
 mod shred_ledger;
 pub use record_check::RecordCheck;
@@ -161,8 +163,8 @@ impl RotationPolicy {
 fn rotate_kek(keys: &Keyring, conn: &Connection, tenant: &TenantId) -> Result<u32> {
     let row = active_tenant(conn, keys, tenant)?;
     let version = row.kek_version + 1;
-    let wrapped = keys.new_kek(tenant, version)?;
-    store::kek_insert(conn, tenant.as_str(), version, &wrapped, now_ms())?;
+    let (wrapped, epoch) = keys.new_kek(tenant, version)?;
+    store::kek_insert(conn, tenant.as_str(), version, (&wrapped, epoch), now_ms())?;
     store::tenant_set_kek_version(conn, tenant.as_str(), version)?;
     integrity::seal_tenant(conn, keys, tenant.as_str())?;
     Ok(version)
@@ -392,6 +394,8 @@ pub struct Vault {
     /// The shred ledger, once opened (the server opens it; library use
     /// may run without).
     ledger: std::sync::OnceLock<Arc<crate::ledger::Ledger>>,
+    /// Erasure epochs, once opened (the server opens them).
+    erasure: std::sync::OnceLock<ErasureSettings>,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -827,6 +831,7 @@ impl Vault {
             stopping: std::sync::atomic::AtomicBool::new(false),
             held_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             ledger: std::sync::OnceLock::new(),
+            erasure: std::sync::OnceLock::new(),
         }))
     }
 
@@ -1007,7 +1012,7 @@ impl Vault {
                 created_at: now,
                 shred_at: None,
                 kek_version: keys.kek_version,
-                wrapped_index_key: Some(keys.wrapped_index_key),
+                wrapped_index_key: Some(keys.wrapped_index_key.clone()),
                 dek_id: Some(keys.dek.id.clone()),
                 min_decrypt_version: 0,
                 rotate_after_ms: None,
@@ -1018,7 +1023,14 @@ impl Vault {
             };
             row.mac = Some(integrity::tenant_mac(&*keyring.state_key(conn)?, &row).to_vec());
             store::tenant_insert(conn, &row)?;
-            store::kek_insert(conn, t, keys.kek_version, &keys.wrapped_kek, now)?;
+            store::kek_insert(
+                conn,
+                t,
+                keys.kek_version,
+                (&keys.wrapped_kek, keys.epoch),
+                now,
+            )?;
+            store::set_tenant_key_wrap(conn, t, None, &keys.wrapped_index_key, keys.epoch)?;
             store::dek_insert(conn, &keys.dek, now)?;
             Ok(row.into())
         })

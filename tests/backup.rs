@@ -13,16 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use common::*;
 use strongbox::vault::backup::MAGIC;
 
-fn cli_backup(s: &TestServer, out: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["--endpoint", &s.endpoint, "--api-key", &s.operator_key])
-        .arg("backup")
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_under_writes_holds_every_acknowledged_write() {
     let s = TestServer::start().await;

@@ -53,13 +53,7 @@ async fn fixture() -> Fixture {
     put_ok(&user, "t", "dave", "session", "s", b"short-lived").await;
 
     let backup = s.dir.path().join("vault.sbxbak");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["--endpoint", &s.endpoint, "--api-key", &s.operator_key])
-        .arg("backup")
-        .arg("--out")
-        .arg(&backup)
-        .output()
-        .unwrap();
+    let out = cli_backup(&s, &backup);
     assert!(
         out.status.success(),
         "{}",
@@ -101,25 +95,6 @@ async fn fixture() -> Fixture {
     }
 }
 
-/// A new data directory holding the old vault's root key and operator key
-/// (as an operator restoring onto a new machine would put them there).
-fn new_dir(f: &Fixture) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for file in ["root.key", "operator.key"] {
-        std::fs::copy(f.old.data_dir().join(file), data.join(file)).unwrap();
-    }
-    dir
-}
-
-fn restore_cli(data: &Path, extra: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let mut args: Vec<&std::ffi::OsStr> = vec!["--json".as_ref(), "restore".as_ref()];
-    args.extend([std::ffi::OsStr::new("--data-dir"), data.as_os_str()]);
-    args.extend(extra);
-    run_cli(&args, data.parent().unwrap(), &[])
-}
-
 fn count(db: &Path, sql: &str) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -128,9 +103,9 @@ fn count(db: &Path, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_with_the_ledger_keeps_every_erasure_and_everything_else() {
     let f = fixture().await;
-    let dir = new_dir(&f);
+    let dir = dir_with_keys(&f.old.data_dir());
     let data = dir.path().join("data");
-    let (ok, out, err) = restore_cli(
+    let (ok, out, err) = cli_restore(
         &data,
         &[
             "--from".as_ref(),
@@ -261,9 +236,9 @@ async fn fail_without_a_ledger_tampered_foreign_or_over_a_database() {
     let f = fixture().await;
 
     // No ledger and no --without-ledger: refused before anything is written.
-    let dir = new_dir(&f);
+    let dir = dir_with_keys(&f.old.data_dir());
     let data = dir.path().join("data");
-    let (ok, _, err) = restore_cli(&data, &["--from".as_ref(), f.backup.as_os_str()]);
+    let (ok, _, err) = cli_restore(&data, &["--from".as_ref(), f.backup.as_os_str()]);
     assert!(!ok);
     assert!(err.contains("--ledger"), "{err}");
     assert!(!data.join(strongbox::store::DB_FILE).exists());
@@ -274,7 +249,7 @@ async fn fail_without_a_ledger_tampered_foreign_or_over_a_database() {
     bytes[mid] ^= 0x40;
     let tampered = dir.path().join("tampered.sbxbak");
     std::fs::write(&tampered, &bytes).unwrap();
-    let (ok, _, err) = restore_cli(
+    let (ok, _, err) = cli_restore(
         &data,
         &[
             "--from".as_ref(),
@@ -302,7 +277,7 @@ async fn fail_without_a_ledger_tampered_foreign_or_over_a_database() {
         .permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
     std::fs::set_permissions(fdata.join("root.key"), perms).unwrap();
-    let (ok, _, err) = restore_cli(
+    let (ok, _, err) = cli_restore(
         &fdata,
         &[
             "--from".as_ref(),
@@ -316,7 +291,7 @@ async fn fail_without_a_ledger_tampered_foreign_or_over_a_database() {
     assert!(!fdata.join(strongbox::store::DB_FILE).exists());
 
     // Over the old vault's own database.
-    let (ok, _, err) = restore_cli(
+    let (ok, _, err) = cli_restore(
         &f.old.data_dir(),
         &[
             "--from".as_ref(),
@@ -330,7 +305,7 @@ async fn fail_without_a_ledger_tampered_foreign_or_over_a_database() {
 
     // --without-ledger restores, says what it risks, and shows why the
     // ledger matters: alice is back.
-    let (ok, _, err) = restore_cli(
+    let (ok, _, err) = cli_restore(
         &data,
         &[
             "--from".as_ref(),
@@ -368,7 +343,7 @@ async fn a_restore_killed_part_way_is_refused_by_serve_and_finished_by_a_rerun()
     let mut cases: Vec<Option<u64>> = vec![None];
     cases.extend([0, 15, 40, 90].map(Some));
     for kill_after in cases {
-        let dir = new_dir(&f);
+        let dir = dir_with_keys(&f.old.data_dir());
         let data = dir.path().join("data");
         match kill_after {
             None => {

@@ -6,125 +6,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::attacker::*;
 use common::*;
 use rusqlite::Connection;
 use strongbox::api::pb;
-use strongbox::crypto::{self, SecretKey, label};
-use strongbox::keyring::aad;
-use strongbox::rootkey::{KeyFileProvider, RootKeyProvider};
 use tonic::Code;
-
-/// A stored record as an attacker copies it out of the database.
-#[derive(Clone, Debug)]
-struct StolenRecord {
-    owner: Vec<u8>,
-    category: String,
-    key: String,
-    version: u64,
-    content_type: String,
-    dek_id: String,
-    ciphertext: Vec<u8>,
-}
-
-fn steal_records(db: &Path, tenant: &str) -> Vec<StolenRecord> {
-    let c = Connection::open(db).unwrap();
-    c.prepare(
-        "SELECT owner, category, key, version, content_type, dek_id, ciphertext FROM records
-         WHERE tenant_id = ?1 AND deleted_at IS NULL",
-    )
-    .unwrap()
-    .query_map([tenant], |r| {
-        Ok(StolenRecord {
-            owner: r.get(0)?,
-            category: r.get(1)?,
-            key: r.get(2)?,
-            version: r.get::<_, i64>(3)? as u64,
-            content_type: r.get(4)?,
-            dek_id: r.get(5)?,
-            ciphertext: r.get(6)?,
-        })
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-/// Every data key an attacker can unwrap from a copy of the data
-/// directory, holding the root key file too.
-fn recover_data_keys(data_dir: &Path, tenant: &str) -> HashMap<String, SecretKey> {
-    let root = KeyFileProvider::open(&data_dir.join("root.key")).unwrap();
-    let c = Connection::open(data_dir.join("strongbox.db")).unwrap();
-    let mut keks = HashMap::new();
-    let mut stmt = c
-        .prepare("SELECT version, wrapped FROM tenant_keks WHERE tenant_id = ?1")
-        .unwrap();
-    for row in stmt
-        .query_map([tenant], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .unwrap()
-    {
-        let (v, wrapped) = row.unwrap();
-        keks.insert(
-            v,
-            root.unwrap(label::WRAP_KEK, &aad::kek(tenant, v), &wrapped)
-                .unwrap(),
-        );
-    }
-    let mut deks = HashMap::new();
-    let mut stmt = c
-        .prepare("SELECT id, owner, kek_version, wrapped FROM data_keys WHERE tenant_id = ?1 AND wrapped IS NOT NULL")
-        .unwrap();
-    let rows = stmt
-        .query_map([tenant], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })
-        .unwrap();
-    for row in rows {
-        let (id, owner, v, wrapped) = row.unwrap();
-        if let Some(kek) = keks.get(&v) {
-            let k = crypto::unwrap_key(
-                kek,
-                label::WRAP_DEK,
-                &aad::dek(tenant, &owner, &id, v),
-                &wrapped,
-            )
-            .unwrap();
-            deks.insert(id, k);
-        }
-    }
-    deks
-}
-
-/// Tries every recovered key on a stolen record, with its true AAD.
-fn try_decrypt(
-    tenant: &str,
-    r: &StolenRecord,
-    keys: &HashMap<String, SecretKey>,
-) -> Option<Vec<u8>> {
-    let aad = aad::record(
-        tenant,
-        &r.owner,
-        &r.category,
-        &r.key,
-        r.version,
-        &r.content_type,
-        &r.dek_id,
-    );
-    keys.values()
-        .find_map(|k| crypto::open(k, label::RECORD, &aad, &r.ciphertext).ok())
-        .map(|v| v.to_vec())
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -202,7 +92,12 @@ async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
     // The attacker: raw files plus the root key.
     let copy = tempfile::tempdir().unwrap();
     copy_dir(&s.data_dir(), copy.path());
-    let keys = recover_data_keys(copy.path(), "t");
+    let keys = recover_data_keys(
+        &copy.path().join("strongbox.db"),
+        &copy.path().join("root.key"),
+        &copy.path().join("erasure.keys"),
+        "t",
+    );
     assert!(!keys.contains_key(&alice_dek));
     for r in &stolen {
         let plain = try_decrypt("t", r, &keys);
@@ -467,7 +362,12 @@ async fn tenant_shred_destroys_every_key() {
     );
     let copy = tempfile::tempdir().unwrap();
     copy_dir(&s.data_dir(), copy.path());
-    let keys = recover_data_keys(copy.path(), "t");
+    let keys = recover_data_keys(
+        &copy.path().join("strongbox.db"),
+        &copy.path().join("root.key"),
+        &copy.path().join("erasure.keys"),
+        "t",
+    );
     assert!(keys.is_empty());
     assert!(stolen.iter().all(|r| try_decrypt("t", r, &keys).is_none()));
     // Other tenants are untouched; the id stays reserved.

@@ -70,6 +70,7 @@ pub(super) fn receipt_to_pb(r: DeletionReceipt) -> pb::DeletionReceipt {
         shredded_at_unix_ms: r.shredded_at,
         mac: hex::encode(r.mac),
         reason: r.reason.as_str().to_owned(),
+        erasure: String::new(),
     }
 }
 

@@ -709,7 +709,10 @@ impl SubjectService for Api {
                 .await?;
             let subject = convert::subject(&req.get_ref().subject)?;
             let receipt = self.vault.shred_subject(&permit, &call, subject).await?;
-            Ok(convert::receipt_to_pb(receipt))
+            Ok(pb::DeletionReceipt {
+                erasure: self.vault.erasure_promise(),
+                ..convert::receipt_to_pb(receipt)
+            })
         })
         .await
     }

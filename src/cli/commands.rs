@@ -567,6 +567,9 @@ async fn subject(client: &Client, cmd: SubjectCmd, json: bool) -> anyhow::Result
                 println!("records unreadable: {}", r.records_made_unreadable);
                 println!("shredded at:       {}", fmt_time(r.shredded_at_unix_ms));
                 println!("mac:               {}", r.mac);
+                if !r.erasure.is_empty() {
+                    println!("erasure:           {}", r.erasure);
+                }
             }
         }
         SubjectCmd::VerifyReceipt { file } => {

@@ -111,6 +111,7 @@ pub(super) fn receipt_json(r: &pb::DeletionReceipt) -> Value {
         "shredded_at": fmt_time(r.shredded_at_unix_ms),
         "reason": if r.reason.is_empty() { "request" } else { &r.reason },
         "mac": r.mac,
+        "erasure": r.erasure,
     })
 }
 
@@ -145,5 +146,7 @@ pub(super) fn receipt_from_json(v: &Value) -> anyhow::Result<pb::DeletionReceipt
         mac: s("mac")?,
         // Receipts saved before reasons existed were all requests.
         reason: s("reason").unwrap_or_default(),
+        // Words, not verified.
+        erasure: s("erasure").unwrap_or_default(),
     })
 }

@@ -160,6 +160,15 @@ pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<
     let keys = Arc::new(Keyring::new(root));
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
     let vault = Vault::open(store, keys, cfg.limits.clone(), anchor).await?;
+    // A backup older than the erasure window cannot be opened: refused,
+    // and nothing left behind.
+    if let Err(e) = vault.open_erasure(cfg.erasure()?, Some(backup_time)).await {
+        vault.stop_background();
+        drop(vault);
+        remove_database(&db)?;
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+        return Err(e);
+    }
     let call = Arc::new(crate::audit::Call::system("backup.restore"));
     call.set_principal("offline: strongbox restore");
     let mut resource = format!("backup:{}", crate::vault::fmt_time(backup_time));

@@ -7,6 +7,7 @@
 //! when acknowledged) and `secure_delete=ON` (deleted bytes are overwritten,
 //! which crypto-shredding depends on).
 
+mod erasure;
 mod holds;
 mod record_audit;
 mod restore;
@@ -23,6 +24,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+pub use erasure::*;
 pub use holds::*;
 pub use record_audit::*;
 pub use restore::*;

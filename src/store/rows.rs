@@ -216,22 +216,28 @@ pub fn kek_insert(
     conn: &Connection,
     tenant: &str,
     version: u32,
-    wrapped: &[u8],
+    (wrapped, epoch): (&[u8], Option<u64>),
     now: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO tenant_keks (tenant_id, version, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![tenant, version, wrapped, now],
+        "INSERT INTO tenant_keks (tenant_id, version, wrapped, created_at, epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![tenant, version, wrapped, now, epoch.map(|e| e as i64)],
     )?;
     Ok(())
 }
 
 /// A KEK version's wrapped bytes; `None` if it does not exist or was
 /// retired (its bytes overwritten).
-pub fn kek_get(conn: &Connection, tenant: &str, version: u32) -> Result<Option<Vec<u8>>> {
+pub fn kek_get(
+    conn: &Connection,
+    tenant: &str,
+    version: u32,
+) -> Result<Option<(Vec<u8>, Option<u64>)>> {
     Ok(conn
-        .prepare_cached("SELECT wrapped FROM tenant_keks WHERE tenant_id = ?1 AND version = ?2 AND retired_at IS NULL")?
-        .query_row(params![tenant, version], |r| r.get(0))
+        .prepare_cached("SELECT wrapped, epoch FROM tenant_keks WHERE tenant_id = ?1 AND version = ?2 AND retired_at IS NULL")?
+        .query_row(params![tenant, version], |r| {
+            Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|e| e as u64)))
+        })
         .optional()?)
 }
 
@@ -885,10 +891,11 @@ pub fn receipt_latest(
         .optional()?)
 }
 
-/// Every tenant's wrapped index key (shredded tenants have none).
+/// Every tenant's index key wrapped by the root key directly (shredded
+/// tenants have none; the rest are under an erasure epoch).
 pub fn index_keys(conn: &Connection) -> Result<Vec<(String, Vec<u8>)>> {
     let mut stmt = conn
-        .prepare("SELECT id, wrapped_index_key FROM tenants WHERE wrapped_index_key IS NOT NULL")?;
+        .prepare("SELECT id, wrapped_index_key FROM tenants WHERE wrapped_index_key IS NOT NULL AND index_epoch IS NULL")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -901,10 +908,11 @@ pub fn set_index_key(conn: &Connection, tenant: &str, wrapped: &[u8]) -> Result<
     Ok(())
 }
 
-/// Every KEK version not retired: (tenant, version, wrapped).
+/// Every KEK version not retired and wrapped by the root key directly
+/// (not under an erasure epoch): (tenant, version, wrapped).
 pub fn live_keks(conn: &Connection) -> Result<Vec<(String, u32, Vec<u8>)>> {
     let mut stmt = conn
-        .prepare("SELECT tenant_id, version, wrapped FROM tenant_keks WHERE retired_at IS NULL")?;
+        .prepare("SELECT tenant_id, version, wrapped FROM tenant_keks WHERE retired_at IS NULL AND epoch IS NULL")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

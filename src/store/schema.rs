@@ -275,6 +275,12 @@ CREATE INDEX subjects_by_activity ON subjects (tenant_id, last_activity_at) WHER
 ALTER TABLE receipts ADD COLUMN subject BLOB;
 CREATE INDEX receipts_by_subject ON receipts (tenant_id, subject, created_at) WHERE subject IS NOT NULL;
 "#,
+    r#"
+-- The erasure epoch a tenant key is wrapped under (its key in the erasure
+-- keys file); NULL: wrapped by the root key directly (before epochs).
+ALTER TABLE tenant_keks ADD COLUMN epoch INTEGER;
+ALTER TABLE tenants ADD COLUMN index_epoch INTEGER;
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

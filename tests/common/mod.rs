@@ -3,6 +3,7 @@
 //! real gRPC API.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod attacker;
 pub mod rpcs;
 
 use std::path::PathBuf;
@@ -745,6 +746,22 @@ pub fn old_root_opens_nothing(db: &std::path::Path, old: &dyn strongbox::rootkey
         old.unwrap(label::WRAP_AUDIT_KEY, &aad::audit_key(), &audit_key)
             .is_err()
     );
+    // Nor the key that opens the erasure epoch keys, above the tenant keys.
+    let erasure_key: Vec<u8> = c
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'erasure_wrap_key'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        old.unwrap(
+            label::WRAP_ERASURE_KEY,
+            &aad::erasure_wrap_key(),
+            &erasure_key
+        )
+        .is_err()
+    );
 }
 
 /// Tenant `tenant`'s key status, as its admin sees it.
@@ -797,4 +814,37 @@ pub async fn shred_ok(c: &Client, tenant: &str, subject: &str) -> pb::DeletionRe
         .await
         .unwrap()
         .into_inner()
+}
+
+/// `strongbox backup --out OUT` against `s`, as its operator.
+pub fn cli_backup(s: &TestServer, out: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["--endpoint", &s.endpoint, "--api-key", &s.operator_key])
+        .arg("backup")
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// `strongbox --json restore --data-dir DATA EXTRA...`, run in DATA's
+/// parent; returns (success, stdout, stderr).
+pub fn cli_restore(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--json".as_ref(), "restore".as_ref()];
+    args.extend([std::ffi::OsStr::new("--data-dir"), data.as_os_str()]);
+    args.extend(extra);
+    run_cli(&args, data.parent().unwrap(), &[])
+}
+
+/// A new directory with `data/` holding the root key, erasure keys and
+/// operator key of data directory `from`: what an operator restoring onto
+/// a new machine (or a thief) copies.
+pub fn dir_with_keys(from: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for file in ["root.key", "erasure.keys", "operator.key"] {
+        std::fs::copy(from.join(file), data.join(file)).unwrap();
+    }
+    dir
 }

@@ -1,0 +1,105 @@
+//! Erasure epochs as stored: which epoch each tenant key (KEK versions,
+//! index keys) is wrapped under, for the epoch roll and for restore.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::Result;
+
+/// A live tenant key and the epoch it is wrapped under (`None`: the root
+/// key).
+#[derive(Clone, Debug)]
+pub struct TenantKeyWrap {
+    pub tenant: String,
+    /// The KEK version; `None` for the index key.
+    pub kek_version: Option<u32>,
+    pub wrapped: Vec<u8>,
+    pub epoch: Option<u64>,
+}
+
+/// Up to `limit` live tenant keys not wrapped under `epoch`.
+pub fn tenant_keys_outside_epoch(
+    conn: &Connection,
+    epoch: u64,
+    limit: usize,
+) -> Result<Vec<TenantKeyWrap>> {
+    let mut out: Vec<TenantKeyWrap> = conn
+        .prepare_cached(
+            "SELECT tenant_id, version, wrapped, epoch FROM tenant_keks
+             WHERE retired_at IS NULL AND (epoch IS NULL OR epoch != ?1) LIMIT ?2",
+        )?
+        .query_map(params![epoch as i64, limit as i64], |r| {
+            Ok(TenantKeyWrap {
+                tenant: r.get(0)?,
+                kek_version: Some(r.get(1)?),
+                wrapped: r.get(2)?,
+                epoch: r.get::<_, Option<i64>>(3)?.map(|e| e as u64),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let left = limit.saturating_sub(out.len());
+    if left > 0 {
+        let more = conn
+            .prepare_cached(
+                "SELECT id, wrapped_index_key, index_epoch FROM tenants
+                 WHERE wrapped_index_key IS NOT NULL AND (index_epoch IS NULL OR index_epoch != ?1) LIMIT ?2",
+            )?
+            .query_map(params![epoch as i64, left as i64], |r| {
+                Ok(TenantKeyWrap {
+                    tenant: r.get(0)?,
+                    kek_version: None,
+                    wrapped: r.get(1)?,
+                    epoch: r.get::<_, Option<i64>>(2)?.map(|e| e as u64),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        out.extend(more);
+    }
+    Ok(out)
+}
+
+/// Stores a tenant key's new wrapping and the epoch it is under.
+pub fn set_tenant_key_wrap(
+    conn: &Connection,
+    tenant: &str,
+    kek_version: Option<u32>,
+    wrapped: &[u8],
+    epoch: Option<u64>,
+) -> Result<()> {
+    let epoch = epoch.map(|e| e as i64);
+    match kek_version {
+        Some(v) => conn
+            .prepare_cached(
+                "UPDATE tenant_keks SET wrapped = ?3, epoch = ?4 WHERE tenant_id = ?1 AND version = ?2 AND retired_at IS NULL",
+            )?
+            .execute(params![tenant, v, wrapped, epoch])?,
+        None => conn
+            .prepare_cached(
+                "UPDATE tenants SET wrapped_index_key = ?2, index_epoch = ?3 WHERE id = ?1 AND wrapped_index_key IS NOT NULL",
+            )?
+            .execute(params![tenant, wrapped, epoch])?,
+    };
+    Ok(())
+}
+
+/// The epoch a tenant's index key is wrapped under (`None`: the root key).
+pub fn index_epoch(conn: &Connection, tenant: &str) -> Result<Option<u64>> {
+    Ok(conn
+        .prepare_cached("SELECT index_epoch FROM tenants WHERE id = ?1")?
+        .query_row([tenant], |r| r.get::<_, Option<i64>>(0))
+        .optional()?
+        .flatten()
+        .map(|e| e as u64))
+}
+
+/// The epochs live tenant keys are wrapped under, oldest first.
+pub fn epochs_in_use(conn: &Connection) -> Result<Vec<u64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT epoch FROM tenant_keks WHERE retired_at IS NULL AND epoch IS NOT NULL
+             UNION
+             SELECT index_epoch FROM tenants WHERE wrapped_index_key IS NOT NULL AND index_epoch IS NOT NULL
+             ORDER BY 1",
+        )?
+        .query_map([], |r| r.get::<_, i64>(0).map(|e| e as u64))?
+        .collect::<rusqlite::Result<_>>()?)
+}
