@@ -76,6 +76,11 @@ pub struct ServerConfig {
     /// copy of the database stays openable. At least `erasure_epoch`; at
     /// least the backup retention you keep.
     pub erasure_window: Duration,
+    /// Serve Prometheus metrics on `GET /metrics` here (off if unset).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Count calls per tenant in the metrics (tenant ids as labels: as
+    /// many series as tenants).
+    pub metrics_tenant_labels: bool,
 }
 
 /// `[retention.CATEGORY]` in the config file.
@@ -116,6 +121,8 @@ impl Default for ServerConfig {
             erasure_keys: None,
             erasure_epoch: Duration::from_secs(86_400),
             erasure_window: Duration::from_secs(30 * 86_400),
+            metrics_listen: None,
+            metrics_tenant_labels: false,
         }
     }
 }
@@ -159,6 +166,8 @@ struct FileConfig {
     erasure_keys: Option<PathBuf>,
     erasure_epoch: Option<String>,
     erasure_window: Option<String>,
+    metrics_listen: Option<String>,
+    metrics_tenant_labels: Option<bool>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -254,9 +263,14 @@ pub fn audit_anchor_path(configured: Option<PathBuf>, data_dir: &Path) -> PathBu
 }
 
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+    parse_addr("listen", s)
+}
+
+/// A socket address for `field`.
+pub fn parse_addr(field: &'static str, s: &str) -> Result<SocketAddr> {
     s.parse().map_err(|_| {
         Error::invalid(
-            "listen",
+            field,
             format!("'{s}' is not an address like 127.0.0.1:50051"),
         )
     })
@@ -360,6 +374,10 @@ impl ServerConfig {
                 cfg.erasure_window = duration("erasure_window", &d)?;
             }
             cfg.erasure()?;
+            if let Some(a) = f.metrics_listen {
+                cfg.metrics_listen = Some(parse_addr("metrics_listen", &a)?);
+            }
+            cfg.metrics_tenant_labels = f.metrics_tenant_labels.unwrap_or(false);
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;

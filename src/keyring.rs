@@ -808,8 +808,10 @@ impl Keyring {
             return Err(corrupt(format!("data key {}", row.id)));
         }
         if let Some((_, k)) = self.cache().deks.get(&row.id) {
+            crate::metrics::get().key_cache(true);
             return Ok(Some(k.clone()));
         }
+        crate::metrics::get().key_cache(false);
         let kek = self.kek(conn, tenant, row.kek_version)?;
         let key = Arc::new(
             crypto::unwrap_key(

@@ -20,7 +20,8 @@
 //! - [`vault`]: the use cases; joins the modules above. No gRPC here.
 //! - [`api`]: the gRPC services, TLS identity and load limits; the only
 //!   module that knows protobuf.
-//! - [`server`]: starts and stops a server; housekeeping.
+//! - [`server`]: starts and stops a server; housekeeping; the metrics listener.
+//! - [`metrics`]: Prometheus instruments, process-wide.
 //! - [`config`]: server configuration.
 //! - [`client`]: a gRPC client, used by the CLI, the benchmark and tests.
 //! - [`cli`]: the `strongbox` command line.
@@ -40,6 +41,7 @@ pub mod ids;
 pub mod integrity;
 pub mod keyring;
 pub mod ledger;
+pub mod metrics;
 pub mod rootkey;
 pub mod server;
 pub mod store;

@@ -171,6 +171,9 @@ fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
     if args.shred_ledger.is_some() {
         cfg.shred_ledger = args.shred_ledger;
     }
+    if let Some(a) = args.metrics_listen {
+        cfg.metrics_listen = Some(strongbox::config::parse_addr("metrics_listen", &a)?);
+    }
     Ok(cfg)
 }
 

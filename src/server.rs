@@ -16,6 +16,9 @@ use crate::api::{Api, pb};
 
 pub mod connections;
 pub mod health;
+mod housekeeping;
+use housekeeping::housekeeping;
+pub mod metrics_http;
 pub mod restore;
 use crate::blocking;
 use crate::config::ServerConfig;
@@ -25,11 +28,6 @@ use crate::rootkey::pkcs11::{Hsm, HsmProvider, Pkcs11Config};
 use crate::rootkey::{EnvProvider, KeyFileProvider, RootKeyProvider};
 use crate::store::{DB_FILE, Store};
 use crate::vault::{AuditAnchor, Vault};
-
-/// Data keys rewrapped per transaction, and the pause between batches that
-/// leaves the writer to live traffic.
-const REWRAP_BATCH: usize = 64;
-const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Calls one connection may have in flight before it is shed.
 const PER_CONNECTION_IN_FLIGHT: usize = 256;
@@ -44,6 +42,9 @@ pub struct RunningServer {
     pub vault: Arc<Vault>,
     /// The connections open now, under the caps.
     pub connections: connections::OpenConnections,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
@@ -63,6 +64,9 @@ impl RunningServer {
         let _ = self.health.await;
         let served = self.serving.await;
         let _ = self.anchoring.await;
+        if let Some(m) = self.metrics {
+            let _ = m.await;
+        }
         // After the last call: the final head is anchored.
         if let Err(e) = self.vault.anchor_audit().await {
             tracing::warn!(error = %e, "anchoring the audit chain at shutdown failed");
@@ -132,7 +136,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
 
-    let api = Api::new(vault.clone(), cfg.load);
+    let api = Api::new(vault.clone(), cfg.load, cfg.metrics_tenant_labels);
     let max_message = cfg.limits.max_value_bytes + REQUEST_OVERHEAD;
     let (health, health_service) = tonic_health::server::health_reporter();
     // Every service is registered, with the first probe's outcome, before
@@ -151,6 +155,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     let (stop, stopped) = watch::channel(false);
+    let metrics = match cfg.metrics_listen {
+        Some(at) => {
+            let (bound, task) =
+                metrics_http::serve(at, cfg.metrics_tenant_labels, stopped.clone()).await?;
+            tracing::info!(addr = %bound, "metrics served at /metrics");
+            Some((bound, task))
+        }
+        None => None,
+    };
     let mut on_stop = stopped.clone();
     let mut builder = Server::builder();
     if let Some(tls) = &cfg.tls {
@@ -165,9 +178,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         // Per connection too: one client cannot take every slot.
         .concurrency_limit_per_connection(PER_CONNECTION_IN_FLIGHT)
         .load_shed(true)
-        .layer(tower::util::MapResponseLayer::new(
-            crate::api::size_limit::relabel(cfg.limits.max_value_bytes),
-        ))
+        // Outermost first: the metrics see the status as relabelled.
+        .layer(
+            tower::ServiceBuilder::new()
+                // Per-call timing and labels cost a little: only when scraped.
+                .option_layer(cfg.metrics_listen.map(|_| metrics_http::RpcMetricsLayer))
+                .layer(tower::util::MapResponseLayer::new(
+                    crate::api::size_limit::relabel(cfg.limits.max_value_bytes),
+                )),
+        )
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -220,10 +239,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         stopped,
     ));
     tracing::info!(%addr, root_key = %vault.keyring().root_description(), "strongbox serving");
+    let (metrics_addr, metrics) = metrics.unzip();
     Ok(RunningServer {
         addr,
         vault,
         connections,
+        metrics_addr,
+        metrics,
         stop,
         serving,
         housekeeping,
@@ -539,88 +561,6 @@ async fn anchoring(vault: Arc<Vault>, every: std::time::Duration, mut stop: watc
         }
         if let Err(e) = vault.anchor_audit().await {
             tracing::warn!(error = %e, "anchoring the audit chain failed; will retry");
-        }
-    }
-}
-
-/// Runs due tenant shreds and purges rows of destroyed keys: on a timer,
-/// and at once when a shred asks.
-async fn housekeeping(
-    vault: Arc<Vault>,
-    audit_retention: Option<std::time::Duration>,
-    every: std::time::Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = vault.purge_requested() => false,
-            _ = stop.wait_for(|s| *s) => true,
-        };
-        if stopping {
-            if let Err(e) = vault.flush_kek_use().await {
-                tracing::warn!(error = %e, "recording key-encryption key use failed");
-            }
-            return;
-        }
-        if let Err(e) = vault.checkpoint_owed().await {
-            tracing::warn!(error = %e, "the owed WAL checkpoint failed; will retry");
-        }
-        if let Err(e) = vault.run_due_tenant_shreds().await {
-            tracing::warn!(error = %e, "running due tenant shreds failed");
-        }
-        match vault.purge_destroyed().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
-            Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
-        }
-        if let Err(e) = vault.flush_kek_use().await {
-            tracing::warn!(error = %e, "recording key-encryption key use failed");
-        }
-        match vault.rotate_due_keys().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(tenants = n, "key-encryption keys rotated by policy"),
-            Err(e) => tracing::warn!(error = %e, "automatic rotation failed; will retry"),
-        }
-        match vault
-            .retention_sweep(crate::vault::SWEEP_BATCH, crate::vault::SWEEP_PAUSE)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(records = n, "retention sweep: records expired"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
-        }
-        if let Err(e) = vault.roll_erasure_epoch().await {
-            tracing::warn!(error = %e, "erasure epoch roll failed; will retry");
-        }
-        match vault.reencrypt_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                records = n,
-                "data-key re-encryption: records moved to fresh keys"
-            ),
-            Err(e) => tracing::warn!(error = %e, "data-key re-encryption failed; will retry"),
-        }
-        match vault.rewrap_pass(REWRAP_BATCH, REWRAP_PAUSE).await {
-            Ok((0, 0)) => {}
-            Ok((rewrapped, retired)) => tracing::info!(
-                rewrapped,
-                retired,
-                "key rotation: data keys rewrapped, old versions retired"
-            ),
-            Err(e) => tracing::warn!(error = %e, "rewrap failed; will retry"),
-        }
-        if let Some(keep) = audit_retention {
-            let before = crate::now_ms() - keep.as_millis() as i64;
-            match vault.prune_audit(before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    entries = n,
-                    "pruned audit entries past retention (at a checkpoint)"
-                ),
-                Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
-            }
         }
     }
 }

@@ -34,6 +34,7 @@ mod record_check;
 mod restore;
 pub use restore::Applied as RestoreApplied;
 mod erasure;
+mod gauges;
 pub use erasure::{EpochRoll, ErasureSettings};
 mod retention;
 mod shred_ledger;

@@ -60,6 +60,7 @@ impl Limiter {
     /// A slot for one call, or RESOURCE_EXHAUSTED if all are taken.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
         self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::get().shed.inc();
             Error::ResourceExhausted(format!(
                 "server overloaded: {} calls in flight; retry with backoff",
                 self.limits.max_in_flight
@@ -91,6 +92,7 @@ impl Limiter {
             Ok(())
         } else {
             let wait_ms = ((1.0 - b.tokens) / rate * 1000.0).ceil();
+            crate::metrics::get().shed.inc();
             Err(Error::ResourceExhausted(format!(
                 "rate limit: at most {} requests per second per principal; retry in {wait_ms} ms",
                 self.limits.rate_per_principal

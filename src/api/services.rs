@@ -37,6 +37,8 @@ mod retention;
 pub struct Api {
     vault: Arc<Vault>,
     limiter: Arc<Limiter>,
+    /// Count calls per tenant in the metrics (`metrics_tenant_labels`).
+    tenant_labels: bool,
 }
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -49,10 +51,11 @@ const PURPOSE_HEADER: &str = "x-strongbox-purpose";
 const PURPOSE_MAX: usize = 256;
 
 impl Api {
-    pub fn new(vault: Arc<Vault>, limits: LoadLimits) -> Self {
+    pub fn new(vault: Arc<Vault>, limits: LoadLimits, tenant_labels: bool) -> Self {
         Api {
             vault,
             limiter: Arc::new(Limiter::new(limits)),
+            tenant_labels,
         }
     }
 
@@ -113,6 +116,19 @@ impl Api {
         };
         // Fail closed: no answer, not even data already read, without its entry.
         let outcome = audit::Outcome::of(&result);
+        if self.tenant_labels {
+            let tenant = call.tenant();
+            if !tenant.is_empty() {
+                crate::metrics::get()
+                    .tenant_calls
+                    .get_or_create(&crate::metrics::TenantLabels {
+                        tenant,
+                        rpc_method: action.as_str().to_owned(),
+                        outcome: outcome.0.as_str().to_owned(),
+                    })
+                    .inc();
+            }
+        }
         let result = match self.vault.record(&call, outcome).await {
             Ok(()) => result,
             Err(e) => Err(e),

@@ -179,6 +179,11 @@ impl Call {
         who.resource.push_str(note);
     }
 
+    /// The tenant the call acted in (empty if none).
+    pub fn tenant(&self) -> String {
+        self.who().tenant.clone()
+    }
+
     pub fn set_tenant(&self, tenant: &str) {
         self.who().tenant = tenant.to_owned();
     }

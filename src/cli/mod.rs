@@ -301,6 +301,10 @@ pub struct ServeArgs {
     /// data erased (default DATA_DIR/shred.ledger; put it on another volume).
     #[arg(long)]
     pub shred_ledger: Option<PathBuf>,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (plain
+    /// HTTP; keep it on a private interface). Off by default.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Keep the root key in a PKCS#11 token (HSM) instead of the key file.
     #[command(flatten)]
     pub pkcs11: Pkcs11Args,

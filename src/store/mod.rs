@@ -8,6 +8,7 @@
 //! which crypto-shredding depends on).
 
 mod erasure;
+mod gauges;
 mod holds;
 mod record_audit;
 mod restore;
@@ -25,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 pub use erasure::*;
+pub use gauges::*;
 pub use holds::*;
 pub use record_audit::*;
 pub use restore::*;
@@ -265,6 +267,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let waited = std::time::Instant::now();
         let slot = self
             .readers
             .slots
@@ -272,6 +275,9 @@ impl Store {
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("storage: read pool closed".into()))?;
+        crate::metrics::get()
+            .read_wait_seconds
+            .observe(waited.elapsed().as_secs_f64());
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;

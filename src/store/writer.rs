@@ -68,7 +68,12 @@ impl Writer {
             });
             (ok, complete)
         });
-        self.tx.send(Job::Txn(job)).await.map_err(|_| stopped())?;
+        let queued = &crate::metrics::get().writer_queue;
+        queued.inc();
+        if self.tx.send(Job::Txn(job)).await.is_err() {
+            queued.dec();
+            return Err(stopped());
+        }
         answer
             .await
             .unwrap_or_else(|_| Err(Error::Internal("a storage write panicked".into())))
@@ -95,7 +100,10 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Txn(job) => batch.push(job),
+                Job::Txn(job) => {
+                    crate::metrics::get().writer_queue.dec();
+                    batch.push(job)
+                }
                 #[cfg(test)]
                 Job::Stop => return,
             }
@@ -119,6 +127,8 @@ enum Ended {
 }
 
 fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
+    let metrics = crate::metrics::get();
+    metrics.commit_jobs.observe(batch.len() as f64);
     let mut completions = Vec::with_capacity(batch.len());
     let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(Error::from);
     let mut aborted: Option<Error> = None;
@@ -145,7 +155,7 @@ fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
                 "storage: a job in the same commit could not be rolled back, so none was committed ({e})"
             )))
         }
-        (Ok(()), None) => match conn.execute_batch("COMMIT") {
+        (Ok(()), None) => match commit(conn, metrics) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -159,6 +169,17 @@ fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
             Err(e) => Err(Error::Unavailable(e.to_string())),
         });
     }
+}
+
+/// Commits the batch, timing it: with synchronous=FULL the time is the
+/// WAL fsync's.
+fn commit(conn: &Connection, metrics: &crate::metrics::Metrics) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    let committed = conn.execute_batch("COMMIT");
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    committed
 }
 
 /// Runs one job in its own savepoint. A job that panics is rolled back and

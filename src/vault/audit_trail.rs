@@ -130,7 +130,11 @@ impl Vault {
                 let seq = audit::append_above(conn, &key, c.entry(outcome, code), floor)?;
                 Ok((seq, r))
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                crate::metrics::get().audit_failures.inc();
+            })?;
+        crate::metrics::get().audit_written.inc();
         call.mark_recorded();
         self.appended(seq);
         result
@@ -151,7 +155,11 @@ impl Vault {
                 let key = append_key(&keys, conn)?;
                 audit::append_above(conn, &key, entry, floor)
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                crate::metrics::get().audit_failures.inc();
+            })?;
+        crate::metrics::get().audit_written.inc();
         call.mark_recorded();
         self.appended(seq);
         Ok(())
