@@ -14,16 +14,21 @@ use crate::api::pb::{
     subject_service_client::SubjectServiceClient, tenant_service_client::TenantServiceClient,
 };
 
-/// Adds `authorization: Bearer <key>` to every call.
+/// Adds `authorization: Bearer <key>` to every call, and the stated
+/// purpose (`x-strongbox-purpose`, recorded in the audit trail) if any.
 #[derive(Clone)]
 pub struct Auth {
     bearer: Option<AsciiMetadataValue>,
+    purpose: Option<AsciiMetadataValue>,
 }
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(b) = &self.bearer {
             req.metadata_mut().insert("authorization", b.clone());
+        }
+        if let Some(p) = &self.purpose {
+            req.metadata_mut().insert("x-strongbox-purpose", p.clone());
         }
         Ok(req)
     }
@@ -134,14 +139,27 @@ impl Client {
         Ok(Client {
             channel,
             endpoint: None,
-            auth: Auth { bearer },
+            auth: Auth {
+                bearer,
+                purpose: None,
+            },
         })
+    }
+
+    /// The same client, stating `purpose` on every call (why the caller
+    /// acts: a ticket, a runbook step); the audit trail records it.
+    pub fn with_purpose(mut self, purpose: &str) -> anyhow::Result<Self> {
+        self.auth.purpose = Some(MetadataValue::try_from(purpose).map_err(|_| {
+            anyhow::anyhow!("--purpose: must be printable ASCII (at most 256 bytes)")
+        })?);
+        Ok(self)
     }
 
     /// The same connection acting with another API key.
     pub fn as_key(&self, api_key: &str) -> anyhow::Result<Self> {
         let mut client = Self::with_channel(self.channel.clone(), Some(api_key))?;
         client.endpoint = self.endpoint.clone();
+        client.auth.purpose = self.auth.purpose.clone();
         Ok(client)
     }
 

@@ -29,6 +29,17 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// How the server writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
 /// Everything `strongbox serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -81,6 +92,8 @@ pub struct ServerConfig {
     /// Count calls per tenant in the metrics (tenant ids as labels: as
     /// many series as tenants).
     pub metrics_tenant_labels: bool,
+    /// How the log is written (`serve --log-format` wins).
+    pub log_format: LogFormat,
 }
 
 /// `[retention.CATEGORY]` in the config file.
@@ -123,6 +136,7 @@ impl Default for ServerConfig {
             erasure_window: Duration::from_secs(30 * 86_400),
             metrics_listen: None,
             metrics_tenant_labels: false,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -168,6 +182,7 @@ struct FileConfig {
     erasure_window: Option<String>,
     metrics_listen: Option<String>,
     metrics_tenant_labels: Option<bool>,
+    log_format: Option<LogFormat>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -378,6 +393,7 @@ impl ServerConfig {
                 cfg.metrics_listen = Some(parse_addr("metrics_listen", &a)?);
             }
             cfg.metrics_tenant_labels = f.metrics_tenant_labels.unwrap_or(false);
+            cfg.log_format = f.log_format.unwrap_or_default();
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;

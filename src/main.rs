@@ -3,13 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use strongbox::cli::{self, AuditCmd, Cli, Command};
+use strongbox::cli::{self, AuditCmd, Command};
 use strongbox::config::ServerConfig;
 use strongbox::server;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,6 +24,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Audit(AuditCmd::AcceptLoss(args)) => accept_loss(*args, cli.json).await,
             Command::Restore(args) => restore(*args, cli.json).await,
+            Command::Completions { shell } => completions(shell),
             _ => cli::run_client(cli).await,
         }
     });
@@ -38,11 +38,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: cli::LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         cli::LogFormat::Text => fmt.init(),
         // One JSON object a line: timestamp, level, target, the message
@@ -57,11 +59,25 @@ fn init_logging(format: cli::LogFormat) {
 }
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
     let cfg = server_config(args)?;
+    init_logging(cfg.log_format);
+    let format = cfg.log_format;
     let running = server::start(cfg).await?;
-    // Scripts and tests read the bound address (the real port for :0) here.
-    println!("listening on {}", running.addr);
+    // Scripts and tests read the bound address (the real port for :0) here;
+    // in JSON mode this line is a JSON object too, with the address in `addr`.
+    match format {
+        cli::LogFormat::Text => println!("listening on {}", running.addr),
+        cli::LogFormat::Json => println!(
+            "{}",
+            serde_json::json!({
+                "timestamp": strongbox::vault::fmt_time(strongbox::now_ms()),
+                "level": "INFO",
+                "target": "strongbox",
+                "message": format!("listening on {}", running.addr),
+                "addr": running.addr.to_string(),
+            })
+        ),
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await?;
@@ -69,8 +85,8 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()> {
-    init_logging(args.server.log_format);
     let cfg = server_config(args.server)?;
+    init_logging(cfg.log_format);
     let done = server::accept_audit_loss(&cfg, args.reason).await?;
     if json {
         println!(
@@ -92,13 +108,13 @@ async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()
 
 async fn restore(args: cli::RestoreArgs, json: bool) -> anyhow::Result<()> {
     use server::restore::Ledger;
-    init_logging(args.server.log_format);
     let ledger = match args.ledger {
         Some(path) => Ledger::Apply(path),
         None => Ledger::Without,
     };
     let without = matches!(ledger, Ledger::Without);
     let cfg = server_config(args.server)?;
+    init_logging(cfg.log_format);
     let done = server::restore::restore(&cfg, &args.from, ledger).await?;
     let taken = strongbox::vault::fmt_time(done.backup_time);
     if without {
@@ -140,6 +156,17 @@ async fn restore(args: cli::RestoreArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the shell's completions; a closed pipe (`| head`) ends quietly.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cli::command(false), "strongbox", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// The server configuration: defaults, the config file, then the flags.
 fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
     let mut cfg = ServerConfig::load(
@@ -148,6 +175,9 @@ fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
         args.listen.as_deref(),
     )?;
     // Flags override the file.
+    if let Some(format) = args.log_format {
+        cfg.log_format = format;
+    }
     if let Some(tls) = strongbox::config::tls_files(args.tls_cert, args.tls_key, args.client_ca)? {
         cfg.tls = Some(tls);
     }

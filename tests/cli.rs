@@ -256,3 +256,109 @@ fn no_canary_in_the_server_log_or_the_audit_output() {
         );
     }
 }
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn each_command_shows_only_the_flags_it_takes() {
+    let client_flags = [
+        "--endpoint",
+        "--api-key",
+        "--ca-cert",
+        "--client-cert",
+        "--purpose",
+    ];
+    for offline in [
+        &["serve"][..],
+        &["restore"],
+        &["audit", "accept-loss"],
+        &["key", "move-root"],
+        &["enrol"],
+    ] {
+        let text = help(offline);
+        for flag in client_flags {
+            assert!(
+                !text.contains(flag),
+                "`{offline:?} --help` shows {flag}:\n{text}"
+            );
+        }
+    }
+    assert!(help(&["serve"]).contains("--metrics-listen"));
+    for client in [&["record", "get"][..], &["tenant", "list"], &["backup"]] {
+        let text = help(client);
+        for flag in client_flags {
+            assert!(text.contains(flag), "`{client:?} --help` lacks {flag}");
+        }
+    }
+    // A client flag given to the server is refused, not ignored.
+    let out = Command::new(bin())
+        .args(["serve", "--endpoint", "http://x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--endpoint'"));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_strongbox()"),
+        ("zsh", "#compdef strongbox"),
+        ("fish", "complete -c strongbox"),
+    ] {
+        let out = Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains(marker),
+            "{shell}: {}",
+            &text[..200.min(text.len())]
+        );
+        assert!(text.contains("retention"), "{shell} completes subcommands");
+    }
+}
+
+#[test]
+fn the_stated_purpose_is_in_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = serve_in(dir.path());
+    let key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let out = Command::new(bin())
+            .args(["--endpoint", &endpoint, "--api-key", key.trim()])
+            .args(args)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(
+        &["--purpose", "TICKET-4711 offboarding", "tenant", "list"],
+        &[],
+    );
+    run(
+        &["tenant", "list"],
+        &[("STRONGBOX_PURPOSE", "RUNBOOK-step-3")],
+    );
+    let trail = run(&["--json", "audit", "list", "--action", "tenant.list"], &[]);
+    assert!(trail.contains("TICKET-4711 offboarding"), "{trail}");
+    assert!(trail.contains("RUNBOOK-step-3"), "{trail}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

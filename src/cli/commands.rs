@@ -32,13 +32,17 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<()> {
         client_cert: cli.client_cert.clone(),
         client_key: cli.client_key.clone(),
     };
-    let client = Client::connect_tls(&cli.endpoint, cli.api_key.as_deref(), &tls).await?;
+    let mut client = Client::connect_tls(&cli.endpoint, cli.api_key.as_deref(), &tls).await?;
+    if let Some(purpose) = &cli.purpose {
+        client = client.with_purpose(purpose)?;
+    }
     let json = cli.json;
     match cli.command {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
         Command::Restore(_) => {
             anyhow::bail!("restore runs on the data directory, without a server")
         }
+        Command::Completions { .. } => anyhow::bail!("completions needs no server"),
         Command::Tenant(cmd) => tenant(&client, cmd, json).await,
         Command::Principal(cmd) => principal(&client, cmd, json).await,
         Command::Record(cmd) => record(&client, cmd, json).await,

@@ -45,8 +45,66 @@ pub struct Cli {
     /// Client certificate's private key (PEM).
     #[arg(long, env = "STRONGBOX_CLIENT_KEY", global = true)]
     pub client_key: Option<PathBuf>,
+    /// Why you act (a ticket, a runbook step): sent with every call and
+    /// recorded in the audit trail. At most 256 printable bytes.
+    #[arg(long, env = "STRONGBOX_PURPOSE", global = true)]
+    pub purpose: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The flags that only client commands use.
+const CLIENT_FLAGS: [&str; 6] = [
+    "endpoint",
+    "api_key",
+    "ca_cert",
+    "client_cert",
+    "client_key",
+    "purpose",
+];
+
+/// Whether the command line names a command that runs without a server
+/// (`serve`, `restore`, `enrol`, `completions`, `audit accept-loss`, `key
+/// move-root`, `key hsm-check`): its help then shows no client flag, and
+/// they are refused.
+fn runs_without_a_server(args: &[std::ffi::OsString]) -> bool {
+    let words: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .filter(|a| !a.starts_with('-'))
+        .take(2)
+        .collect();
+    matches!(
+        words.as_slice(),
+        ["serve" | "restore" | "enrol" | "completions", ..]
+            | ["audit", "accept-loss"]
+            | ["key", "move-root" | "hsm-check"]
+    )
+}
+
+/// The clap command, client flags kept off the commands that do not talk
+/// to a server when `offline`.
+pub fn command(offline: bool) -> clap::Command {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    if !offline {
+        return cmd;
+    }
+    cmd.mut_args(|a| {
+        if CLIENT_FLAGS.contains(&a.get_id().as_str()) {
+            a.global(false).hide(true)
+        } else {
+            a
+        }
+    })
+}
+
+/// Parses the process's command line.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = command(runs_without_a_server(&args)).get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Subcommand)]
@@ -91,6 +149,12 @@ pub enum Command {
     /// ledger so nothing erased after the backup comes back, and audits
     /// the restore. Takes the server's flags (data dir, config, root key).
     Restore(Box<RestoreArgs>),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell), e.g.
+    /// `strongbox completions bash > /etc/bash_completion.d/strongbox`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Make an API key on this machine, for a principal someone else creates
     /// (e.g. the operator creating your tenant's first admin): writes the key
     /// to FILE (mode 0600) and prints the enrolment to hand on. Needs no server.
@@ -255,12 +319,7 @@ pub struct MoveRootArgs {
     pub pkcs11: Pkcs11Args,
 }
 
-/// How the server writes its log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::config::LogFormat;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -269,8 +328,9 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// Log lines as `text` (for people) or `json` (one object a line, for
     /// Loki, Elasticsearch, CloudWatch). Level: RUST_LOG.
-    #[arg(long, env = "STRONGBOX_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// Default: the config's `log_format`, else text.
+    #[arg(long, env = "STRONGBOX_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Listen address (default 127.0.0.1:50051).
     #[arg(long)]
     pub listen: Option<String>,

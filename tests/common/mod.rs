@@ -466,7 +466,13 @@ impl Serve {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        match line.trim().strip_prefix("listening on ") {
+        // `listening on ADDR`, or in JSON mode an object with `addr`.
+        let json_addr = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("addr")?.as_str().map(str::to_owned));
+        let addr =
+            json_addr.or_else(|| line.trim().strip_prefix("listening on ").map(str::to_owned));
+        match addr {
             Some(addr) => Ok(Serve {
                 child,
                 endpoint: format!("http://{addr}"),
