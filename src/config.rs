@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub metrics_tenant_labels: bool,
     /// How the log is written (`serve --log-format` wins).
     pub log_format: LogFormat,
+    /// On SIGTERM, how long calls in flight may take to finish before the
+    /// process exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 /// `[retention.CATEGORY]` in the config file.
@@ -137,6 +140,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             metrics_tenant_labels: false,
             log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -183,6 +187,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     metrics_tenant_labels: Option<bool>,
     log_format: Option<LogFormat>,
+    shutdown_grace: Option<String>,
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration> {
@@ -394,6 +399,9 @@ impl ServerConfig {
             }
             cfg.metrics_tenant_labels = f.metrics_tenant_labels.unwrap_or(false);
             cfg.log_format = f.log_format.unwrap_or_default();
+            if let Some(d) = f.shutdown_grace {
+                cfg.shutdown_grace = duration("shutdown_grace", &d)?;
+            }
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;

@@ -62,6 +62,7 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let cfg = server_config(args)?;
     init_logging(cfg.log_format);
     let format = cfg.log_format;
+    let grace = cfg.shutdown_grace;
     let running = server::start(cfg).await?;
     // Scripts and tests read the bound address (the real port for :0) here;
     // in JSON mode this line is a JSON object too, with the address in `addr`.
@@ -79,8 +80,20 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         ),
     }
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown().await?;
+    tracing::info!(
+        grace = ?grace,
+        "shutting down: new calls are refused (UNAVAILABLE), calls in flight finish, the writer drains"
+    );
+    match tokio::time::timeout(grace, running.shutdown()).await {
+        Ok(done) => done?,
+        // Every acknowledged write is already committed: what is cut here
+        // was never acknowledged.
+        Err(_) => tracing::warn!(
+            grace = ?grace,
+            "calls still in flight after shutdown_grace; exiting without them"
+        ),
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

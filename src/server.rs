@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use crate::api::{Api, pb};
 
 pub mod connections;
+mod drain;
 pub mod health;
 mod housekeeping;
 use housekeeping::housekeeping;
@@ -45,6 +46,7 @@ pub struct RunningServer {
     /// Where `/metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
     metrics: Option<JoinHandle<()>>,
+    drain: drain::Drain,
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
@@ -58,6 +60,13 @@ impl RunningServer {
     /// Stops accepting calls, lets in-flight ones finish, and stops
     /// housekeeping.
     pub async fn shutdown(self) -> Result<()> {
+        // New calls get UNAVAILABLE on their connection; those in flight
+        // finish; only then are connections closed.
+        self.drain.begin();
+        self.drain.idle().await;
+        // A moment more of clean refusals, so clients with calls on the way
+        // hear UNAVAILABLE rather than a closed connection.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let _ = self.stop.send(true);
         self.vault.stop_background();
         let _ = self.housekeeping.await;
@@ -155,6 +164,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     let (stop, stopped) = watch::channel(false);
+    let drain = drain::Drain::default();
     let metrics = match cfg.metrics_listen {
         Some(at) => {
             let (bound, task) =
@@ -183,6 +193,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             tower::ServiceBuilder::new()
                 // Per-call timing and labels cost a little: only when scraped.
                 .option_layer(cfg.metrics_listen.map(|_| metrics_http::RpcMetricsLayer))
+                .layer(drain.clone())
                 .layer(tower::util::MapResponseLayer::new(
                     crate::api::size_limit::relabel(cfg.limits.max_value_bytes),
                 )),
@@ -246,6 +257,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         connections,
         metrics_addr,
         metrics,
+        drain,
         stop,
         serving,
         housekeeping,

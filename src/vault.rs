@@ -1106,10 +1106,12 @@ impl Vault {
             .mutate(call, move |conn| {
                 let row = integrity::tenant(conn, &keys, t.as_str())?
                     .ok_or_else(|| authz::tenant_not_found(&t))?;
-                if row.state == TenantState::Shredded {
-                    return Err(Error::FailedPrecondition(format!(
-                        "tenant '{t}' has already been shredded"
-                    )));
+                // A retried request (a queue, a runbook after a timeout):
+                // the schedule already made, or the shred already done,
+                // answers it unchanged; the entry says it was a repeat.
+                if row.state != TenantState::Active {
+                    c.note_resource(&format!("repeat-of:{}", row.state.as_str()));
+                    return Ok((row.into(), true));
                 }
                 holds::refuse_if_held(
                     conn,
@@ -1121,14 +1123,18 @@ impl Vault {
                 let at = now_ms().saturating_add(grace_ms);
                 store::tenant_set_state(conn, t.as_str(), TenantState::ShredScheduled, Some(at))?;
                 integrity::seal_tenant(conn, &keys, t.as_str())?;
-                Ok(TenantInfo {
-                    state: TenantState::ShredScheduled,
-                    shred_at: Some(at),
-                    ..row.into()
-                })
+                Ok((
+                    TenantInfo {
+                        state: TenantState::ShredScheduled,
+                        shred_at: Some(at),
+                        ..row.into()
+                    },
+                    false,
+                ))
             })
             .await?;
-        if grace.is_zero() {
+        let (info, repeat) = info;
+        if grace.is_zero() && !repeat {
             self.execute_tenant_shred(&tenant).await?;
             return self.tenant_info(tenant).await;
         }

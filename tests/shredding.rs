@@ -456,3 +456,44 @@ async fn the_stored_row_wins_over_a_cached_data_key() {
     let r = get_value(&u, "t", "alice", "contact", "email").await;
     assert!(r.is_err(), "a destroyed key was served from the cache");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_tenant_shred_answers_with_the_schedule_already_made() {
+    let s = TestServer::start().await;
+    let (_, u) = s.tenant_with_user("t").await;
+    put_ok(&u, "t", "ida", "c", "k", b"v").await;
+    let op = s.operator().await;
+    let schedule = |grace: u64| {
+        let op = op.clone();
+        async move {
+            op.tenants()
+                .schedule_tenant_shred(pb::ScheduleTenantShredRequest {
+                    tenant: "t".into(),
+                    grace_seconds: Some(grace),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let first = schedule(3600).await;
+    // A retry, even one asking for no grace, neither moves the schedule
+    // nor runs the shred early.
+    let again = schedule(0).await;
+    assert_eq!(again.state, pb::TenantState::ShredScheduled as i32);
+    assert_eq!(again.shred_at_unix_ms, first.shred_at_unix_ms);
+    let trail = audit_trail(&op, "t").await;
+    assert!(
+        trail.iter().any(|(a, o, r)| a == "tenant.shred"
+            && o == "ok"
+            && r.contains("repeat-of:shred_scheduled")),
+        "{trail:?}"
+    );
+    // Cancelled, then shredded at once; a retry after that answers shredded.
+    op.tenants()
+        .cancel_tenant_shred(pb::CancelTenantShredRequest { tenant: "t".into() })
+        .await
+        .unwrap();
+    assert_eq!(schedule(0).await.state, pb::TenantState::Shredded as i32);
+    assert_eq!(schedule(0).await.state, pb::TenantState::Shredded as i32);
+}
