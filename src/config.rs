@@ -166,6 +166,7 @@ struct FileConfig {
     key_rotation_encryptions: Option<u64>,
     rate_limit_per_principal: Option<u32>,
     rate_limit_burst: Option<u32>,
+    auth_failure_burst: Option<u32>,
     max_in_flight: Option<usize>,
     request_timeout: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -347,6 +348,9 @@ impl ServerConfig {
             }
             if let Some(r) = f.rate_limit_per_principal {
                 cfg.load.rate_per_principal = r;
+            }
+            if let Some(b) = f.auth_failure_burst {
+                cfg.load.auth_failure_burst = b.max(1);
             }
             if let Some(b) = f.rate_limit_burst {
                 cfg.load.burst = b;

@@ -46,6 +46,7 @@ pub struct RunningServer {
     /// Where `/metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
     metrics: Option<JoinHandle<()>>,
+    flusher: JoinHandle<()>,
     drain: drain::Drain,
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -76,6 +77,7 @@ impl RunningServer {
         if let Some(m) = self.metrics {
             let _ = m.await;
         }
+        let _ = self.flusher.await;
         // After the last call: the final head is anchored.
         if let Err(e) = self.vault.anchor_audit().await {
             tracing::warn!(error = %e, "anchoring the audit chain at shutdown failed");
@@ -146,6 +148,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .map_err(|e| Error::Unavailable(format!("listen {}: {e}", cfg.listen)))?;
 
     let api = Api::new(vault.clone(), cfg.load, cfg.metrics_tenant_labels);
+    let flood_api = api.clone();
     let max_message = cfg.limits.max_value_bytes + REQUEST_OVERHEAD;
     let (health, health_service) = tonic_health::server::health_reporter();
     // Every service is registered, with the first probe's outcome, before
@@ -243,6 +246,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         cfg.housekeeping_interval,
         stopped.clone(),
     ));
+    let flusher = tokio::spawn(flush_failed_auth(flood_api, stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(
         vault.clone(),
         cfg.audit_retention,
@@ -257,6 +261,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         connections,
         metrics_addr,
         metrics,
+        flusher,
         drain,
         stop,
         serving,
@@ -265,6 +270,24 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         health,
         _lock: lock,
     })
+}
+
+/// Writes the coalesced entries of failed authentications every 10 s, and
+/// once more at shutdown.
+async fn flush_failed_auth(api: Api, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Err(e) = api.flush_failed_auth().await {
+            tracing::warn!(error = %e, "writing the coalesced failed-authentication entries failed; will retry");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// The lock file a server holds on its data directory while it runs.

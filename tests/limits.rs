@@ -24,6 +24,7 @@ async fn a_principal_over_its_rate_is_refused_and_others_are_not() {
         rate_per_principal: 5,
         burst: 5,
         max_in_flight: 1024,
+        ..LoadLimits::default()
     })
     .await;
     let admin = s.tenant("t").await;
@@ -62,6 +63,7 @@ async fn overload_is_shed_not_queued() {
         rate_per_principal: 0,
         burst: 0,
         max_in_flight: 2,
+        ..LoadLimits::default()
     })
     .await;
     let (_, u) = s.tenant_with_user("t").await;

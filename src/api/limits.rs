@@ -20,6 +20,9 @@ pub struct LoadLimits {
     pub burst: u32,
     /// Calls served at once, all principals together.
     pub max_in_flight: usize,
+    /// Failed authentications a peer address may make a minute, each
+    /// audited; past it, refused at once and audited coalesced.
+    pub auth_failure_burst: u32,
 }
 
 impl Default for LoadLimits {
@@ -28,6 +31,7 @@ impl Default for LoadLimits {
             rate_per_principal: 0,
             burst: 0,
             max_in_flight: 1024,
+            auth_failure_burst: 20,
         }
     }
 }
@@ -55,6 +59,11 @@ impl Limiter {
             buckets: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
         }
+    }
+
+    /// Failed authentications a peer may make a minute.
+    pub fn auth_failure_burst(&self) -> u32 {
+        self.limits.auth_failure_burst
     }
 
     /// A slot for one call, or RESOURCE_EXHAUSTED if all are taken.
@@ -111,6 +120,7 @@ mod tests {
             rate_per_principal: 2,
             burst: 3,
             max_in_flight: 10,
+            ..LoadLimits::default()
         });
         for _ in 0..3 {
             l.charge("a").unwrap();
@@ -127,6 +137,7 @@ mod tests {
             rate_per_principal: 1_000_000,
             burst: 1,
             max_in_flight: 1,
+            ..LoadLimits::default()
         });
         for i in 0..3 * MAX_BUCKETS {
             l.charge(&format!("p{i}")).unwrap();

@@ -5,6 +5,7 @@
 //! `status.rs`, nowhere else.
 
 mod convert;
+pub mod flood;
 pub mod limits;
 mod redact;
 mod services;

@@ -37,6 +37,8 @@ mod retention;
 pub struct Api {
     vault: Arc<Vault>,
     limiter: Arc<Limiter>,
+    /// Failed authentications per peer address.
+    failed_auth: Arc<super::flood::FailedAuth>,
     /// Count calls per tenant in the metrics (`metrics_tenant_labels`).
     tenant_labels: bool,
 }
@@ -54,6 +56,7 @@ impl Api {
     pub fn new(vault: Arc<Vault>, limits: LoadLimits, tenant_labels: bool) -> Self {
         Api {
             vault,
+            failed_auth: Arc::new(super::flood::FailedAuth::new(limits.auth_failure_burst)),
             limiter: Arc::new(Limiter::new(limits)),
             tenant_labels,
         }
@@ -108,6 +111,7 @@ impl Api {
     ) -> GrpcResult<Resp> {
         let (call, purpose_ok) = Self::open_call(&req, action);
         let call = Arc::new(call);
+        let peer_ip = req.remote_addr().map(|a| a.ip());
         // Shed at once when full, rather than queue and grow memory; the
         // shed call is still recorded.
         let result = match (purpose_ok, self.limiter.admit()) {
@@ -115,6 +119,19 @@ impl Api {
             (Ok(()), Ok(slot)) => f(call.clone(), req, slot).await,
         };
         // Fail closed: no answer, not even data already read, without its entry.
+        // A failed authentication past the peer's burst is refused at once
+        // and counted into the peer's coalesced entry, not audited alone.
+        if let (Err(Error::Unauthenticated(why)), Some(ip)) = (&result, peer_ip)
+            && self
+                .failed_auth
+                .failed(ip, failure_reason(why), crate::now_ms())
+                == super::flood::Verdict::Coalesced
+        {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed authentications from {ip}: at most {} a minute are served; retry later with a valid API key",
+                self.limiter.auth_failure_burst()
+            )));
+        }
         let outcome = audit::Outcome::of(&result);
         if self.tenant_labels {
             let tenant = call.tenant();
@@ -150,6 +167,28 @@ impl Api {
                 Err(status)
             }
         }
+    }
+
+    /// Writes one audit entry per peer whose failed authentications were
+    /// coalesced since the last flush (see `api::flood`).
+    pub async fn flush_failed_auth(&self) -> Result<usize, Error> {
+        let pending = self.failed_auth.take(crate::now_ms());
+        for c in &pending {
+            let call = Arc::new(Call::new(
+                hex::encode(crypto::random_bytes::<8>()),
+                "auth.failures-coalesced",
+                String::new(),
+                c.peer.to_string(),
+            ));
+            call.set_resource(c.resource());
+            self.vault
+                .record(
+                    &call,
+                    (audit::Outcome::Denied, tonic::Code::Unauthenticated as i32),
+                )
+                .await?;
+        }
+        Ok(pending.len())
     }
 
     /// Authenticates the caller from `authorization: Bearer <api key>`.
@@ -1007,4 +1046,14 @@ impl KeyService for Api {
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A failed authentication's reason, for the coalesced entry: the fixed
+/// phrase before any detail (never a key).
+fn failure_reason(why: &str) -> &str {
+    let phrase = why.split([':', '(']).next().unwrap_or(why).trim();
+    phrase
+        .char_indices()
+        .nth(64)
+        .map_or(phrase, |(i, _)| &phrase[..i])
 }
