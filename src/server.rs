@@ -16,6 +16,7 @@ use crate::api::{Api, pb};
 
 pub mod connections;
 mod drain;
+mod edge_audit;
 pub mod health;
 mod housekeeping;
 use housekeeping::housekeeping;
@@ -197,6 +198,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
                 // Per-call timing and labels cost a little: only when scraped.
                 .option_layer(cfg.metrics_listen.map(|_| metrics_http::RpcMetricsLayer))
                 .layer(drain.clone())
+                .layer(edge_audit::EdgeAudit {
+                    vault: vault.clone(),
+                    flood: api.failed_calls(),
+                })
                 .layer(tower::util::MapResponseLayer::new(
                     crate::api::size_limit::relabel(cfg.limits.max_value_bytes),
                 )),

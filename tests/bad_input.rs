@@ -478,4 +478,44 @@ async fn fail_undecodable_requests_are_invalid_argument_not_internal() {
             status.message()
         );
     }
+    // Refused before any handler, and audited all the same.
+    let trail = audit_trail(&s.operator().await, "").await;
+    let refused: Vec<_> = trail
+        .iter()
+        .filter(|(a, o, r)| {
+            a == "rpc.refused"
+                && o == "failed"
+                && r == "rpc:/strongbox.v1.TenantService/GetTenant undecodable"
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{trail:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_undecodable_requests_is_coalesced() {
+    let mut s = TestServer::start().await;
+    for _ in 0..200 {
+        raw_get_tenant(&s, WrongWireType { tenant: 7 }).await;
+    }
+    s.stop().await;
+    let c = rusqlite::Connection::open(s.db_path()).unwrap();
+    let (single, coalesced): (i64, String) = (
+        c.query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'rpc.refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap(),
+        c.query_row(
+            "SELECT resource FROM audit_log WHERE action = 'calls.failures-coalesced'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap(),
+    );
+    assert_eq!(single, 20, "the burst, one entry each");
+    assert!(
+        coalesced.contains("count:180") && coalesced.contains("reasons:undecodable"),
+        "{coalesced}"
+    );
 }

@@ -77,7 +77,7 @@ async fn a_flood_of_bad_keys_adds_a_bounded_number_of_audit_rows() {
     // 10 s, and at shutdown): at most 20 + 2 for a 3 s flood.
     assert!(denied <= 22, "{denied} denied rows for {sent} failed calls");
     let coalesced: Vec<String> = c
-        .prepare("SELECT resource FROM audit_log WHERE action = 'auth.failures-coalesced'")
+        .prepare("SELECT resource FROM audit_log WHERE action = 'calls.failures-coalesced'")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()

@@ -5,7 +5,7 @@
 //! audited on its own as usual. Past that, within the minute, a failing
 //! call is refused at once with `RESOURCE_EXHAUSTED`, and instead of an
 //! entry each, the peer's failures are coalesced: one audit entry per peer
-//! per minute (`auth.failures-coalesced`, resource `peer:<ip> count:<n>
+//! per minute (`calls.failures-coalesced`, resource `peer:<ip> count:<n>
 //! first:<time> last:<time> reasons:<…>`), written by the flusher. Nothing
 //! is lost for forensics (every failure is counted), and a flood from one
 //! address writes at most `burst + 1` rows a minute.

@@ -127,10 +127,15 @@ impl Api {
                 .failed(ip, failure_reason(why), crate::now_ms())
                 == super::flood::Verdict::Coalesced
         {
-            return Err(Status::resource_exhausted(format!(
+            let mut status = Status::resource_exhausted(format!(
                 "too many failed authentications from {ip}: at most {} a minute are served; retry later with a valid API key",
                 self.limiter.auth_failure_burst()
-            )));
+            ));
+            // Counted already: the transport's audit must not count it again.
+            if let Ok(id) = MetadataValue::try_from(call.request_id.as_str()) {
+                status.metadata_mut().insert("x-request-id", id);
+            }
+            return Err(status);
         }
         let outcome = audit::Outcome::of(&result);
         if self.tenant_labels {
@@ -169,6 +174,12 @@ impl Api {
         }
     }
 
+    /// The per-peer count of failed calls, shared with the transport's
+    /// audit of the calls it refuses.
+    pub fn failed_calls(&self) -> Arc<super::flood::FailedAuth> {
+        self.failed_auth.clone()
+    }
+
     /// Writes one audit entry per peer whose failed authentications were
     /// coalesced since the last flush (see `api::flood`).
     pub async fn flush_failed_auth(&self) -> Result<usize, Error> {
@@ -176,7 +187,7 @@ impl Api {
         for c in &pending {
             let call = Arc::new(Call::new(
                 hex::encode(crypto::random_bytes::<8>()),
-                "auth.failures-coalesced",
+                "calls.failures-coalesced",
                 String::new(),
                 c.peer.to_string(),
             ));

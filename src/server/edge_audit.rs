@@ -1,0 +1,129 @@
+//! Calls refused before they reach a use case are audited too: a request
+//! body that does not decode (INVALID_ARGUMENT), one over the size limit,
+//! an unknown method. The layer sees every answer; one without the
+//! `x-request-id` a handler always sets, and with an error status, was
+//! made by the transport, so the layer writes its entry (action
+//! `rpc.refused`, resource the method path and why) before the answer
+//! leaves. A flood of them from one address is coalesced like failed
+//! authentications (`api::flood`): at most the burst a minute one by one,
+//! the rest counted into one entry per peer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::api::flood::{FailedAuth, Verdict};
+use crate::audit::{Call, Outcome};
+use crate::vault::Vault;
+
+#[derive(Clone)]
+pub struct EdgeAudit {
+    pub vault: Arc<Vault>,
+    pub flood: Arc<FailedAuth>,
+}
+
+impl<S> tower::Layer<S> for EdgeAudit {
+    type Service = Audited<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audited {
+            inner,
+            edge: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Audited<S> {
+    inner: S,
+    edge: EdgeAudit,
+}
+
+fn remote_addr<B>(req: &http::Request<B>) -> Option<SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+}
+
+/// The method path as a bounded, printable resource (the client chose it).
+fn bounded_path(path: &str) -> String {
+    path.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(128)
+        .collect()
+}
+
+fn why(code: i32) -> &'static str {
+    match code {
+        3 => "undecodable",
+        8 => "too large",
+        12 => "unimplemented",
+        _ => "refused by the transport",
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Audited<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = bounded_path(req.uri().path());
+        let peer = remote_addr(&req);
+        let edge = self.edge.clone();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let resp = answer.await?;
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<i32>().ok())
+                .unwrap_or(0);
+            if code != 0 && resp.headers().get("x-request-id").is_none() {
+                edge.record(&path, peer, code).await;
+            }
+            Ok(resp)
+        })
+    }
+}
+
+impl EdgeAudit {
+    async fn record(&self, path: &str, peer: Option<SocketAddr>, code: i32) {
+        let reason = why(code);
+        if let Some(addr) = peer
+            && self.flood.failed(addr.ip(), reason, crate::now_ms()) == Verdict::Coalesced
+        {
+            return;
+        }
+        let call = Arc::new(Call::new(
+            hex::encode(crate::crypto::random_bytes::<8>()),
+            "rpc.refused",
+            String::new(),
+            peer.map(|a| a.to_string()).unwrap_or_default(),
+        ));
+        call.set_resource(format!("rpc:{path} {reason}"));
+        if let Err(e) = self.vault.record(&call, (Outcome::Failed, code)).await {
+            tracing::warn!(error = %e, "auditing a call refused by the transport failed");
+        }
+    }
+}
