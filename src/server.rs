@@ -31,6 +31,13 @@ use crate::rootkey::{EnvProvider, KeyFileProvider, RootKeyProvider};
 use crate::store::{DB_FILE, Store};
 use crate::vault::{AuditAnchor, Vault};
 
+/// The request headers (gRPC metadata) a call may carry, in bytes as HTTP/2
+/// counts them. Past it the call is refused with HTTP 431 (clients report
+/// it as UNKNOWN or RESOURCE_EXHAUSTED) and the connection stays up; a
+/// header block far past it (beyond what HPACK will buffer) closes the
+/// connection.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
 /// Calls one connection may have in flight before it is shed.
 const PER_CONNECTION_IN_FLIGHT: usize = 256;
 
@@ -187,6 +194,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     }
     let router = builder
         .timeout(cfg.request_timeout)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
         .http2_keepalive_interval(Some(cfg.connections.keepalive_interval()))
         .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout()))
         // Per connection too: one client cannot take every slot.

@@ -519,3 +519,22 @@ async fn a_flood_of_undecodable_requests_is_coalesced() {
         "{coalesced}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_metadata_is_refused_and_the_connection_stays_up() {
+    let s = TestServer::start().await;
+    let (_, user) = s.tenant_with_user("t").await;
+    put_ok(&user, "t", "ann", "c", "k", b"v").await;
+    // 40 headers of 1 KiB: over the 16 KiB header-list limit.
+    let mut req = tonic::Request::new(get("t", "ann", "c", "k"));
+    for i in 0..40 {
+        req.metadata_mut().insert(
+            tonic::metadata::MetadataKey::from_bytes(format!("x-pad-{i}").as_bytes()).unwrap(),
+            "a".repeat(1024).parse().unwrap(),
+        );
+    }
+    let refused = user.records().get_record(req).await.unwrap_err();
+    assert_ne!(refused.code(), Code::Ok);
+    // The same connection serves the next call.
+    assert_eq!(get_value(&user, "t", "ann", "c", "k").await.unwrap(), b"v");
+}
