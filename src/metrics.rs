@@ -49,6 +49,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -80,6 +85,7 @@ pub struct Metrics {
     pub housekeeping_age: Gaugef,
     pub erasure_epoch: Gauge,
     pub erasure_epochs_destroyed: Counter,
+    tls_refused: Family<ReasonLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
     started: Instant,
 }
@@ -115,9 +121,13 @@ impl Metrics {
             housekeeping_age: Gaugef::default(),
             erasure_epoch: Gauge::default(),
             erasure_epochs_destroyed: Counter::default(),
+            tls_refused: Family::default(),
             build_info: Family::default(),
             started: Instant::now(),
         };
+        for reason in crate::server::tls::REASONS {
+            drop(m.tls_refused.get_or_create(&ReasonLabels { reason }));
+        }
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
@@ -247,6 +257,11 @@ impl Metrics {
             "Erasure epoch keys destroyed",
             self.erasure_epochs_destroyed.clone(),
         );
+        r.register(
+            "tls_handshakes_refused",
+            "TLS handshakes refused, by reason (the server log names the peer)",
+            self.tls_refused.clone(),
+        );
         r.register("build_info", "The running build", self.build_info.clone());
         r
     }
@@ -289,6 +304,12 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 result: if hit { "hit" } else { "miss" },
             })
+            .inc();
+    }
+
+    pub fn tls_refused(&self, reason: &'static str) {
+        self.tls_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -19,6 +19,7 @@ mod drain;
 mod edge_audit;
 pub mod health;
 mod housekeeping;
+pub(crate) mod tls;
 use housekeeping::housekeeping;
 pub mod metrics_http;
 pub mod restore;
@@ -186,12 +187,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         None => None,
     };
     let mut on_stop = stopped.clone();
-    let mut builder = Server::builder();
-    if let Some(tls) = &cfg.tls {
-        builder = builder
-            .tls_config(tls_config(tls)?.timeout(cfg.connections.handshake_timeout))
-            .map_err(|e| Error::invalid("tls_cert", format!("TLS setup failed: {e}")))?;
-    }
+    // TLS is done by `server::tls` on the accepted connections, so refused
+    // handshakes are logged and counted.
+    let acceptor = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+    let builder = Server::builder();
     let router = builder
         .timeout(cfg.request_timeout)
         .http2_max_header_list_size(MAX_HEADER_LIST)
@@ -244,9 +243,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .add_service(pb::key_service_server::KeyServiceServer::new(api));
     let (incoming, connections) =
         connections::incoming(listener, cfg.connections, max_connections, stopped.clone());
-    let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+    let shutting = async move {
         let _ = on_stop.wait_for(|s| *s).await;
-    }));
+    };
+    let serving = match acceptor {
+        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::accept(incoming, acceptor, cfg.connections.handshake_timeout),
+            shutting,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutting)),
+    };
     let health = tokio::spawn(health::watch(
         vault.clone(),
         health,
@@ -611,23 +617,4 @@ async fn anchoring(vault: Arc<Vault>, every: std::time::Duration, mut stop: watc
             tracing::warn!(error = %e, "anchoring the audit chain failed; will retry");
         }
     }
-}
-
-fn read_pem(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
-}
-
-/// The listener's TLS: its identity, and with a client CA, mandatory mTLS.
-fn tls_config(tls: &crate::config::TlsFiles) -> Result<tonic::transport::ServerTlsConfig> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let identity = Identity::from_pem(
-        read_pem("tls_cert", &tls.cert)?,
-        read_pem("tls_key", &tls.key)?,
-    );
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read_pem("client_ca", ca)?));
-    }
-    Ok(config)
 }

@@ -316,6 +316,13 @@ pub struct Guarded {
 }
 
 impl Guarded {
+    /// The peer's address (unspecified if the socket lost it).
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.io
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     fn new(io: TcpStream, slot: Slot, limits: &ConnectionLimits) -> Guarded {
         let now = Instant::now();
         Guarded {
