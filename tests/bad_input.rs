@@ -538,3 +538,108 @@ async fn oversized_metadata_is_refused_and_the_connection_stays_up() {
     // The same connection serves the next call.
     assert_eq!(get_value(&user, "t", "ann", "c", "k").await.unwrap(), b"v");
 }
+
+/// Sends the request body as given bytes; reads the answer's as bytes.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+#[derive(Clone, Copy, Default)]
+struct RawCoder;
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bytes_to_every_rpc_are_invalid_argument_never_internal() {
+    use prost::Message;
+    // Every call here fails; the per-address flood guard is not under test.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&dir);
+    config.load.auth_failure_burst = 1_000_000;
+    let s = TestServer::start_with(dir, config).await;
+    let set =
+        prost_types::FileDescriptorSet::decode(strongbox::api::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let random: Vec<u8> = strongbox::crypto::random_bytes::<32>().to_vec();
+    let payloads: [(&str, Vec<u8>); 4] = [
+        ("random bytes", random),
+        // Field 1, length-delimited, says 10 bytes and has 2.
+        ("a truncated field", vec![0x0a, 0x0a, b'A', b'B']),
+        // Field 1 as a varint (most methods want a string there).
+        ("a wrong wire type", vec![0x08, 0x07]),
+        ("invalid UTF-8", vec![0x0a, 0x02, 0xff, 0xfe]),
+    ];
+    let mut rpcs = 0;
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                rpcs += 1;
+                for (what, body) in &payloads {
+                    let mut grpc = tonic::client::Grpc::new(s.anonymous().await.channel());
+                    grpc.ready().await.unwrap();
+                    let path_q = http::uri::PathAndQuery::try_from(path.as_str()).unwrap();
+                    let status = if method.server_streaming() {
+                        grpc.server_streaming(tonic::Request::new(body.clone()), path_q, RawCodec)
+                            .await
+                            .err()
+                    } else {
+                        grpc.unary(tonic::Request::new(body.clone()), path_q, RawCodec)
+                            .await
+                            .err()
+                    };
+                    let status =
+                        status.unwrap_or_else(|| panic!("{path} with {what}: answered OK"));
+                    // Bytes that happen to decode (fields the message does
+                    // not have are skipped) reach authentication instead.
+                    assert!(
+                        matches!(status.code(), Code::InvalidArgument | Code::Unauthenticated),
+                        "{path} with {what}: {status:?}"
+                    );
+                    if *what == "a truncated field" {
+                        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(rpcs > 30, "only {rpcs} RPCs in the descriptor set");
+}
