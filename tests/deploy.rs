@@ -1,6 +1,8 @@
 //! The deployment examples in deploy/: the systemd unit passes
 //! `systemd-analyze verify` (where systemd is installed) with its hardening
-//! in place, and the Prometheus rules are checked by tests/metrics.rs.
+//! in place; the Prometheus alert rules pass `promtool check rules` (where
+//! scripts/test could fetch promtool), and tests/metrics.rs checks that
+//! every metric they name exists.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -46,6 +48,35 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fetched = root.join("target/tools/prometheus/usr/bin/promtool");
+    let promtool = if fetched.exists() {
+        fetched
+    } else if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        "promtool".into()
+    } else {
+        eprintln!("skipped: no promtool (scripts/test fetches it where apt-get can)");
+        return;
+    };
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(root.join("deploy/prometheus/alerts.yml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("SUCCESS: 5 rules found"),
+        "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
