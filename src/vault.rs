@@ -417,6 +417,10 @@ pub enum AuditAnchor {
 /// tenant shred cannot re-cache the key).
 struct AuthCache {
     keys: HashMap<String, CachedKey>,
+    /// Key ids storage did not know, lately: a flood of one bad key costs a
+    /// storage read per `UNKNOWN_KEY_TTL`, not per call. Bounded; when full
+    /// of fresh entries, lookups just go to storage (fails open).
+    unknown: HashMap<String, std::time::Instant>,
     revoked: Tombstones<String>,
     shredded_tenants: Tombstones<String>,
 }
@@ -425,6 +429,7 @@ impl Default for AuthCache {
     fn default() -> Self {
         AuthCache {
             keys: HashMap::new(),
+            unknown: HashMap::new(),
             revoked: Tombstones::new(MAX_CACHED_API_KEYS),
             shredded_tenants: Tombstones::new(MAX_CACHED_API_KEYS),
         }
@@ -500,6 +505,12 @@ fn active_tenant(conn: &Connection, keys: &Keyring, tenant: &TenantId) -> Result
 }
 
 /// An RFC 3339 rendering of a Unix-millisecond time.
+/// How long a key id storage did not know is answered from memory, and how
+/// many such ids are kept. Making any API key clears them all (a key from
+/// `strongbox enrol` may be tried before its principal exists).
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(10);
+const MAX_UNKNOWN_KEYS: usize = 10_000;
+
 pub fn fmt_time(unix_ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
@@ -882,6 +893,7 @@ impl Vault {
             return Err(e);
         }
         std::fs::rename(&tmp, key_file).map_err(|e| io_error(key_file, e))?;
+        self.auth_cache().unknown.clear();
         Ok(true)
     }
 
@@ -917,12 +929,31 @@ impl Vault {
             }
             return Ok(principal);
         }
+        if self
+            .auth_cache()
+            .unknown
+            .get(key_id)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_KEY_TTL)
+        {
+            return Err(Error::Unauthenticated(INVALID));
+        }
         let (id, keys) = (key_id.to_owned(), self.keys.clone());
         let found = self
             .store
             .read(move |c| integrity::api_key(c, &keys, &id))
             .await?;
         let Some((key, p)) = found else {
+            let mut cache = self.auth_cache();
+            if cache.unknown.len() >= MAX_UNKNOWN_KEYS {
+                cache
+                    .unknown
+                    .retain(|_, at| at.elapsed() < UNKNOWN_KEY_TTL);
+            }
+            if cache.unknown.len() < MAX_UNKNOWN_KEYS {
+                cache
+                    .unknown
+                    .insert(key_id.to_owned(), std::time::Instant::now());
+            }
             return Err(Error::Unauthenticated(INVALID));
         };
         if !crypto::ct_eq(&presented, &key.secret_hash)
@@ -1874,6 +1905,7 @@ impl Vault {
                 Ok(id)
             })
             .await?;
+        self.auth_cache().unknown.clear();
         Ok(NewPrincipal {
             principal_id,
             key_id,
@@ -1930,6 +1962,7 @@ impl Vault {
             insert_api_key(conn, &keys, &p.id, &kid, &hash, now_ms(), expires_at)
         })
         .await?;
+        self.auth_cache().unknown.clear();
         Ok((key_id, api_key))
     }
 
