@@ -945,9 +945,7 @@ impl Vault {
         let Some((key, p)) = found else {
             let mut cache = self.auth_cache();
             if cache.unknown.len() >= MAX_UNKNOWN_KEYS {
-                cache
-                    .unknown
-                    .retain(|_, at| at.elapsed() < UNKNOWN_KEY_TTL);
+                cache.unknown.retain(|_, at| at.elapsed() < UNKNOWN_KEY_TTL);
             }
             if cache.unknown.len() < MAX_UNKNOWN_KEYS {
                 cache
