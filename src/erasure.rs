@@ -47,6 +47,7 @@ pub fn wrapped_aad(base: &[u8], epoch: u64) -> Vec<u8> {
 }
 
 /// One epoch's key.
+#[derive(Clone)]
 pub struct Epoch {
     /// When it was made (Unix ms); the epoch before it ended then.
     pub created_at: i64,
@@ -134,7 +135,7 @@ impl EpochKeys {
         let epoch = self.current().map_or(1, |(n, _)| n + 1);
         let key = SecretKey::generate();
         let wrapped = crypto::wrap_key(wrap_key, LABEL, &aad(epoch, now), &key);
-        let mut next = self.epochs_clone();
+        let mut next = self.epochs.clone();
         next.insert(
             epoch,
             Epoch {
@@ -149,27 +150,11 @@ impl EpochKeys {
 
     /// Destroys the keys of `epochs`: the file is rewritten without them.
     pub fn destroy(&mut self, epochs: &[u64]) -> Result<()> {
-        let mut next = self.epochs_clone();
+        let mut next = self.epochs.clone();
         for n in epochs {
             next.remove(n);
         }
         self.replace(next)
-    }
-
-    fn epochs_clone(&self) -> BTreeMap<u64, Epoch> {
-        self.epochs
-            .iter()
-            .map(|(n, e)| {
-                (
-                    *n,
-                    Epoch {
-                        created_at: e.created_at,
-                        wrapped: e.wrapped.clone(),
-                        key: e.key.clone(),
-                    },
-                )
-            })
-            .collect()
     }
 
     /// Writes `next` as the file (beside it, synced, renamed over it, the

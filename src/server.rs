@@ -126,7 +126,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .apply_retention_defaults(&cfg.retention_defaults)
         .await?;
     let ledger = cfg.shred_ledger_path();
-    let entries = vault.open_ledger(&ledger).await?;
+    let entries = vault.open_ledger(&ledger).await?.len();
     tracing::info!(path = %ledger.display(), entries, "shred ledger open");
     vault.open_erasure(cfg.erasure()?, None).await?;
     vault.roll_erasure_epoch().await?;
@@ -270,6 +270,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         vault.clone(),
         cfg.audit_retention,
         cfg.housekeeping_interval,
+        cfg.metrics_listen.is_some(),
         stopped,
     ));
     tracing::info!(%addr, root_key = %vault.keyring().root_description(), "strongbox serving");

@@ -136,19 +136,9 @@ async fn tenant_labels_only_when_asked_for() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_prometheus_parser_accepts_the_output() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-    if !python.exists() {
-        let have_python = std::process::Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            !have_python,
-            "Python 3 is here but target/pyenv is not: run scripts/test, which makes it"
-        );
-        eprintln!("skipped: no Python 3 on this machine to run the Prometheus parser");
+    let Some(python) = pyenv_python("the Prometheus parser") else {
         return;
-    }
+    };
     let s = server(true).await;
     let (_, user) = s.tenant_with_user("parsed").await;
     put_ok(&user, "parsed", "bob", "c", "k", b"v").await;

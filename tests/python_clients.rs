@@ -14,19 +14,9 @@ use common::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcio_health_reflection_and_generated_stubs_work() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("target/pyenv/bin/python");
-    if !python.exists() {
-        let have_python = std::process::Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            !have_python,
-            "Python 3 is here but target/pyenv is not: run scripts/test, which makes it"
-        );
-        eprintln!("skipped: no Python 3 on this machine for the grpcio clients");
+    let Some(python) = pyenv_python("the grpcio clients") else {
         return;
-    }
+    };
     let s = TestServer::start().await;
     let out_dir = tempfile::tempdir().unwrap();
     let target = s.endpoint.trim_start_matches("http://").to_owned();

@@ -23,6 +23,7 @@ pub(super) async fn housekeeping(
     vault: Arc<Vault>,
     audit_retention: Option<Duration>,
     every: Duration,
+    gauges: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -38,7 +39,7 @@ pub(super) async fn housekeeping(
             }
             return;
         }
-        if pass(&vault, audit_retention).await {
+        if pass(&vault, audit_retention, gauges).await {
             metrics::get().housekeeping_ok();
         }
     }
@@ -56,7 +57,9 @@ fn step<T>(r: Result<T>, what: &str) -> Option<T> {
 }
 
 /// One pass over every job; whether every step succeeded.
-async fn pass(vault: &Vault, audit_retention: Option<Duration>) -> bool {
+/// With `gauges` (metrics served), the job gauges are counted too: a scan
+/// of the data keys, so only when someone scrapes them.
+async fn pass(vault: &Vault, audit_retention: Option<Duration>, gauges: bool) -> bool {
     let m = metrics::get();
     let mut ok = step(vault.checkpoint_owed().await, "the owed WAL checkpoint").is_some();
     ok &= step(
@@ -141,10 +144,12 @@ async fn pass(vault: &Vault, audit_retention: Option<Duration>) -> bool {
             None => ok = false,
         }
     }
-    ok &= step(
-        vault.refresh_job_gauges().await,
-        "refreshing the job gauges",
-    )
-    .is_some();
+    if gauges {
+        ok &= step(
+            vault.refresh_job_gauges().await,
+            "refreshing the job gauges",
+        )
+        .is_some();
+    }
     ok
 }

@@ -34,7 +34,7 @@ use crate::audit::Call;
 use crate::error::Result;
 use crate::integrity;
 use crate::keyring::Keyring;
-use crate::ledger::{Destroyed, Entry};
+use crate::ledger::Destroyed;
 use crate::now_ms;
 use crate::store::{self, TenantState};
 
@@ -64,12 +64,11 @@ impl Vault {
     /// Applies the shred ledger at `ledger` (opened, checked, and kept as
     /// this vault's ledger from now on) to the database.
     pub async fn apply_ledger(&self, ledger: &std::path::Path) -> Result<Applied> {
-        self.open_ledger(ledger).await?;
-        let entries = self.ledger_entries(ledger).await?;
+        let entries = self.open_ledger(ledger).await?;
         let listed: Arc<HashSet<String>> = Arc::new(
             entries
                 .iter()
-                .filter_map(|e| match &e.destroyed {
+                .filter_map(|d| match d {
                     Destroyed::Dek { id, .. } => Some(id.clone()),
                     _ => None,
                 })
@@ -117,24 +116,17 @@ impl Vault {
         self.mutate(call, |_| Ok(())).await?;
         self.anchor_reset().await
     }
-
-    async fn ledger_entries(&self, path: &std::path::Path) -> Result<Vec<Entry>> {
-        let keys = self.keys.clone();
-        let key = self.store.read(move |c| keys.audit_key(c)).await?;
-        let path = path.to_owned();
-        crate::blocking(move || crate::ledger::Ledger::open(&path, &key).map(|(_, e)| e)).await
-    }
 }
 
 fn apply_entry(
     conn: &Connection,
     keys: &Keyring,
-    entry: &Entry,
+    destroyed: &Destroyed,
     listed: &HashSet<String>,
     done: &mut Applied,
 ) -> Result<()> {
     let now = now_ms();
-    match &entry.destroyed {
+    match destroyed {
         Destroyed::Dek { tenant, id } => {
             let Some(row) = store::dek_get(conn, id)? else {
                 return Ok(()); // made after the backup

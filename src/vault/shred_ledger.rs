@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::Vault;
 use crate::error::Result;
+use crate::ledger::Destroyed;
 use crate::store;
 
 /// Ledger entries for data keys of `tenant`.
@@ -23,14 +24,13 @@ impl Vault {
     /// Opens the shred ledger at `path` and records every destruction in
     /// it from now on. First appends any destruction the database has and
     /// the ledger lacks (a crash between a shred's commit and its append).
-    /// Returns how many entries it holds.
-    pub async fn open_ledger(&self, path: &Path) -> Result<usize> {
-        use crate::ledger::Destroyed;
+    /// Returns every destruction it holds, in order.
+    pub async fn open_ledger(&self, path: &Path) -> Result<Vec<Destroyed>> {
         let keys = self.keys.clone();
         let key = self.store.read(move |c| keys.audit_key(c)).await?;
-        let path = path.to_owned();
+        let (path, k) = (path.to_owned(), key.clone());
         let (ledger, entries) =
-            crate::blocking(move || crate::ledger::Ledger::open(&path, &key)).await?;
+            crate::blocking(move || crate::ledger::Ledger::open(&path, &k)).await?;
         // What the crash window can have missed is newer than the last
         // line, give or take the clock between the commit and the append.
         let since = entries.last().map_or(0, |e| e.time - 60_000);
@@ -58,19 +58,21 @@ impl Vault {
             )
             .filter(|d| !known.contains(d))
             .collect();
-        let total = entries.len() + missing.len();
         let ledger = Arc::new(ledger);
         if !missing.is_empty() {
             tracing::warn!(
                 entries = missing.len(),
                 "shred ledger: destructions the database has and the ledger lacked (a crash before their append) recorded now"
             );
-            let (l, keys) = (ledger.clone(), self.keys.clone());
-            let key = self.store.read(move |c| keys.audit_key(c)).await?;
-            crate::blocking(move || l.record(&key, &missing)).await?;
+            let (l, m) = (ledger.clone(), missing.clone());
+            crate::blocking(move || l.record(&key, &m)).await?;
         }
         let _ = self.ledger.set(ledger);
-        Ok(total)
+        Ok(entries
+            .into_iter()
+            .map(|e| e.destroyed)
+            .chain(missing)
+            .collect())
     }
 
     /// Appends destructions to the ledger (synced) before the call that

@@ -854,3 +854,23 @@ pub fn dir_with_keys(from: &std::path::Path) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The Python of `target/pyenv` (made by scripts/test), or `None`, said
+/// on stderr, where this machine has no Python 3 at all. Python present
+/// without the venv is a failure: the test would skip where it must run.
+pub fn pyenv_python(what: &str) -> Option<PathBuf> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    let have_python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        !have_python,
+        "Python 3 is here but target/pyenv is not: run scripts/test, which makes it"
+    );
+    eprintln!("skipped: no Python 3 on this machine for {what}");
+    None
+}
