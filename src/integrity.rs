@@ -14,12 +14,12 @@
 //! this existed are sealed once at start (`seal_unsealed`); after that a
 //! missing MAC is tampering like a wrong one.
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 
 use crate::crypto::{self, SecretKey, encode_fields};
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
-use crate::store::{self, ApiKeyRow, PrincipalRow, TenantRow};
+use crate::store::{ApiKeyRow, PrincipalRow, TenantRow};
 
 /// The `meta` row that says every row has been sealed.
 const SEALED_META: &str = "state_sealed";
@@ -140,8 +140,8 @@ pub fn check_api_key(key: &SecretKey, k: &ApiKeyRow) -> Result<()> {
 }
 
 /// Tenant `id`, its MAC checked.
-pub fn tenant(conn: &Connection, keys: &Keyring, id: &str) -> Result<Option<TenantRow>> {
-    let Some(row) = store::tenant_get(conn, id)? else {
+pub fn tenant(conn: &dyn Tx, keys: &Keyring, id: &str) -> Result<Option<TenantRow>> {
+    let Some(row) = conn.tenant_get(id)? else {
         return Ok(None);
     };
     check_tenant(&*keys.state_key(conn)?, &row)?;
@@ -149,8 +149,8 @@ pub fn tenant(conn: &Connection, keys: &Keyring, id: &str) -> Result<Option<Tena
 }
 
 /// Principal `id`, its MAC checked.
-pub fn principal(conn: &Connection, keys: &Keyring, id: &str) -> Result<Option<PrincipalRow>> {
-    let Some(row) = store::principal_get(conn, id)? else {
+pub fn principal(conn: &dyn Tx, keys: &Keyring, id: &str) -> Result<Option<PrincipalRow>> {
+    let Some(row) = conn.principal_get(id)? else {
         return Ok(None);
     };
     check_principal(&*keys.state_key(conn)?, &row)?;
@@ -159,11 +159,11 @@ pub fn principal(conn: &Connection, keys: &Keyring, id: &str) -> Result<Option<P
 
 /// API key `key_id` and its principal, both MACs checked.
 pub fn api_key(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     key_id: &str,
 ) -> Result<Option<(ApiKeyRow, PrincipalRow)>> {
-    let Some((k, p)) = store::api_key_lookup(conn, key_id)? else {
+    let Some((k, p)) = conn.api_key_lookup(key_id)? else {
         return Ok(None);
     };
     let key = keys.state_key(conn)?;
@@ -174,43 +174,43 @@ pub fn api_key(
 
 /// Recomputes tenant `id`'s MAC from the row as stored now: call after
 /// every change to its security state, in the same transaction.
-pub fn seal_tenant(conn: &Connection, keys: &Keyring, id: &str) -> Result<()> {
-    if let Some(row) = store::tenant_get(conn, id)? {
-        store::tenant_set_mac(conn, id, &tenant_mac(&*keys.state_key(conn)?, &row))?;
+pub fn seal_tenant(conn: &dyn Tx, keys: &Keyring, id: &str) -> Result<()> {
+    if let Some(row) = conn.tenant_get(id)? {
+        conn.tenant_set_mac(id, &tenant_mac(&*keys.state_key(conn)?, &row))?;
     }
     Ok(())
 }
 
 /// Recomputes principal `id`'s MAC from the row as stored now.
-pub fn seal_principal(conn: &Connection, keys: &Keyring, id: &str) -> Result<()> {
-    if let Some(row) = store::principal_get(conn, id)? {
-        store::principal_set_mac(conn, id, &principal_mac(&*keys.state_key(conn)?, &row))?;
+pub fn seal_principal(conn: &dyn Tx, keys: &Keyring, id: &str) -> Result<()> {
+    if let Some(row) = conn.principal_get(id)? {
+        conn.principal_set_mac(id, &principal_mac(&*keys.state_key(conn)?, &row))?;
     }
     Ok(())
 }
 
 /// Recomputes API key `key_id`'s MAC from the row as stored now.
-pub fn seal_api_key(conn: &Connection, keys: &Keyring, key_id: &str) -> Result<()> {
-    if let Some((row, _)) = store::api_key_lookup(conn, key_id)? {
-        store::api_key_set_mac(conn, key_id, &api_key_mac(&*keys.state_key(conn)?, &row))?;
+pub fn seal_api_key(conn: &dyn Tx, keys: &Keyring, key_id: &str) -> Result<()> {
+    if let Some((row, _)) = conn.api_key_lookup(key_id)? {
+        conn.api_key_set_mac(key_id, &api_key_mac(&*keys.state_key(conn)?, &row))?;
     }
     Ok(())
 }
 
 /// Seals every row of a vault that predates row MACs, once: afterwards a
 /// missing MAC is refused like a wrong one, so NULLing a MAC gains nothing.
-pub fn seal_unsealed(conn: &Connection, keys: &Keyring) -> Result<()> {
-    if store::meta_get(conn, SEALED_META)?.is_some() {
+pub fn seal_unsealed(conn: &dyn Tx, keys: &Keyring) -> Result<()> {
+    if conn.meta_get(SEALED_META)?.is_some() {
         return Ok(());
     }
-    for id in store::tenant_ids(conn)? {
+    for id in conn.tenant_ids()? {
         seal_tenant(conn, keys, &id)?;
     }
-    for p in store::principals_all(conn)? {
+    for p in conn.principals_all()? {
         seal_principal(conn, keys, &p.id)?;
     }
-    for k in store::api_keys_all(conn)? {
+    for k in conn.api_keys_all()? {
         seal_api_key(conn, keys, &k.key_id)?;
     }
-    store::meta_put(conn, SEALED_META, b"1")
+    conn.meta_put(SEALED_META, b"1")
 }

@@ -11,14 +11,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 
 use crate::crypto::{self, SecretKey, label};
 use crate::erasure::{self, EpochKeys};
 use crate::error::{Error, Result};
 use crate::ids::{SubjectId, TenantId};
 use crate::rootkey::{RootKeyProvider, UnwrapError};
-use crate::store::{self, DekRow};
+use crate::store::DekRow;
 use crate::tombstones::Tombstones;
 
 /// Unwrapped data keys kept in memory at most; past it, an arbitrary entry
@@ -206,8 +206,8 @@ fn corrupt(what: String) -> Error {
 
 /// Whether `root` opens the database's root check value (a database with
 /// none yet matches any root key).
-pub fn root_matches(conn: &Connection, root: &dyn RootKeyProvider) -> Result<bool> {
-    let Some(sealed) = store::meta_get(conn, ROOT_CHECK_META)? else {
+pub fn root_matches(conn: &dyn Tx, root: &dyn RootKeyProvider) -> Result<bool> {
+    let Some(sealed) = conn.meta_get(ROOT_CHECK_META)? else {
         return Ok(true);
     };
     match root.unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed) {
@@ -218,16 +218,15 @@ pub fn root_matches(conn: &Connection, root: &dyn RootKeyProvider) -> Result<boo
 }
 
 /// The provider the database records as holding its root key, if any.
-pub fn recorded_root_provider(conn: &Connection) -> Result<Option<String>> {
-    Ok(
-        store::meta_get(conn, ROOT_PROVIDER_META)?
-            .map(|d| String::from_utf8_lossy(&d).into_owned()),
-    )
+pub fn recorded_root_provider(conn: &dyn Tx) -> Result<Option<String>> {
+    Ok(conn
+        .meta_get(ROOT_PROVIDER_META)?
+        .map(|d| String::from_utf8_lossy(&d).into_owned()))
 }
 
 /// Whether the database already records a root key (a vault in use).
-pub fn has_root_check(conn: &Connection) -> Result<bool> {
-    Ok(store::meta_get(conn, ROOT_CHECK_META)?.is_some())
+pub fn has_root_check(conn: &dyn Tx) -> Result<bool> {
+    Ok(conn.meta_get(ROOT_CHECK_META)?.is_some())
 }
 
 /// A fresh random key id with a readable prefix (`dek-…`, `prn-…`).
@@ -319,7 +318,7 @@ impl Keyring {
     /// Returns how many it rewrapped.
     pub fn rewrap_root_keys(
         &self,
-        conn: &Connection,
+        conn: &dyn Tx,
         old: &dyn RootKeyProvider,
         new: &dyn RootKeyProvider,
     ) -> Result<usize> {
@@ -329,7 +328,7 @@ impl Keyring {
                 .map_err(|e| e.into_error(|| what.to_owned()))?;
             new.wrap(label, aad, &key)
         };
-        store::meta_put(conn, ROOT_PROVIDER_META, new.describe().as_bytes())?;
+        conn.meta_put(ROOT_PROVIDER_META, new.describe().as_bytes())?;
         let mut n = 0;
         let check = (
             ROOT_CHECK_META,
@@ -337,29 +336,29 @@ impl Keyring {
             aad::root_check as fn() -> _,
         );
         for (meta, label, aad) in std::iter::once(check).chain(VAULT_KEYS) {
-            if let Some(w) = store::meta_get(conn, meta)? {
-                store::meta_put(conn, meta, &move_key(label, &aad(), &w, meta)?)?;
+            if let Some(w) = conn.meta_get(meta)? {
+                conn.meta_put(meta, &move_key(label, &aad(), &w, meta)?)?;
                 n += 1;
             }
         }
-        for (tenant, wrapped) in store::index_keys(conn)? {
+        for (tenant, wrapped) in conn.index_keys()? {
             let w = move_key(
                 label::WRAP_INDEX_KEY,
                 &aad::index_key(&tenant),
                 &wrapped,
                 "an index key",
             )?;
-            store::set_index_key(conn, &tenant, &w)?;
+            conn.set_index_key(&tenant, &w)?;
             n += 1;
         }
-        for (tenant, version, wrapped) in store::live_keks(conn)? {
+        for (tenant, version, wrapped) in conn.live_keks()? {
             let w = move_key(
                 label::WRAP_KEK,
                 &aad::kek(&tenant, version),
                 &wrapped,
                 "a tenant KEK",
             )?;
-            store::set_kek(conn, &tenant, version, &w)?;
+            conn.set_kek(&tenant, version, &w)?;
             n += 1;
         }
         Ok(n)
@@ -378,8 +377,8 @@ impl Keyring {
 
     /// Checks that the root key is the one this database was made with,
     /// recording a check value on first use.
-    pub fn check_root(&self, conn: &Connection) -> Result<()> {
-        match store::meta_get(conn, ROOT_CHECK_META)? {
+    pub fn check_root(&self, conn: &dyn Tx) -> Result<()> {
+        match conn.meta_get(ROOT_CHECK_META)? {
             Some(sealed) => self
                 .root()
                 .unwrap(label::ROOT_CHECK, &aad::root_check(), &sealed)
@@ -404,30 +403,31 @@ impl Keyring {
                     &aad::root_check(),
                     &SecretKey::generate(),
                 )?;
-                store::meta_put(conn, ROOT_CHECK_META, &check)?;
-                store::meta_put(conn, ROOT_PROVIDER_META, self.root().describe().as_bytes())
+                conn.meta_put(ROOT_CHECK_META, &check)?;
+                conn.meta_put(ROOT_PROVIDER_META, self.root().describe().as_bytes())
             }
         }
     }
 
     /// Makes the vault-wide keys held under the root key (receipt key,
     /// audit key) if the vault has none yet.
-    pub fn ensure_vault_keys(&self, conn: &Connection) -> Result<()> {
+    pub fn ensure_vault_keys(&self, conn: &dyn Tx) -> Result<()> {
         for (meta, label, aad) in VAULT_KEYS {
-            if store::meta_get(conn, meta)?.is_none() {
+            if conn.meta_get(meta)?.is_none() {
                 let wrapped = self.root().wrap(label, &aad(), &SecretKey::generate())?;
-                store::meta_put(conn, meta, &wrapped)?;
+                conn.meta_put(meta, &wrapped)?;
             }
         }
         Ok(())
     }
 
     /// The key of the audit MAC chain; unwrapped once, then cached.
-    pub fn audit_key(&self, conn: &Connection) -> Result<Arc<SecretKey>> {
+    pub fn audit_key(&self, conn: &dyn Tx) -> Result<Arc<SecretKey>> {
         if let Some(k) = &self.cache().audit {
             return Ok(k.clone());
         }
-        let wrapped = store::meta_get(conn, AUDIT_KEY_META)?
+        let wrapped = conn
+            .meta_get(AUDIT_KEY_META)?
             .ok_or_else(|| Error::Internal("the audit key is missing".into()))?;
         let key = Arc::new(self.root_unwrap(
             label::WRAP_AUDIT_KEY,
@@ -440,11 +440,12 @@ impl Keyring {
     }
 
     /// The key that MACs security state rows; unwrapped once, then cached.
-    pub fn state_key(&self, conn: &Connection) -> Result<Arc<SecretKey>> {
+    pub fn state_key(&self, conn: &dyn Tx) -> Result<Arc<SecretKey>> {
         if let Some(k) = &self.cache().state {
             return Ok(k.clone());
         }
-        let wrapped = store::meta_get(conn, STATE_KEY_META)?
+        let wrapped = conn
+            .meta_get(STATE_KEY_META)?
             .ok_or_else(|| Error::Internal("the state key is missing".into()))?;
         let key = Arc::new(self.root_unwrap(
             label::WRAP_STATE_KEY,
@@ -457,8 +458,9 @@ impl Keyring {
     }
 
     /// The key that MACs deletion receipts.
-    pub fn receipt_key(&self, conn: &Connection) -> Result<SecretKey> {
-        let wrapped = store::meta_get(conn, RECEIPT_KEY_META)?
+    pub fn receipt_key(&self, conn: &dyn Tx) -> Result<SecretKey> {
+        let wrapped = conn
+            .meta_get(RECEIPT_KEY_META)?
             .ok_or_else(|| Error::Internal("the receipt key is missing".into()))?;
         self.root_unwrap(
             label::WRAP_RECEIPT_KEY,
@@ -520,7 +522,7 @@ impl Keyring {
     /// A new data key for `owner`, wrapped under the tenant's current KEK.
     pub fn new_dek(
         &self,
-        conn: &Connection,
+        conn: &dyn Tx,
         tenant: &TenantId,
         owner: &[u8],
         kek_version: u32,
@@ -534,8 +536,9 @@ impl Keyring {
     // ----- erasure epochs ------------------------------------------------
 
     /// The key that wraps the erasure epoch keys in their file.
-    pub fn erasure_wrap_key(&self, conn: &Connection) -> Result<SecretKey> {
-        let wrapped = store::meta_get(conn, ERASURE_KEY_META)?
+    pub fn erasure_wrap_key(&self, conn: &dyn Tx) -> Result<SecretKey> {
+        let wrapped = conn
+            .meta_get(ERASURE_KEY_META)?
             .ok_or_else(|| Error::Internal("the erasure wrapping key is missing".into()))?;
         self.root_unwrap(
             label::WRAP_ERASURE_KEY,
@@ -624,7 +627,7 @@ impl Keyring {
 
     /// Rewraps up to `limit` live tenant keys not yet under epoch `target`
     /// under it, in the caller's transaction; returns how many.
-    pub fn rewrap_into_epoch(&self, conn: &Connection, target: u64, limit: usize) -> Result<usize> {
+    pub fn rewrap_into_epoch(&self, conn: &dyn Tx, target: u64, limit: usize) -> Result<usize> {
         let target_key = self
             .epochs
             .read()
@@ -632,7 +635,7 @@ impl Keyring {
             .as_ref()
             .and_then(|e| e.key(target))
             .ok_or_else(|| Error::Internal(format!("erasure epoch {target} has no key")))?;
-        let rows = store::tenant_keys_outside_epoch(conn, target, limit)?;
+        let rows = conn.tenant_keys_outside_epoch(target, limit)?;
         for row in &rows {
             let (label, base, what) = match row.kek_version {
                 Some(v) => (
@@ -653,13 +656,13 @@ impl Keyring {
                 &erasure::wrapped_aad(&base, target),
                 &key,
             );
-            store::set_tenant_key_wrap(conn, &row.tenant, row.kek_version, &wrapped, Some(target))?;
+            conn.set_tenant_key_wrap(&row.tenant, row.kek_version, &wrapped, Some(target))?;
         }
         Ok(rows.len())
     }
 
     /// The tenant's blind-index key.
-    pub fn index_key(&self, conn: &Connection, tenant: &TenantId) -> Result<Arc<SecretKey>> {
+    pub fn index_key(&self, conn: &dyn Tx, tenant: &TenantId) -> Result<Arc<SecretKey>> {
         let t = tenant.as_str();
         if let Some(k) = self.cache().index.get(t) {
             return Ok(k.clone());
@@ -671,7 +674,7 @@ impl Keyring {
             label::WRAP_INDEX_KEY,
             &aad::index_key(t),
             &wrapped,
-            store::index_epoch(conn, t)?,
+            conn.index_epoch(t)?,
             || format!("the index key of tenant '{t}'"),
         )?);
         let mut cache = self.cache();
@@ -684,7 +687,7 @@ impl Keyring {
     /// The subject's blind id in this tenant.
     pub fn blind_id(
         &self,
-        conn: &Connection,
+        conn: &dyn Tx,
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<BlindId> {
@@ -693,17 +696,12 @@ impl Keyring {
     }
 
     /// Tenant KEK `version`, unwrapped by the root key.
-    pub fn kek(
-        &self,
-        conn: &Connection,
-        tenant: &TenantId,
-        version: u32,
-    ) -> Result<Arc<SecretKey>> {
+    pub fn kek(&self, conn: &dyn Tx, tenant: &TenantId, version: u32) -> Result<Arc<SecretKey>> {
         let t = tenant.as_str();
         if let Some(k) = self.cache().keks.get(&(t.to_owned(), version)) {
             return Ok(k.clone());
         }
-        let (wrapped, epoch) = store::kek_get(conn, t, version)?.ok_or_else(|| {
+        let (wrapped, epoch) = conn.kek_get(t, version)?.ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "key-encryption key v{version} of tenant '{t}' is destroyed"
             ))
@@ -725,7 +723,7 @@ impl Keyring {
     /// Records the version's use.
     pub fn dek(
         &self,
-        conn: &Connection,
+        conn: &dyn Tx,
         tenant: &TenantId,
         row: &DekRow,
     ) -> Result<Option<Arc<SecretKey>>> {
@@ -746,7 +744,7 @@ impl Keyring {
     }
 
     /// The tenant's minimum decryption version (0: none), cached.
-    pub fn min_decrypt_version(&self, conn: &Connection, tenant: &TenantId) -> Result<u32> {
+    pub fn min_decrypt_version(&self, conn: &dyn Tx, tenant: &TenantId) -> Result<u32> {
         let t = tenant.as_str();
         if let Some(v) = self.cache().min_versions.get(t) {
             return Ok(*v);
@@ -794,7 +792,7 @@ impl Keyring {
     /// may still open keys below the minimum decryption version.
     pub fn dek_for_job(
         &self,
-        conn: &Connection,
+        conn: &dyn Tx,
         tenant: &TenantId,
         row: &DekRow,
     ) -> Result<Option<Arc<SecretKey>>> {
@@ -869,7 +867,7 @@ impl Keyring {
     /// `to`; the data key itself, and so every record, stays as it is.
     pub fn rewrap_dek(
         &self,
-        conn: &Connection,
+        conn: &dyn Tx,
         tenant: &TenantId,
         row: &DekRow,
         to: u32,

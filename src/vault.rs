@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 use tokio::sync::{Notify, mpsc};
 use zeroize::Zeroizing;
 
@@ -161,12 +161,12 @@ impl RotationPolicy {
 }
 
 /// Makes KEK version current+1 of `tenant` current, in the caller's job.
-fn rotate_kek(keys: &Keyring, conn: &Connection, tenant: &TenantId) -> Result<u32> {
+fn rotate_kek(keys: &Keyring, conn: &dyn Tx, tenant: &TenantId) -> Result<u32> {
     let row = active_tenant(conn, keys, tenant)?;
     let version = row.kek_version + 1;
     let (wrapped, epoch) = keys.new_kek(tenant, version)?;
-    store::kek_insert(conn, tenant.as_str(), version, (&wrapped, epoch), now_ms())?;
-    store::tenant_set_kek_version(conn, tenant.as_str(), version)?;
+    conn.kek_insert(tenant.as_str(), version, (&wrapped, epoch), now_ms())?;
+    conn.tenant_set_kek_version(tenant.as_str(), version)?;
     integrity::seal_tenant(conn, keys, tenant.as_str())?;
     Ok(version)
 }
@@ -337,21 +337,21 @@ impl ShredReason {
 /// one still holds records too), erases its sealed id, and issues the MAC'd
 /// receipt. The caller has checked holds.
 fn erase_subject(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     t: &str,
     blind: &[u8],
     reason: ShredReason,
 ) -> Result<DeletionReceipt> {
-    let deks = store::live_deks_of_owner(conn, t, blind)?;
+    let deks = conn.live_deks_of_owner(t, blind)?;
     let now = now_ms();
     let mut records = 0;
     for dek_id in &deks {
-        records += store::records_count_for_dek(conn, dek_id)?;
-        store::dek_destroy(conn, dek_id, now)?;
-        store::reencrypt_delete(conn, dek_id)?;
+        records += conn.records_count_for_dek(dek_id)?;
+        conn.dek_destroy(dek_id, now)?;
+        conn.reencrypt_delete(dek_id)?;
     }
-    store::subject_erase(conn, t, blind, now)?;
+    conn.subject_erase(t, blind, now)?;
     let mut receipt = DeletionReceipt {
         receipt_id: keyring::new_id("rcpt"),
         tenant: t.to_owned(),
@@ -364,14 +364,7 @@ fn erase_subject(
     };
     let body = receipt.canonical();
     receipt.mac = crypto::hmac_sha256(&keys.receipt_key(conn)?, &[&body]).to_vec();
-    store::receipt_insert(
-        conn,
-        &receipt.receipt_id,
-        t,
-        blind,
-        (&body, &receipt.mac),
-        now,
-    )?;
+    conn.receipt_insert(&receipt.receipt_id, t, blind, (&body, &receipt.mac), now)?;
     Ok(receipt)
 }
 
@@ -489,7 +482,7 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 const MAX_CACHED_API_KEYS: usize = 10_000;
 
 /// The tenant row, if the tenant exists and is active.
-fn active_tenant(conn: &Connection, keys: &Keyring, tenant: &TenantId) -> Result<TenantRow> {
+fn active_tenant(conn: &dyn Tx, keys: &Keyring, tenant: &TenantId) -> Result<TenantRow> {
     let row = integrity::tenant(conn, keys, tenant.as_str())?
         .ok_or_else(|| authz::tenant_not_found(tenant))?;
     match row.state {
@@ -528,15 +521,15 @@ fn record_resource(owner: &[u8], category: &str, key: &str) -> String {
 }
 
 /// Whether data key `id` exists and is not destroyed.
-fn dek_alive(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(store::dek_get(conn, id)?.and_then(|d| d.wrapped).is_some())
+fn dek_alive(conn: &dyn Tx, id: &str) -> Result<bool> {
+    Ok(conn.dek_get(id)?.and_then(|d| d.wrapped).is_some())
 }
 
 /// The data-key row that a stored row (subject, record, tenant, job) names.
 /// Its absence is one broken state with one meaning everywhere: the stored
 /// rows are damaged (DATA_LOSS).
-fn named_dek(conn: &Connection, id: &str) -> Result<store::DekRow> {
-    store::dek_get(conn, id)?.ok_or_else(|| {
+fn named_dek(conn: &dyn Tx, id: &str) -> Result<store::DekRow> {
+    conn.dek_get(id)?.ok_or_else(|| {
         Error::Corrupt(format!(
             "data key {id}, named by a stored row, does not exist: the stored rows are damaged"
         ))
@@ -572,7 +565,7 @@ fn check_expected_version(expected: Option<u64>, live: Option<u64>) -> Result<()
 /// The owner column for a record: the subject's blind id, or empty.
 fn owner_of(
     keys: &Keyring,
-    conn: &Connection,
+    conn: &dyn Tx,
     tenant: &TenantId,
     subject: Option<&SubjectId>,
 ) -> Result<Vec<u8>> {
@@ -585,7 +578,7 @@ fn owner_of(
 /// Opens a record row's ciphertext. `None` if its data key is destroyed.
 fn open_record(
     keys: &Keyring,
-    conn: &Connection,
+    conn: &dyn Tx,
     tenant: &TenantId,
     row: store::RecordRow,
 ) -> Result<Option<RecordValue>> {
@@ -685,7 +678,7 @@ struct NewPrincipalRow<'a> {
 }
 
 fn insert_principal(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     p: NewPrincipalRow<'_>,
     now: i64,
@@ -711,13 +704,13 @@ fn insert_principal(
         mac: None,
     };
     row.mac = Some(integrity::principal_mac(&*keys.state_key(conn)?, &row).to_vec());
-    store::principal_insert(conn, &row)?;
+    conn.principal_insert(&row)?;
     Ok(principal_id)
 }
 
 /// Stores an issued key's hash for `principal_id`.
 fn insert_api_key(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     principal_id: &str,
     key_id: &str,
@@ -736,21 +729,21 @@ fn insert_api_key(
         mac: None,
     };
     row.mac = Some(integrity::api_key_mac(&*keys.state_key(conn)?, &row).to_vec());
-    store::api_key_insert(conn, &row)
+    conn.api_key_insert(&row)
 }
 
 /// A tenant's principals and their API keys, every row's MAC checked.
 fn tenant_principals(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     tenant: &TenantId,
 ) -> Result<(Vec<store::PrincipalRow>, Vec<store::ApiKeyRow>)> {
     let key = keys.state_key(conn)?;
-    let principals = store::principals_of_tenant(conn, tenant.as_str())?;
+    let principals = conn.principals_of_tenant(tenant.as_str())?;
     for p in &principals {
         integrity::check_principal(&key, p)?;
     }
-    let api_keys = store::api_keys_of_tenant(conn, tenant.as_str())?;
+    let api_keys = conn.api_keys_of_tenant(tenant.as_str())?;
     for k in &api_keys {
         integrity::check_api_key(&key, k)?;
     }
@@ -863,7 +856,7 @@ impl Vault {
     /// leaves either no operator or a usable key file.
     pub async fn bootstrap_operator(&self, key_file: &Path) -> Result<bool> {
         let tmp = key_file.with_extension("key.tmp");
-        let has_principals = self.store.read(store::principal_count).await? > 0;
+        let has_principals = self.store.read(|tx| tx.principal_count()).await? > 0;
         if has_principals {
             if tmp.exists() && !key_file.exists() {
                 std::fs::rename(&tmp, key_file).map_err(|e| io_error(key_file, e))?;
@@ -1000,10 +993,7 @@ impl Vault {
     fn touch(&self, key_id: &str) {
         let (store, id) = (self.store.clone(), key_id.to_owned());
         tokio::spawn(async move {
-            if let Err(e) = store
-                .write(move |c| store::api_key_touch(c, &id, now_ms()))
-                .await
-            {
+            if let Err(e) = store.write(move |c| c.api_key_touch(&id, now_ms())).await {
                 tracing::debug!(error = %e, "recording an API key's last use failed");
             }
         });
@@ -1030,7 +1020,7 @@ impl Vault {
         let keyring = self.keys.clone();
         self.mutate(call, move |conn| {
             let t = tenant.as_str();
-            if store::tenant_get(conn, t)?.is_some() {
+            if conn.tenant_get(t)?.is_some() {
                 return Err(Error::AlreadyExists(format!("tenant '{t}' already exists")));
             }
             let keys = keyring.new_tenant_keys(&tenant)?;
@@ -1052,16 +1042,10 @@ impl Vault {
                 mac: None,
             };
             row.mac = Some(integrity::tenant_mac(&*keyring.state_key(conn)?, &row).to_vec());
-            store::tenant_insert(conn, &row)?;
-            store::kek_insert(
-                conn,
-                t,
-                keys.kek_version,
-                (&keys.wrapped_kek, keys.epoch),
-                now,
-            )?;
-            store::set_tenant_key_wrap(conn, t, None, &keys.wrapped_index_key, keys.epoch)?;
-            store::dek_insert(conn, &keys.dek, now)?;
+            conn.tenant_insert(&row)?;
+            conn.kek_insert(t, keys.kek_version, (&keys.wrapped_kek, keys.epoch), now)?;
+            conn.set_tenant_key_wrap(t, None, &keys.wrapped_index_key, keys.epoch)?;
+            conn.dek_insert(&keys.dek, now)?;
             Ok(row.into())
         })
         .await
@@ -1097,7 +1081,7 @@ impl Vault {
         let mut rows = self
             .store
             .read(move |c| {
-                let rows = store::tenant_list(c, &token, page_size + 1)?;
+                let rows = c.tenant_list(&token, page_size + 1)?;
                 let key = keys.state_key(c)?;
                 for r in &rows {
                     integrity::check_tenant(&key, r)?;
@@ -1150,7 +1134,7 @@ impl Vault {
                     &format!("tenant '{t}'"),
                 )?;
                 let at = now_ms().saturating_add(grace_ms);
-                store::tenant_set_state(conn, t.as_str(), TenantState::ShredScheduled, Some(at))?;
+                conn.tenant_set_state(t.as_str(), TenantState::ShredScheduled, Some(at))?;
                 integrity::seal_tenant(conn, &keys, t.as_str())?;
                 Ok((
                     TenantInfo {
@@ -1189,7 +1173,7 @@ impl Vault {
                     }
                 )));
             }
-            store::tenant_set_state(conn, tenant.as_str(), TenantState::Active, None)?;
+            conn.tenant_set_state(tenant.as_str(), TenantState::Active, None)?;
             integrity::seal_tenant(conn, &keys, tenant.as_str())?;
             Ok(TenantInfo {
                 state: TenantState::Active,
@@ -1220,8 +1204,8 @@ impl Vault {
                         if holds::blocking(conn, &row, holds::Held::Tenant)?.is_some() {
                             return Ok(None);
                         }
-                        let destroyed = store::tenant_destroy(conn, t.as_str(), now)?;
-                        store::holds_delete_tenant(conn, t.as_str())?;
+                        let destroyed = conn.tenant_destroy(t.as_str(), now)?;
+                        conn.holds_delete_tenant(t.as_str())?;
                         integrity::seal_tenant(conn, &keys, t.as_str())?;
                         Ok(Some(destroyed))
                     }
@@ -1252,7 +1236,7 @@ impl Vault {
     pub async fn run_due_tenant_shreds(&self) -> Result<usize> {
         let due = self
             .store
-            .read(|c| store::tenants_due_for_shred(c, now_ms()))
+            .read(|c| c.tenants_due_for_shred(now_ms()))
             .await?;
         let mut ran = 0;
         for id in due {
@@ -1305,23 +1289,22 @@ impl Vault {
             .read(move |conn| {
                 let row = integrity::tenant(conn, &keys, tenant.as_str())?
                     .ok_or_else(|| authz::tenant_not_found(&tenant))?;
-                let versions = store::keks_of_tenant(conn, tenant.as_str())?;
-                let (policy, next_rotation_due) =
-                    match store::rotation_state(conn, tenant.as_str())? {
-                        Some(st) => {
-                            let p = RotationPolicy::effective(&st, &limits);
-                            (p, st.created_at.saturating_add(p.max_age_ms))
-                        }
-                        // A shredded tenant has no KEK and no policy in force.
-                        None => (
-                            RotationPolicy {
-                                max_age_ms: 0,
-                                max_encryptions: 0,
-                                default: true,
-                            },
-                            0,
-                        ),
-                    };
+                let versions = conn.keks_of_tenant(tenant.as_str())?;
+                let (policy, next_rotation_due) = match conn.rotation_state(tenant.as_str())? {
+                    Some(st) => {
+                        let p = RotationPolicy::effective(&st, &limits);
+                        (p, st.created_at.saturating_add(p.max_age_ms))
+                    }
+                    // A shredded tenant has no KEK and no policy in force.
+                    None => (
+                        RotationPolicy {
+                            max_age_ms: 0,
+                            max_encryptions: 0,
+                            default: true,
+                        },
+                        0,
+                    ),
+                };
                 let mut versions = versions;
                 let pending = keys.pending_kek_use(tenant.as_str());
                 for v in &mut versions {
@@ -1340,8 +1323,8 @@ impl Vault {
                     data_keys_to_rewrap: to_rewrap,
                     policy,
                     next_rotation_due,
-                    reencrypt_jobs: store::reencrypt_jobs_of(conn, tenant.as_str())?.len() as u64,
-                    reencrypt_corrupt_records: store::corrupt_records(conn, tenant.as_str())?,
+                    reencrypt_jobs: conn.reencrypt_jobs_of(tenant.as_str())?.len() as u64,
+                    reencrypt_corrupt_records: conn.corrupt_records(tenant.as_str())?,
                     min_decryption_version: row.min_decrypt_version,
                 })
             })
@@ -1371,13 +1354,12 @@ impl Vault {
                     Some(s) => {
                         let blind = keys.blind_id(conn, &tenant, s)?;
                         c.set_resource(format!("subject:{}", hex::encode(blind)));
-                        let row =
-                            store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
+                        let row = conn.subject_get(t, &blind)?.ok_or_else(subject_not_found)?;
                         vec![(blind.to_vec(), row.dek_id.ok_or_else(subject_not_found)?)]
                     }
-                    None => store::owners_of_tenant(conn, t)?,
+                    None => conn.owners_of_tenant(t)?,
                 };
-                let running = store::reencrypt_jobs_of(conn, t)?;
+                let running = conn.reencrypt_jobs_of(t)?;
                 let now = now_ms();
                 let mut started = 0;
                 for (owner, old) in owners {
@@ -1385,14 +1367,14 @@ impl Vault {
                         continue;
                     }
                     let (row, dek) = keys.new_dek(conn, &tenant, &owner, trow.kek_version)?;
-                    store::dek_insert(conn, &row, now)?;
+                    conn.dek_insert(&row, now)?;
                     if owner.is_empty() {
-                        store::set_tenant_dek(conn, t, &row.id)?;
+                        conn.set_tenant_dek(t, &row.id)?;
                         integrity::seal_tenant(conn, &keys, t)?;
                     } else {
                         // The sealed subject id moves to the new key too.
                         let subject_row =
-                            store::subject_get(conn, t, &owner)?.ok_or_else(subject_not_found)?;
+                            conn.subject_get(t, &owner)?.ok_or_else(subject_not_found)?;
                         let sealed = subject_row.sealed_subject.ok_or_else(subject_not_found)?;
                         let old_row = named_dek(conn, &old)?;
                         let old_key = keys
@@ -1413,11 +1395,10 @@ impl Vault {
                             &aad::subject_id(t, &owner, &row.id),
                             &plain,
                         );
-                        store::set_subject_dek(conn, t, &owner, &row.id, &resealed)?;
+                        conn.set_subject_dek(t, &owner, &row.id, &resealed)?;
                     }
                     keys.remember_dek(&tenant, &row.id, &dek);
-                    store::reencrypt_insert(
-                        conn,
+                    conn.reencrypt_insert(
                         &store::ReencryptJob {
                             old_dek: old,
                             new_dek: row.id,
@@ -1441,7 +1422,7 @@ impl Vault {
     /// the rows themselves and the job table: it resumes after a restart.
     /// Returns the records moved.
     pub async fn reencrypt_pass(&self, batch: usize, pause: Duration) -> Result<usize> {
-        let jobs = self.store.read(store::reencrypt_jobs).await?;
+        let jobs = self.store.read(|tx| tx.reencrypt_jobs()).await?;
         let mut moved = 0;
         for job in jobs {
             loop {
@@ -1453,7 +1434,7 @@ impl Vault {
                             .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
                         let t = tenant.as_str();
                         let key = |id: &str| -> Result<Option<Arc<SecretKey>>> {
-                            match store::dek_get(conn, id)? {
+                            match conn.dek_get(id)? {
                                 Some(row) => keys.dek_for_job(conn, &tenant, &row),
                                 None => Ok(None),
                             }
@@ -1462,7 +1443,7 @@ impl Vault {
                         let (Some(old), Some(new)) = (key(&j.old_dek)?, key(&j.new_dek)?) else {
                             return Ok((0, Vec::new()));
                         };
-                        let recs = store::records_under(conn, &j.old_dek, batch)?;
+                        let recs = conn.records_under(&j.old_dek, batch)?;
                         let mut corrupt = Vec::new();
                         for (rowid, r) in &recs {
                             let old_aad = aad::record(
@@ -1479,7 +1460,7 @@ impl Vault {
                             let Ok(plain) =
                                 crypto::open(&old, label::RECORD, &old_aad, &r.ciphertext)
                             else {
-                                store::record_mark_corrupt(conn, *rowid, now_ms())?;
+                                conn.record_mark_corrupt(*rowid, now_ms())?;
                                 corrupt.push(record_resource(&r.owner, &r.category, &r.key));
                                 continue;
                             };
@@ -1492,8 +1473,7 @@ impl Vault {
                                 &r.content_type,
                                 &j.new_dek,
                             );
-                            store::record_reseal(
-                                conn,
+                            conn.record_reseal(
                                 *rowid,
                                 &j.new_dek,
                                 &crypto::seal(&new, label::RECORD, &new_aad, &plain),
@@ -1550,12 +1530,12 @@ impl Vault {
         let j = job.clone();
         let done = self
             .mutate(&call, move |conn| {
-                if !store::records_under(conn, &j.old_dek, 1)?.is_empty() {
+                if !conn.records_under(&j.old_dek, 1)?.is_empty() {
                     return Ok(false);
                 }
-                store::tombstones_follow(conn, &j.old_dek, &j.new_dek)?;
-                store::dek_destroy(conn, &j.old_dek, now_ms())?;
-                store::reencrypt_delete(conn, &j.old_dek)?;
+                conn.tombstones_follow(&j.old_dek, &j.new_dek)?;
+                conn.dek_destroy(&j.old_dek, now_ms())?;
+                conn.reencrypt_delete(&j.old_dek)?;
                 Ok(true)
             })
             .await?;
@@ -1607,9 +1587,9 @@ impl Vault {
                         ),
                     ));
                 }
-                store::set_min_decrypt_version(conn, t.as_str(), min)?;
+                conn.set_min_decrypt_version(t.as_str(), min)?;
             }
-            store::set_rotation_policy(conn, t.as_str(), age_ms, max_encryptions)?;
+            conn.set_rotation_policy(t.as_str(), age_ms, max_encryptions)?;
             integrity::seal_tenant(conn, &keys, t.as_str())
         })
         .await?;
@@ -1629,7 +1609,7 @@ impl Vault {
         self.store
             .write(move |conn| {
                 for (tenant, version, at) in &uses {
-                    store::kek_note_use(conn, tenant, *version, *at)?;
+                    conn.kek_note_use(tenant, *version, *at)?;
                 }
                 Ok(uses.len())
             })
@@ -1643,7 +1623,7 @@ impl Vault {
         let due: Vec<store::RotationState> = self
             .store
             .read(move |c| {
-                Ok(store::rotation_states(c)?
+                Ok(c.rotation_states()?
                     .into_iter()
                     .filter(|st| RotationPolicy::effective(st, &limits).due(st, now))
                     .collect())
@@ -1662,7 +1642,7 @@ impl Vault {
                 .mutate(&call, move |conn| {
                     // The policy read here is the MAC-checked row's.
                     integrity::tenant(conn, &keys, tenant.as_str())?;
-                    match store::rotation_state(conn, tenant.as_str())? {
+                    match conn.rotation_state(tenant.as_str())? {
                         Some(now_st)
                             if now_st.version == version
                                 && RotationPolicy::effective(&now_st, &limits)
@@ -1696,7 +1676,7 @@ impl Vault {
             let (done, last) = self
                 .store
                 .write(move |conn| {
-                    let work = store::deks_to_rewrap(conn, from, batch)?;
+                    let work = conn.deks_to_rewrap(from, batch)?;
                     let last = work.last().map(|(_, _, rowid)| *rowid);
                     let mut done = 0;
                     let mut counts: HashMap<(String, u32), u64> = HashMap::new();
@@ -1705,7 +1685,7 @@ impl Vault {
                             .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
                         match keys.rewrap_dek(conn, &tenant, &row, to) {
                             Ok(wrapped) => {
-                                store::dek_rewrapped(conn, &row.id, to, &wrapped)?;
+                                conn.dek_rewrapped(&row.id, to, &wrapped)?;
                                 *counts.entry((row.tenant_id.clone(), to)).or_default() += 1;
                                 done += 1;
                             }
@@ -1717,7 +1697,7 @@ impl Vault {
                         }
                     }
                     for ((tenant, version), n) in counts {
-                        store::kek_count_wraps(conn, &tenant, version, n)?;
+                        conn.kek_count_wraps(&tenant, version, n)?;
                     }
                     Ok((done, last))
                 })
@@ -1739,13 +1719,13 @@ impl Vault {
 
     /// Destroys every old KEK version no live data key uses.
     async fn retire_unused_keks(&self) -> Result<usize> {
-        let due = self.store.read(store::keks_to_retire).await?;
+        let due = self.store.read(|tx| tx.keks_to_retire()).await?;
         for (tenant, version) in &due {
             let call = Arc::new(Call::system("key.retire"));
             call.set_tenant(tenant);
             call.set_resource(format!("kek:{tenant}/v{version}"));
             let (t, v) = (tenant.clone(), *version);
-            self.mutate(&call, move |conn| store::kek_retire(conn, &t, v, now_ms()))
+            self.mutate(&call, move |conn| conn.kek_retire(&t, v, now_ms()))
                 .await?;
             self.keys.forget_kek(tenant, *version);
             self.ledger_record(vec![crate::ledger::Destroyed::Kek {
@@ -1981,7 +1961,7 @@ impl Vault {
                     .filter(|(_, p)| p.tenant_id.as_deref() == Some(tenant.as_str()))
                     .ok_or_else(|| key_not_found(&kid))?;
                 let now = now_ms();
-                store::api_key_revoke(conn, &key.key_id, now)?;
+                conn.api_key_revoke(&key.key_id, now)?;
                 integrity::seal_api_key(conn, &keys, &key.key_id)?;
                 Ok(ApiKeyInfo {
                     revoked_at: key.revoked_at.or(Some(now)),
@@ -2032,7 +2012,7 @@ impl Vault {
                     }
                     Some(subject) => {
                         let blind = keys.blind_id(conn, &tenant, subject)?;
-                        let existing = store::subject_get(conn, t, &blind)?;
+                        let existing = conn.subject_get(t, &blind)?;
                         match existing.as_ref().and_then(|s| s.dek_id.clone()) {
                             Some(dek_id) => {
                                 let row = named_dek(conn, &dek_id)?;
@@ -2046,7 +2026,7 @@ impl Vault {
                                     .and_then(|s| s.last_activity_at)
                                     .is_none_or(|at| now - at >= 1000)
                                 {
-                                    store::subject_touch(conn, t, &blind, now)?;
+                                    conn.subject_touch(t, &blind, now)?;
                                 }
                                 (blind.to_vec(), dek_id, dek)
                             }
@@ -2057,14 +2037,14 @@ impl Vault {
                             }
                             None => {
                                 let (row, dek) = keys.new_dek(conn, &tenant, &blind, trow.kek_version)?;
-                                store::dek_insert(conn, &row, now)?;
+                                conn.dek_insert(&row, now)?;
                                 let sealed = crypto::seal(
                                     &dek,
                                     label::SUBJECT_ID,
                                     &aad::subject_id(t, &blind, &row.id),
                                     subject.expose().as_bytes(),
                                 );
-                                store::subject_activate(conn, t, &blind, &row.id, &sealed, now)?;
+                                conn.subject_activate(t, &blind, &row.id, &sealed, now)?;
                                 keys.remember_dek(&tenant, &row.id, &dek);
                                 (blind.to_vec(), row.id, dek)
                             }
@@ -2078,7 +2058,7 @@ impl Vault {
                     category: put.category.as_str(),
                     key: put.key.as_str(),
                 };
-                let head = store::record_head(conn, addr)?;
+                let head = conn.record_head(addr)?;
                 // Tombstones, and rows left under an older, destroyed data
                 // key (their purge may not have run yet), are not live; the
                 // version still continues from them.
@@ -2106,9 +2086,7 @@ impl Vault {
                     &dek_id,
                 );
                 let ciphertext = crypto::seal(&dek, label::RECORD, &aad, &put.value);
-                store::record_upsert(
-                    conn,
-                    t,
+                conn.record_upsert(t,
                     &store::RecordRow {
                         owner: owner.clone(),
                         category: addr.category.to_owned(),
@@ -2149,7 +2127,7 @@ impl Vault {
                     key: r.key.as_str(),
                 };
                 let not_found = || record_not_found(addr.category, addr.key);
-                let row = store::record_get(conn, addr)?.ok_or_else(not_found)?;
+                let row = conn.record_get(addr)?.ok_or_else(not_found)?;
                 open_record(&keys, conn, &tenant, row)?.ok_or_else(not_found)
             })
             .await
@@ -2176,7 +2154,7 @@ impl Vault {
                 category: r.category.as_str(),
                 key: r.key.as_str(),
             };
-            let live = match store::record_head(conn, addr)? {
+            let live = match conn.record_head(addr)? {
                 Some(h) if !h.deleted && dek_alive(conn, &h.dek_id)? => Some(h.version),
                 _ => None,
             };
@@ -2189,7 +2167,7 @@ impl Vault {
                 version,
                 true,
             ));
-            store::record_delete(conn, addr, now_ms())?;
+            conn.record_delete(addr, now_ms())?;
             Ok(version)
         })
         .await
@@ -2221,8 +2199,7 @@ impl Vault {
                     owner.as_deref().map_or("*".into(), hex::encode),
                     category.as_ref().map_or("*", |c| c.as_str())
                 ));
-                let mut rows = store::record_list(
-                    conn,
+                let mut rows = conn.record_list(
                     tenant.as_str(),
                     owner.as_deref(),
                     category.as_ref().map(|c| c.as_str()),
@@ -2288,8 +2265,9 @@ impl Vault {
                 active_tenant(conn, &keys, &t)?;
                 let blind = keys.blind_id(conn, &t, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
-                let row =
-                    store::subject_get(conn, t.as_str(), &blind)?.ok_or_else(subject_not_found)?;
+                let row = conn
+                    .subject_get(t.as_str(), &blind)?
+                    .ok_or_else(subject_not_found)?;
                 let (Some(dek_id), Some(sealed)) = (row.dek_id, row.sealed_subject) else {
                     return Err(subject_not_found());
                 };
@@ -2314,7 +2292,7 @@ impl Vault {
                     subject,
                     subject_blind_id: blind,
                     created_at: row.created_at,
-                    history_until: store::audit_last_seq(conn)?,
+                    history_until: conn.audit_last_seq()?,
                 })
             })
             .await?;
@@ -2334,8 +2312,7 @@ impl Vault {
                 let page = vault
                     .store
                     .read(move |conn| {
-                        let rows = store::record_list(
-                            conn,
+                        let rows = conn.record_list(
                             t.as_str(),
                             Some(&o),
                             None,
@@ -2407,11 +2384,12 @@ impl Vault {
             let page = self
                 .store
                 .read(move |conn| {
-                    let rows = store::audit_touching(conn, t.as_str(), &b, (after, until), PAGE)?;
+                    let rows = conn.audit_touching(t.as_str(), &b, (after, until), PAGE)?;
                     let mut found = HashMap::new();
                     for r in &rows {
                         if !known.contains(&r.principal) && !found.contains_key(&r.principal) {
-                            let name = store::principal_get(conn, &r.principal)?
+                            let name = conn
+                                .principal_get(&r.principal)?
                                 .map_or_else(|| r.principal.clone(), |p| p.name);
                             found.insert(r.principal.clone(), name);
                         }
@@ -2468,12 +2446,13 @@ impl Vault {
                 let trow = active_tenant(conn, &keys, &tenant)?;
                 let blind = keys.blind_id(conn, &tenant, &subject)?;
                 c.set_resource(format!("subject:{}", hex::encode(blind)));
-                let row = store::subject_get(conn, t, &blind)?.ok_or_else(subject_not_found)?;
+                let row = conn.subject_get(t, &blind)?.ok_or_else(subject_not_found)?;
                 if row.dek_id.is_none() {
                     // A retried deletion request: already done; the original
                     // receipt answers it (if it was issued with its subject).
-                    let (body, mac) =
-                        store::receipt_latest(conn, t, &blind)?.ok_or_else(subject_not_found)?;
+                    let (body, mac) = conn
+                        .receipt_latest(t, &blind)?
+                        .ok_or_else(subject_not_found)?;
                     let expected = crypto::hmac_sha256(&keys.receipt_key(conn)?, &[&body]);
                     if !crypto::ct_eq(&expected, &mac) {
                         return Err(Error::Corrupt(
@@ -2543,7 +2522,7 @@ impl Vault {
         }
         let probe = self
             .store
-            .write(|c| store::meta_put(c, "health_probe", &now_ms().to_be_bytes()));
+            .write(|c| c.meta_put("health_probe", &now_ms().to_be_bytes()));
         tokio::time::timeout(Duration::from_secs(5), probe)
             .await
             .map_err(|_| Error::Unavailable("storage: a commit took over 5 s".into()))??;
@@ -2588,7 +2567,7 @@ impl Vault {
         loop {
             let (deleted, marked) = self
                 .store
-                .write(|c| store::records_purge_destroyed(c, BATCH))
+                .write(|c| c.records_purge_destroyed(BATCH))
                 .await?;
             total += deleted;
             if (deleted == 0 && marked == 0) || self.is_stopping() {

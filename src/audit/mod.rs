@@ -21,7 +21,7 @@ mod repair;
 
 pub use repair::{AcceptedLoss, accept_loss};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::prelude::*;
 
 use crate::crypto::{self, SecretKey};
 use crate::error::{Error, Result};
@@ -238,8 +238,8 @@ struct Pointer {
     mac: Vec<u8>,
 }
 
-fn read_pointer(conn: &Connection, name: &str) -> Result<Option<Pointer>> {
-    let Some(raw) = crate::store::meta_get(conn, name)? else {
+fn read_pointer(conn: &dyn Tx, name: &str) -> Result<Option<Pointer>> {
+    let Some(raw) = conn.meta_get(name)? else {
         return Ok(None);
     };
     if raw.len() != 8 + 32 + 32 {
@@ -260,7 +260,7 @@ fn read_pointer(conn: &Connection, name: &str) -> Result<Option<Pointer>> {
 }
 
 fn write_pointer(
-    conn: &Connection,
+    conn: &dyn Tx,
     key: &SecretKey,
     name: &str,
     label: &[u8],
@@ -270,7 +270,7 @@ fn write_pointer(
     let mut raw = seq.to_be_bytes().to_vec();
     raw.extend_from_slice(head);
     raw.extend_from_slice(&head_mac(key, label, seq, head));
-    crate::store::meta_put(conn, name, &raw)
+    conn.meta_put(name, &raw)
 }
 
 /// Why the stored chain cannot be extended: its pointers were tampered
@@ -281,16 +281,8 @@ fn tampered(what: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// The last stored entry: its sequence number and MAC.
-fn last_entry(conn: &Connection) -> Result<Option<(u64, Vec<u8>)>> {
-    Ok(conn
-        .prepare_cached("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-        .optional()?)
-}
-
 /// The base row, its MAC checked.
-fn checked_base(conn: &Connection, key: &SecretKey) -> Result<Option<Pointer>> {
+fn checked_base(conn: &dyn Tx, key: &SecretKey) -> Result<Option<Pointer>> {
     let base = read_pointer(conn, BASE_META)?;
     if let Some(b) = &base
         && !crypto::ct_eq(&b.mac, &head_mac(key, BASE_LABEL, b.seq, &b.head))
@@ -305,9 +297,9 @@ fn checked_base(conn: &Connection, key: &SecretKey) -> Result<Option<Pointer>> {
 /// behind it, none beyond it). An append never extends a head it has not
 /// checked: otherwise the next call would launder a rewound head with a
 /// fresh, valid MAC.
-pub fn checked_head(conn: &Connection, key: &SecretKey) -> Result<(u64, Vec<u8>)> {
+pub fn checked_head(conn: &dyn Tx, key: &SecretKey) -> Result<(u64, Vec<u8>)> {
     let base = checked_base(conn, key)?;
-    let last = last_entry(conn)?;
+    let last = conn.audit_last_entry()?;
     let Some(head) = read_pointer(conn, HEAD_META)? else {
         if last.is_some() || base.is_some() {
             return Err(tampered("the head row is missing but the log has entries"));
@@ -339,19 +331,14 @@ pub fn checked_head(conn: &Connection, key: &SecretKey) -> Result<(u64, Vec<u8>)
 /// sequence number. A chain whose head does not check out is `Corrupt`
 /// (DATA_LOSS); any other failure is `Unavailable`. Either way the
 /// caller's transaction must be rolled back (fail closed).
-pub fn append(conn: &Connection, key: &SecretKey, entry: Entry) -> Result<u64> {
+pub fn append(conn: &dyn Tx, key: &SecretKey, entry: Entry) -> Result<u64> {
     append_above(conn, key, entry, 0)
 }
 
 /// [`append`], refusing too when the stored head is older than `floor`,
 /// the newest sequence number anchored outside the database: the trail
 /// was rolled back or wiped.
-pub fn append_above(
-    conn: &Connection,
-    key: &SecretKey,
-    mut entry: Entry,
-    floor: u64,
-) -> Result<u64> {
+pub fn append_above(conn: &dyn Tx, key: &SecretKey, mut entry: Entry, floor: u64) -> Result<u64> {
     let mut inner = || -> Result<u64> {
         let (prev_seq, prev_mac) = checked_head(conn, key)?;
         if prev_seq < floor {
@@ -361,35 +348,15 @@ pub fn append_above(
         }
         entry.seq = prev_seq + 1;
         entry.mac = crypto::hmac_sha256(key, &[&entry.canonical(&prev_mac)]).to_vec();
-        conn.prepare_cached(
-            "INSERT INTO audit_log (seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![
-            entry.seq as i64,
-            entry.time,
-            entry.request_id,
-            entry.principal,
-            entry.tenant,
-            entry.action,
-            entry.resource,
-            entry.outcome,
-            entry.code,
-            entry.purpose,
-            entry.peer,
-            entry.mac
-        ])?;
+        conn.audit_insert(&entry)?;
         write_pointer(conn, key, HEAD_META, HEAD_LABEL, entry.seq, &entry.mac)?;
         if entry.seq.is_multiple_of(CHECKPOINT_EVERY) {
-            conn.prepare_cached(
-                "INSERT INTO audit_checkpoints (seq, head, time, mac) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                entry.seq as i64,
-                entry.mac,
+            conn.audit_checkpoint_insert(
+                entry.seq,
+                &entry.mac,
                 entry.time,
-                head_mac(key, CHECKPOINT_LABEL, entry.seq, &entry.mac).to_vec()
-            ])?;
+                &head_mac(key, CHECKPOINT_LABEL, entry.seq, &entry.mac),
+            )?;
         }
         Ok(entry.seq)
     };
@@ -431,29 +398,9 @@ pub struct Report {
     pub problem: Option<(u64, String)>,
 }
 
-fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    Ok(Entry {
-        seq: r.get::<_, i64>(0)? as u64,
-        time: r.get(1)?,
-        request_id: r.get(2)?,
-        principal: r.get(3)?,
-        tenant: r.get(4)?,
-        action: r.get(5)?,
-        resource: r.get(6)?,
-        outcome: r.get(7)?,
-        code: r.get(8)?,
-        purpose: r.get(9)?,
-        peer: r.get(10)?,
-        mac: r.get(11)?,
-    })
-}
-
-const ENTRY_COLS: &str =
-    "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac";
-
 /// Walks the whole chain from its base and checks every MAC, the sequence,
 /// every checkpoint and the head row.
-pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
+pub fn verify(conn: &dyn Tx, key: &SecretKey) -> Result<Report> {
     verify_anchored(conn, key, None)
 }
 
@@ -462,7 +409,7 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<Report> {
 /// and pass through it. A wiped or rolled-back trail fails here even when
 /// every row left in the database is consistent.
 pub fn verify_anchored(
-    conn: &Connection,
+    conn: &dyn Tx,
     key: &SecretKey,
     anchor: Option<(u64, &[u8])>,
 ) -> Result<Report> {
@@ -486,64 +433,33 @@ pub fn verify_anchored(
         }
         None => (1, GENESIS.to_vec()),
     };
-    let checkpoints: std::collections::HashMap<u64, (Vec<u8>, Vec<u8>)> = conn
-        .prepare("SELECT seq, head, mac FROM audit_checkpoints")?
-        .query_map([], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, (r.get(1)?, r.get(2)?)))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let checkpoints = conn.audit_checkpoints()?;
     let mut entries = 0u64;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {ENTRY_COLS} FROM audit_log WHERE seq >= ?1 ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query([expected as i64])?;
-    while let Some(row) = rows.next()? {
-        let e = entry_row(row)?;
-        if e.seq != expected {
-            return Ok(bad(
-                entries,
-                expected,
-                prev,
-                format!(
-                    "entry {expected} is missing (the sequence jumps to {})",
-                    e.seq
-                ),
-            ));
-        }
-        let mac = crypto::hmac_sha256(key, &[&e.canonical(&prev)]);
-        if !crypto::ct_eq(&mac, &e.mac) {
-            return Ok(bad(
-                entries,
-                e.seq,
-                prev,
-                format!(
-                    "entry {}'s MAC does not match: it was edited, reordered or replaced, or entry {} was",
-                    e.seq,
-                    e.seq - 1
-                ),
-            ));
-        }
-        if let Some((aseq, ahead)) = anchor
-            && aseq == e.seq
-            && !crypto::ct_eq(ahead, &e.mac)
-        {
-            return Ok(bad(entries, e.seq, prev, anchor_mismatch(aseq)));
-        }
-        if let Some((head, cmac)) = checkpoints.get(&e.seq) {
-            let ok = crypto::ct_eq(head, &e.mac)
-                && crypto::ct_eq(cmac, &head_mac(key, CHECKPOINT_LABEL, e.seq, head));
-            if !ok {
-                return Ok(bad(
-                    entries,
-                    e.seq,
-                    prev,
-                    format!("checkpoint {} does not match the chain", e.seq),
-                ));
+    let mut broken = None;
+    conn.audit_entries_from(expected, &mut |e| {
+        let link = Link {
+            key,
+            anchor,
+            checkpoints: &checkpoints,
+            entries,
+            expected,
+            prev: &prev,
+        };
+        match link.check(&e) {
+            Some(report) => {
+                broken = Some(report);
+                false
+            }
+            None => {
+                prev = e.mac;
+                entries += 1;
+                expected += 1;
+                true
             }
         }
-        prev = e.mac;
-        entries += 1;
-        expected += 1;
+    })?;
+    if let Some(report) = broken {
+        return Ok(report);
     }
     let last = expected - 1;
     if let Some((aseq, _)) = anchor
@@ -607,6 +523,67 @@ pub fn verify_anchored(
     })
 }
 
+/// One step of [`verify_anchored`]'s walk: the chain so far, and what the
+/// next entry must match.
+struct Link<'a> {
+    key: &'a SecretKey,
+    anchor: Option<(u64, &'a [u8])>,
+    checkpoints: &'a std::collections::HashMap<u64, (Vec<u8>, Vec<u8>)>,
+    entries: u64,
+    expected: u64,
+    prev: &'a [u8],
+}
+
+impl Link<'_> {
+    /// What is wrong with `e` as the next entry, if anything.
+    fn check(&self, e: &Entry) -> Option<Report> {
+        let (entries, expected, prev) = (self.entries, self.expected, self.prev.to_vec());
+        if e.seq != expected {
+            return Some(bad(
+                entries,
+                expected,
+                prev,
+                format!(
+                    "entry {expected} is missing (the sequence jumps to {})",
+                    e.seq
+                ),
+            ));
+        }
+        let mac = crypto::hmac_sha256(self.key, &[&e.canonical(self.prev)]);
+        if !crypto::ct_eq(&mac, &e.mac) {
+            return Some(bad(
+                entries,
+                e.seq,
+                prev,
+                format!(
+                    "entry {}'s MAC does not match: it was edited, reordered or replaced, or entry {} was",
+                    e.seq,
+                    e.seq - 1
+                ),
+            ));
+        }
+        if let Some((aseq, ahead)) = self.anchor
+            && aseq == e.seq
+            && !crypto::ct_eq(ahead, &e.mac)
+        {
+            return Some(bad(entries, e.seq, prev, anchor_mismatch(aseq)));
+        }
+        if let Some((head, cmac)) = self.checkpoints.get(&e.seq) {
+            let ok = crypto::ct_eq(head, &e.mac)
+                && crypto::ct_eq(cmac, &head_mac(self.key, CHECKPOINT_LABEL, e.seq, head));
+            if !ok {
+                return Some(bad(
+                    entries,
+                    e.seq,
+                    prev,
+                    format!("checkpoint {} does not match the chain", e.seq),
+                ));
+            }
+        }
+        None
+    }
+}
+
 fn anchor_mismatch(seq: u64) -> String {
     format!(
         "entry {seq} is not the one the anchor outside the database records: the trail was rewritten"
@@ -625,21 +602,12 @@ fn bad(entries: u64, seq: u64, head: Vec<u8>, what: String) -> Report {
 /// What a tenant's auditor may see of a platform-wide report: whether the
 /// chain verifies, and its own tenant's entry count and last entry. Where a
 /// break is, and how many entries other tenants have, stay hidden.
-pub fn tenant_view(conn: &Connection, tenant: &str, report: Report) -> Result<Report> {
-    let (entries, last): (i64, Option<i64>) = conn.query_row(
-        "SELECT count(*), max(seq) FROM audit_log WHERE tenant = ?1",
-        [tenant],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let head: Vec<u8> = match last {
-        Some(seq) => conn.query_row("SELECT mac FROM audit_log WHERE seq = ?1", [seq], |r| {
-            r.get(0)
-        })?,
-        None => Vec::new(),
-    };
+pub fn tenant_view(conn: &dyn Tx, tenant: &str, report: Report) -> Result<Report> {
+    let (entries, last) = conn.audit_tenant_summary(tenant)?;
+    let (last, head) = last.unwrap_or_default();
     Ok(Report {
-        entries: entries as u64,
-        head_seq: last.unwrap_or(0) as u64,
+        entries,
+        head_seq: last,
         head,
         problem: report.problem.map(|_| {
             (
@@ -663,27 +631,8 @@ pub struct Filter {
 }
 
 /// Up to `limit` entries matching `f` with sequence numbers above `after`.
-pub fn list(conn: &Connection, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > ?1
-           AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4)
-           AND (?5 IS NULL OR principal = ?5) AND (?6 IS NULL OR action = ?6) AND (?7 IS NULL OR outcome = ?7)
-         ORDER BY seq LIMIT ?8"
-    ))?;
-    let rows = stmt.query_map(
-        params![
-            after as i64,
-            f.tenant,
-            f.since,
-            f.until,
-            f.principal,
-            f.action,
-            f.outcome,
-            limit as i64
-        ],
-        entry_row,
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn list(conn: &dyn Tx, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>> {
+    conn.audit_list(f, after, limit)
 }
 
 /// Deletes entries older than `before` (Unix ms), cutting only at the
@@ -691,31 +640,20 @@ pub fn list(conn: &Connection, f: &Filter, after: u64, limit: usize) -> Result<V
 /// verification starts from. Returns the entries deleted. Like an append,
 /// it rewrites a MAC'd pointer, so it first checks the head and base rows
 /// and the checkpoint it cuts at: a forged pointer is never re-MAC'd.
-pub fn prune(conn: &Connection, key: &SecretKey, before: i64) -> Result<u64> {
+pub fn prune(conn: &dyn Tx, key: &SecretKey, before: i64) -> Result<u64> {
     checked_head(conn, key)?;
-    // (seq, checkpoint's head, checkpoint's MAC, the entry's MAC there)
-    type Cut = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
-    let cut: Option<Cut> = conn
-        .query_row(
-            "SELECT c.seq, c.head, c.mac, l.mac FROM audit_checkpoints c
-               JOIN audit_log l ON l.seq = c.seq
-             WHERE NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.seq <= c.seq AND o.time >= ?1)
-             ORDER BY c.seq DESC LIMIT 1",
-            [before],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
+    let cut = conn.audit_prune_cut(before)?;
     let Some((seq, head, cmac, entry_mac)) = cut else {
         return Ok(0);
     };
-    let genuine = crypto::ct_eq(&cmac, &head_mac(key, CHECKPOINT_LABEL, seq as u64, &head))
+    let genuine = crypto::ct_eq(&cmac, &head_mac(key, CHECKPOINT_LABEL, seq, &head))
         && crypto::ct_eq(&head, &entry_mac);
     if !genuine {
         let e = tampered(format!("checkpoint {seq} does not match the chain"));
         log_tampering(&e);
         return Err(e);
     }
-    let n = conn.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq])?;
-    write_pointer(conn, key, BASE_META, BASE_LABEL, seq as u64, &head)?;
-    Ok(n as u64)
+    let n = conn.audit_delete_through(seq)?;
+    write_pointer(conn, key, BASE_META, BASE_LABEL, seq, &head)?;
+    Ok(n)
 }

@@ -2,12 +2,12 @@
 //! accept-loss`): keep the longest stretch that verifies, quarantine the
 //! rest (nothing is deleted), and chain an entry that records the loss.
 
-use rusqlite::{Connection, params};
-
 use super::{
-    BASE_LABEL, BASE_META, ENTRY_COLS, Entry, GENESIS, HEAD_LABEL, HEAD_META, append, checked_base,
-    entry_row, write_pointer,
+    BASE_LABEL, BASE_META, Entry, GENESIS, HEAD_LABEL, HEAD_META, append, checked_base,
+    write_pointer,
 };
+use crate::store::prelude::*;
+
 use crate::crypto::{self, SecretKey};
 use crate::error::Result;
 
@@ -15,23 +15,19 @@ use crate::error::Result;
 /// entry chains onto the one before: `(seq, mac)`, `(base, base head)` or
 /// `(0, genesis)` for an empty chain. `None` when the base row itself is
 /// not genuine.
-fn verified_prefix(conn: &Connection, key: &SecretKey) -> Result<Option<(u64, Vec<u8>)>> {
+fn verified_prefix(conn: &dyn Tx, key: &SecretKey) -> Result<Option<(u64, Vec<u8>)>> {
     let Ok(base) = checked_base(conn, key) else {
         return Ok(None);
     };
     let (mut end, mut prev) = base.map_or((0, GENESIS.to_vec()), |b| (b.seq, b.head));
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > ?1 ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query([end as i64])?;
-    while let Some(row) = rows.next()? {
-        let e = entry_row(row)?;
+    conn.audit_entries_from(end + 1, &mut |e| {
         let mac = crypto::hmac_sha256(key, &[&e.canonical(&prev)]);
         if e.seq != end + 1 || !crypto::ct_eq(&mac, &e.mac) {
-            break;
+            return false;
         }
         (end, prev) = (e.seq, e.mac);
-    }
+        true
+    })?;
     Ok(Some((end, prev)))
 }
 
@@ -56,17 +52,13 @@ pub struct AcceptedLoss {
 /// seen. `lost_through` is the newest entry known to have existed (the
 /// anchor's), for the entry's resource.
 pub fn accept_loss(
-    conn: &Connection,
+    conn: &dyn Tx,
     key: &SecretKey,
     mut entry: Entry,
     lost_through: u64,
 ) -> Result<AcceptedLoss> {
-    let highest: i64 = conn.query_row(
-        "SELECT max(ifnull((SELECT max(seq) FROM audit_log), 0), ifnull((SELECT max(seq) FROM audit_checkpoints), 0))",
-        [],
-        |r| r.get(0),
-    )?;
-    let highest = (highest as u64).max(lost_through);
+    let highest = conn.audit_highest_seq()?;
+    let highest = highest.max(lost_through);
     // With a forged base no stretch can be trusted: a new chain starts.
     let (kept, head, restart) = match verified_prefix(conn, key)? {
         Some((seq, mac)) => (seq, mac, false),
@@ -76,21 +68,7 @@ pub fn accept_loss(
         }
     };
     let now = crate::now_ms();
-    let quarantined = conn.execute(
-        &format!(
-            "INSERT INTO audit_quarantine (quarantined_at, {ENTRY_COLS})
-             SELECT ?2, {ENTRY_COLS} FROM audit_log WHERE seq > ?1 OR ?3"
-        ),
-        params![kept as i64, now, restart],
-    )?;
-    conn.execute(
-        "DELETE FROM audit_log WHERE seq > ?1 OR ?2",
-        params![kept as i64, restart],
-    )?;
-    conn.execute(
-        "DELETE FROM audit_checkpoints WHERE seq > ?1",
-        [kept as i64],
-    )?;
+    let quarantined = conn.audit_quarantine_after(kept, restart, now)?;
     write_pointer(conn, key, HEAD_META, HEAD_LABEL, kept, &head)?;
     entry.resource = format!(
         "audit:entries {}..{} lost or altered; {quarantined} quarantined",
@@ -98,14 +76,16 @@ pub fn accept_loss(
         highest.max(kept + 1)
     );
     let seq = append(conn, key, entry)?;
-    let mac: Vec<u8> = conn.query_row(
-        "SELECT mac FROM audit_log WHERE seq = ?1",
-        [seq as i64],
-        |r| r.get(0),
-    )?;
+    let mac = conn
+        .audit_last_entry()?
+        .filter(|(last, _)| *last == seq)
+        .map(|(_, mac)| mac)
+        .ok_or_else(|| {
+            crate::error::Error::Internal("audit: the loss entry is not the head".into())
+        })?;
     Ok(AcceptedLoss {
         kept_through: kept,
-        quarantined: quarantined as u64,
+        quarantined,
         head_seq: seq,
         head: mac,
     })

@@ -152,14 +152,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = server(&dir).await;
         assert!(until(s.addr, ServingStatus::Serving).await);
-        let db = rusqlite::Connection::open(dir.path().join("data/strongbox.db")).unwrap();
-        db.execute_batch(
-            "CREATE TRIGGER refuse_probe BEFORE UPDATE ON meta WHEN NEW.name = 'health_probe'
-             BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END;",
-        )
-        .unwrap();
+        let db = dir.path().join("data/strongbox.db");
+        let refusing = crate::store::faults::refuse_meta_writes(&db, "health_probe");
         assert!(until(s.addr, ServingStatus::NotServing).await);
-        db.execute_batch("DROP TRIGGER refuse_probe").unwrap();
+        drop(refusing);
         assert!(until(s.addr, ServingStatus::Serving).await);
     }
 }

@@ -7,15 +7,10 @@
 //! when acknowledged) and `secure_delete=ON` (deleted bytes are overwritten,
 //! which crypto-shredding depends on).
 
-mod erasure;
-mod gauges;
-mod holds;
-mod record_audit;
-mod restore;
-mod retention;
-mod rows;
-mod schema;
-mod writer;
+pub mod seam;
+mod sqlite;
+#[cfg(test)]
+pub(crate) use sqlite::faults;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -25,14 +20,16 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
-pub use erasure::*;
-pub use gauges::*;
-pub use holds::*;
-pub use record_audit::*;
-pub use restore::*;
-pub use retention::*;
-pub use rows::*;
-use writer::Writer;
+pub use seam::*;
+
+/// What use cases import to call storage: the seam's traits.
+pub mod prelude {
+    pub use super::seam::{
+        AuditRows, ErasureRows, GaugeRows, HoldRows, KeyRows, PrincipalRows, RecordRows,
+        ReencryptRows, ReplayRows, RetentionRows, Savepoints, SubjectRows, TenantRows, Tx,
+    };
+}
+use sqlite::{schema, writer::Writer};
 
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "strongbox.db";
@@ -146,9 +143,9 @@ impl Store {
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
-        self.writer.write(f).await
+        self.writer.write(move |conn| f(conn)).await
     }
 
     /// Truncates the WAL so that bytes overwritten by a shred are gone from
@@ -249,11 +246,12 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
         self.on_reader(move |conn| {
             let tx = conn.unchecked_transaction()?;
-            let out = f(&tx);
+            let snapshot: &Connection = &tx;
+            let out = f(snapshot);
             tx.finish()?;
             out
         })

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 
 use super::{TenantInfo, Vault, active_tenant, fmt_time};
 use crate::audit::Call;
@@ -23,24 +23,24 @@ use crate::error::{Error, Result};
 use crate::integrity;
 use crate::keyring::Keyring;
 use crate::now_ms;
-use crate::store::{self, TenantRow};
+use crate::store::TenantRow;
 
 /// Whether the operator may create an admin in `tenant` now: always for a
 /// tenant that never had a principal (its first admin); otherwise only
 /// once a requested recovery has taken effect, which this consumes.
 pub(super) fn admit_operator_admin(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     tenant: &TenantRow,
     now: i64,
 ) -> Result<()> {
     let id = tenant.id.as_str();
-    if !store::tenant_has_principals(conn, id)? {
+    if !conn.tenant_has_principals(id)? {
         return Ok(());
     }
     match tenant.admin_recovery_at {
         Some(at) if at <= now => {
-            store::tenant_set_admin_recovery(conn, id, None)?;
+            conn.tenant_set_admin_recovery(id, None)?;
             integrity::seal_tenant(conn, keys, id)?;
             tracing::warn!(
                 tenant = id,
@@ -74,7 +74,7 @@ impl Vault {
         let row = self
             .mutate(call, move |conn| {
                 let row = active_tenant(conn, &keys, &tenant)?;
-                if !store::tenant_has_principals(conn, tenant.as_str())? {
+                if !conn.tenant_has_principals(tenant.as_str())? {
                     return Err(Error::FailedPrecondition(format!(
                         "tenant '{tenant}' has no principals yet: create its first admin instead"
                     )));
@@ -83,7 +83,7 @@ impl Vault {
                     return Ok(row);
                 }
                 let at = now_ms().saturating_add(delay);
-                store::tenant_set_admin_recovery(conn, tenant.as_str(), Some(at))?;
+                conn.tenant_set_admin_recovery(tenant.as_str(), Some(at))?;
                 integrity::seal_tenant(conn, &keys, tenant.as_str())?;
                 Ok(TenantRow {
                     admin_recovery_at: Some(at),
@@ -117,7 +117,7 @@ impl Vault {
                 if row.admin_recovery_at.is_none() {
                     return Ok(row);
                 }
-                store::tenant_set_admin_recovery(conn, tenant.as_str(), None)?;
+                conn.tenant_set_admin_recovery(tenant.as_str(), None)?;
                 integrity::seal_tenant(conn, &keys, tenant.as_str())?;
                 Ok(TenantRow {
                     admin_recovery_at: None,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 
 use super::Vault;
 use crate::audit::anchor::{Anchor, Kind, Point};
@@ -14,7 +14,6 @@ use crate::authz::{Action, Permit};
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
-use crate::store;
 
 /// The `meta` row that says this vault's chain is anchored, so a missing
 /// anchor file is noticed rather than started afresh.
@@ -22,7 +21,7 @@ const ANCHORED_META: &str = "audit_anchored";
 
 /// The audit key for an append: a key that cannot be had is an outage,
 /// but one that fails authentication is tampering.
-fn append_key(keys: &Keyring, conn: &Connection) -> Result<Arc<SecretKey>> {
+fn append_key(keys: &Keyring, conn: &dyn Tx) -> Result<Arc<SecretKey>> {
     keys.audit_key(conn).map_err(|e| match e {
         Error::Corrupt(_) => e,
         e => Error::Unavailable(format!("audit: the audit key is unavailable ({e})")),
@@ -33,14 +32,10 @@ fn append_key(keys: &Keyring, conn: &Connection) -> Result<Arc<SecretKey>> {
 /// opens it: the head row must be genuine and the last entry, and the
 /// chain must reach the newest anchored point and pass through it. The
 /// first start with anchoring records the current head.
-pub(super) fn open_anchor(
-    conn: &Connection,
-    keys: &Keyring,
-    path: &std::path::Path,
-) -> Result<Anchor> {
+pub(super) fn open_anchor(conn: &dyn Tx, keys: &Keyring, path: &std::path::Path) -> Result<Anchor> {
     let key = keys.audit_key(conn)?;
     let (seq, head) = audit::checked_head(conn, &key)?;
-    let anchored = store::meta_get(conn, ANCHORED_META)?.is_some();
+    let anchored = conn.meta_get(ANCHORED_META)?.is_some();
     if anchored && !path.exists() {
         return Err(Error::Corrupt(format!(
             "audit: this vault's chain is anchored in {}, which is missing: put the anchor file back, or, if it is lost, run `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)",
@@ -57,7 +52,7 @@ pub(super) fn open_anchor(
         }
     }
     if !anchored {
-        store::meta_put(conn, ANCHORED_META, b"1")?;
+        conn.meta_put(ANCHORED_META, b"1")?;
     }
     anchor.record(&key, Kind::Head, Point { seq, head })?;
     Ok(anchor)
@@ -67,7 +62,7 @@ pub(super) fn open_anchor(
 /// a broken chain: no check against the database. An anchor file that is
 /// itself broken is moved aside (kept, as evidence) and a new one begun.
 pub(super) fn open_anchor_for_repair(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     path: &std::path::Path,
 ) -> Result<Anchor> {
@@ -111,20 +106,20 @@ impl Vault {
     pub(super) async fn mutate<T, F>(&self, call: &Arc<Call>, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
         let (keys, c, floor) = (self.keys.clone(), call.clone(), self.audit_floor());
         let (seq, result) = self
             .store
             .write(move |conn| {
-                conn.execute_batch("SAVEPOINT mutation")?;
-                let r = f(conn);
-                let end = if r.is_ok() {
-                    "RELEASE mutation"
-                } else {
-                    "ROLLBACK TO mutation; RELEASE mutation"
-                };
-                conn.execute_batch(end)?;
+                let (mut f, mut r) = (Some(f), None);
+                conn.savepoint(&mut |tx| {
+                    let out = f.take().map(|f| f(tx));
+                    let keep = matches!(out, Some(Ok(_)));
+                    r = out;
+                    keep
+                })?;
+                let r = r.ok_or_else(|| Error::Internal("a mutation ran twice".into()))?;
                 let (outcome, code) = Outcome::of(&r);
                 let key = append_key(&keys, conn)?;
                 let seq = audit::append_above(conn, &key, c.entry(outcome, code), floor)?;
@@ -253,7 +248,7 @@ impl Vault {
             .write(move |c| {
                 let key = keys.audit_key(c)?;
                 let done = audit::accept_loss(c, &key, entry, lost_through)?;
-                store::meta_put(c, ANCHORED_META, b"1")?;
+                c.meta_put(ANCHORED_META, b"1")?;
                 Ok((key, done))
             })
             .await?;

@@ -20,7 +20,6 @@ use crate::erasure::EpochKeys;
 use crate::error::{Error, Result};
 use crate::ledger::Destroyed;
 use crate::now_ms;
-use crate::store;
 
 /// Tenant keys rewrapped per transaction, and the pause between them.
 const ROLL_BATCH: usize = 256;
@@ -63,7 +62,7 @@ impl Vault {
         let held: Vec<u64> = loaded.epochs().iter().map(|(n, _)| *n).collect();
         let missing: Vec<u64> = self
             .store
-            .read(store::epochs_in_use)
+            .read(|tx| tx.epochs_in_use())
             .await?
             .into_iter()
             .filter(|n| !held.contains(n))
@@ -126,7 +125,7 @@ impl Vault {
             .filter(|n| *n != target)
             .collect();
         if !ended_long_ago.is_empty() {
-            let in_use = self.store.read(store::epochs_in_use).await?;
+            let in_use = self.store.read(|tx| tx.epochs_in_use()).await?;
             roll.destroyed = ended_long_ago
                 .into_iter()
                 .filter(|n| !in_use.contains(n))

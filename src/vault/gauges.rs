@@ -4,13 +4,12 @@
 use super::Vault;
 use crate::error::Result;
 use crate::metrics;
-use crate::store;
 
 impl Vault {
     /// Sets the gauges of work left: data keys to rewrap, re-encryption
     /// jobs, tenant shreds pending, the current erasure epoch.
     pub async fn refresh_job_gauges(&self) -> Result<()> {
-        let counts = self.store.read(store::job_counts).await?;
+        let counts = self.store.read(|tx| tx.job_counts()).await?;
         let m = metrics::get();
         m.rewrap_remaining.set(counts.rewrap_remaining);
         m.reencrypt_remaining.set(counts.reencrypt_jobs);

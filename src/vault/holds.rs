@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 
 use super::Vault;
 use crate::audit::Call;
@@ -29,7 +29,7 @@ use crate::ids::SubjectId;
 use crate::integrity;
 use crate::keyring::{self, Keyring};
 use crate::now_ms;
-use crate::store::{self, HoldRow, TenantRow, TenantState};
+use crate::store::{HoldRow, TenantRow, TenantState};
 
 /// (job, hold) pairs already reported, kept at most; past it the set
 /// starts over (a job may then be reported once more).
@@ -98,8 +98,8 @@ fn digest(holds: &[HoldRow]) -> Option<Vec<u8>> {
 }
 
 /// The tenant's holds, checked against the digest its MAC'd row carries.
-pub(super) fn checked_holds(conn: &Connection, tenant: &TenantRow) -> Result<Vec<HoldRow>> {
-    let holds = store::holds_of_tenant(conn, &tenant.id)?;
+pub(super) fn checked_holds(conn: &dyn Tx, tenant: &TenantRow) -> Result<Vec<HoldRow>> {
+    let holds = conn.holds_of_tenant(&tenant.id)?;
     let found = digest(&holds);
     let same = match (&found, &tenant.holds_digest) {
         (None, None) => true,
@@ -118,9 +118,9 @@ pub(super) fn checked_holds(conn: &Connection, tenant: &TenantRow) -> Result<Vec
 }
 
 /// Recomputes the tenant's holds digest after a change, and reseals it.
-fn reseal(conn: &Connection, keys: &Keyring, tenant: &str) -> Result<()> {
-    let holds = store::holds_of_tenant(conn, tenant)?;
-    store::tenant_set_holds_digest(conn, tenant, digest(&holds).as_deref())?;
+fn reseal(conn: &dyn Tx, keys: &Keyring, tenant: &str) -> Result<()> {
+    let holds = conn.holds_of_tenant(tenant)?;
+    conn.tenant_set_holds_digest(tenant, digest(&holds).as_deref())?;
     integrity::seal_tenant(conn, keys, tenant)
 }
 
@@ -136,7 +136,7 @@ pub(super) enum Held<'a> {
 
 /// The first hold that blocks `what`, if any.
 pub(super) fn blocking(
-    conn: &Connection,
+    conn: &dyn Tx,
     tenant: &TenantRow,
     what: Held<'_>,
 ) -> Result<Option<HoldRow>> {
@@ -163,7 +163,7 @@ pub(super) fn refusal(what: &str, hold: &HoldRow) -> Error {
 /// Refuses the call if a hold blocks `what`, noting the hold in its audit
 /// entry.
 pub(super) fn refuse_if_held(
-    conn: &Connection,
+    conn: &dyn Tx,
     call: &Call,
     tenant: &TenantRow,
     what: Held<'_>,
@@ -310,7 +310,7 @@ impl Vault {
                 created_by: c.principal(),
             };
             c.set_resource(hold_resource(&hold));
-            store::hold_insert(conn, &hold)?;
+            conn.hold_insert(&hold)?;
             reseal(conn, &keys, tenant.as_str())?;
             Ok(hold.into())
         })
@@ -376,7 +376,7 @@ impl Vault {
                 )));
             }
             for h in &mine {
-                store::hold_delete(conn, tenant.as_str(), &h.id)?;
+                conn.hold_delete(tenant.as_str(), &h.id)?;
             }
             if let [one] = mine.as_slice() {
                 c.set_resource(hold_resource(one));

@@ -155,10 +155,10 @@ impl Vault {
                 let mut check = RecordCheck::default();
                 if records && report.problem.is_none() {
                     let mut trail = Trail::new();
-                    store::audited_record_writes(c, home.as_deref(), |t, a, r| {
+                    c.audited_record_writes(home.as_deref(), &mut |t, a, r| {
                         replay(&mut trail, t, a, r)
                     })?;
-                    store::live_key_records(c, home.as_deref(), |r| {
+                    c.live_key_records(home.as_deref(), &mut |r| {
                         check.checked += 1;
                         let owner = if r.owner.is_empty() {
                             "tenant".to_owned()

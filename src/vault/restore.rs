@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::store::prelude::*;
 
 use super::Vault;
 use crate::audit::Call;
@@ -36,7 +36,7 @@ use crate::integrity;
 use crate::keyring::Keyring;
 use crate::ledger::Destroyed;
 use crate::now_ms;
-use crate::store::{self, TenantState};
+use crate::store::TenantState;
 
 /// Ledger entries applied per transaction.
 const APPLY_BATCH: usize = 256;
@@ -119,7 +119,7 @@ impl Vault {
 }
 
 fn apply_entry(
-    conn: &Connection,
+    conn: &dyn Tx,
     keys: &Keyring,
     destroyed: &Destroyed,
     listed: &HashSet<String>,
@@ -128,33 +128,33 @@ fn apply_entry(
     let now = now_ms();
     match destroyed {
         Destroyed::Dek { tenant, id } => {
-            let Some(row) = store::dek_get(conn, id)? else {
+            let Some(row) = conn.dek_get(id)? else {
                 return Ok(()); // made after the backup
             };
             if row.wrapped.is_none() || row.tenant_id != *tenant {
                 return Ok(());
             }
-            if let Some(to) = store::reencrypt_target(conn, id)?
+            if let Some(to) = conn.reencrypt_target(id)?
                 && !listed.contains(&to)
             {
                 return Ok(()); // the re-encryption job finishes it
             }
-            if store::subject_of_dek(conn, tenant, id)?.is_some() {
-                for d in store::live_deks_of_owner(conn, tenant, &row.owner)? {
-                    store::dek_destroy(conn, &d, now)?;
-                    store::reencrypt_delete(conn, &d)?;
+            if conn.subject_of_dek(tenant, id)?.is_some() {
+                for d in conn.live_deks_of_owner(tenant, &row.owner)? {
+                    conn.dek_destroy(&d, now)?;
+                    conn.reencrypt_delete(&d)?;
                     done.data_keys += 1;
                 }
-                store::subject_erase(conn, tenant, &row.owner, now)?;
+                conn.subject_erase(tenant, &row.owner, now)?;
                 done.subjects += 1;
             } else {
-                store::dek_destroy(conn, id, now)?;
-                store::reencrypt_delete(conn, id)?;
+                conn.dek_destroy(id, now)?;
+                conn.reencrypt_delete(id)?;
                 done.data_keys += 1;
             }
         }
         Destroyed::Kek { tenant, version } => {
-            if !store::kek_live(conn, tenant, *version)? {
+            if !conn.kek_live(tenant, *version)? {
                 return Ok(());
             }
             let Some(t) = integrity::tenant(conn, keys, tenant)? else {
@@ -165,11 +165,11 @@ fn apply_entry(
             }
             let id = crate::ids::TenantId::parse(tenant)
                 .map_err(|_| crate::error::Error::Internal("stored tenant id is invalid".into()))?;
-            for d in store::deks_under_kek(conn, tenant, *version)? {
+            for d in conn.deks_under_kek(tenant, *version)? {
                 let wrapped = keys.rewrap_dek(conn, &id, &d, t.kek_version)?;
-                store::dek_rewrapped(conn, &d.id, t.kek_version, &wrapped)?;
+                conn.dek_rewrapped(&d.id, t.kek_version, &wrapped)?;
             }
-            store::kek_retire(conn, tenant, *version, now)?;
+            conn.kek_retire(tenant, *version, now)?;
             done.keks += 1;
         }
         Destroyed::Tenant { tenant } => {
@@ -177,8 +177,8 @@ fn apply_entry(
                 Some(t) if t.state != TenantState::Shredded => {}
                 _ => return Ok(()),
             }
-            store::tenant_destroy(conn, tenant, now)?;
-            store::holds_delete_tenant(conn, tenant)?;
+            conn.tenant_destroy(tenant, now)?;
+            conn.holds_delete_tenant(tenant)?;
             integrity::seal_tenant(conn, keys, tenant)?;
             done.tenants += 1;
         }

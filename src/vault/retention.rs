@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::ids::{Category, SubjectId, TenantId};
 use crate::integrity;
 use crate::now_ms;
-use crate::store::{self, After, DefaultRow, PolicyRow};
+use crate::store::prelude::*;
+use crate::store::{After, DefaultRow, PolicyRow};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -88,7 +89,7 @@ fn human(ms: i64) -> String {
 }
 
 /// Every category with a policy or a default in the tenant.
-fn retentions(conn: &rusqlite::Connection, tenant: &str) -> Result<Vec<Retention>> {
+fn retentions(conn: &dyn Tx, tenant: &str) -> Result<Vec<Retention>> {
     let mut out: std::collections::BTreeMap<String, Retention> = Default::default();
     let blank = |c: &str| Retention {
         category: c.to_owned(),
@@ -96,14 +97,14 @@ fn retentions(conn: &rusqlite::Connection, tenant: &str) -> Result<Vec<Retention
         default_ms: None,
         max_ms: None,
     };
-    for d in store::retention_defaults(conn)? {
+    for d in conn.retention_defaults()? {
         let r = out
             .entry(d.category.clone())
             .or_insert_with(|| blank(&d.category));
         r.default_ms = d.keep_ms;
         r.max_ms = d.max_ms;
     }
-    for p in store::retention_policies(conn, tenant)? {
+    for p in conn.retention_policies(tenant)? {
         let r = out
             .entry(p.category.clone())
             .or_insert_with(|| blank(&p.category));
@@ -130,7 +131,7 @@ impl Vault {
             active_tenant(conn, &keys, &tenant)?;
             let cat = category.as_str();
             c.set_resource(format!("retention:{cat}"));
-            if let Some(max) = store::retention_default(conn, cat)?.and_then(|d| d.max_ms)
+            if let Some(max) = conn.retention_default(cat)?.and_then(|d| d.max_ms)
                 && keep_ms > max
             {
                 return Err(Error::invalid(
@@ -147,7 +148,7 @@ impl Vault {
                 keep_ms,
                 after,
             };
-            store::retention_set(conn, tenant.as_str(), &policy, now_ms())?;
+            conn.retention_set(tenant.as_str(), &policy, now_ms())?;
             retentions(conn, tenant.as_str())?
                 .into_iter()
                 .find(|r| r.category == cat)
@@ -187,7 +188,7 @@ impl Vault {
         self.mutate(call, move |conn| {
             let cat = category.as_str();
             c.set_resource(format!("retention-default:{cat}"));
-            let old = store::retention_default(conn, cat)?;
+            let old = conn.retention_default(cat)?;
             let row = DefaultRow {
                 category: cat.to_owned(),
                 keep_ms: keep_ms.or(old.as_ref().and_then(|o| o.keep_ms)),
@@ -201,7 +202,7 @@ impl Vault {
                     format!("the default {} exceeds the cap {}", human(k), human(m)),
                 ));
             }
-            store::retention_default_set(conn, &row, now_ms())?;
+            conn.retention_default_set(&row, now_ms())?;
             Ok(row)
         })
         .await
@@ -255,8 +256,7 @@ impl Vault {
                             continue;
                         };
                         let cutoff = horizon.saturating_sub(keep);
-                        for (day, n) in store::retention_due_by_day(
-                            conn,
+                        for (day, n) in conn.retention_due_by_day(
                             tenant.as_str(),
                             &r.category,
                             after,
@@ -267,7 +267,7 @@ impl Vault {
                         }
                     }
                 }
-                let history = store::retention_history(conn, tenant.as_str(), 1000)?;
+                let history = conn.retention_history(tenant.as_str(), 1000)?;
                 Ok(Preview { due, history })
             })
             .await
@@ -288,7 +288,7 @@ impl Vault {
             active_tenant(conn, &keys, &tenant)?;
             let blind = keys.blind_id(conn, &tenant, &subject)?;
             c.set_resource(format!("subject:{}", hex::encode(blind)));
-            if !store::subject_touch(conn, tenant.as_str(), &blind, now_ms())? {
+            if !conn.subject_touch(tenant.as_str(), &blind, now_ms())? {
                 return Err(subject_not_found());
             }
             Ok(())
@@ -299,7 +299,7 @@ impl Vault {
     /// One sweep over every active tenant: expires what is past its
     /// window. Returns the records expired.
     pub async fn retention_sweep(&self, batch: usize, pause: Duration) -> Result<u64> {
-        let tenants = self.store.read(store::active_tenant_ids).await?;
+        let tenants = self.store.read(|tx| tx.active_tenant_ids()).await?;
         let mut expired = 0;
         for t in tenants {
             let tenant = TenantId::parse(&t)
@@ -381,8 +381,7 @@ impl Vault {
                 for h in holds::checked_holds(conn, &row)? {
                     let Some(owner) = h.owner else { continue };
                     for (cat, (keep, after)) in &due_v {
-                        if store::owner_has_due(conn, t.as_str(), &owner, cat, *after, now - keep)?
-                        {
+                        if conn.owner_has_due(t.as_str(), &owner, cat, *after, now - keep)? {
                             held.push(owner.clone());
                             break;
                         }
@@ -426,10 +425,10 @@ impl Vault {
                 if holds::blocking(conn, &row, Held::Owner(&[]))?.is_some() {
                     return Ok((0, 0, Vec::new()));
                 }
-                let rows = store::retention_due(conn, t.as_str(), &cat, after, now - keep, batch)?;
+                let rows = conn.retention_due(t.as_str(), &cat, after, now - keep, batch)?;
                 let mut owners: Vec<Vec<u8>> = Vec::new();
                 for (rowid, owner) in &rows {
-                    store::record_expire(conn, *rowid, now)?;
+                    conn.record_expire(*rowid, now)?;
                     if !owner.is_empty() && !owners.contains(owner) {
                         owners.push(owner.clone());
                     }
@@ -437,7 +436,7 @@ impl Vault {
                 let mut destroyed = Vec::new();
                 let mut erased = 0;
                 for owner in &owners {
-                    if !store::owner_has_live_records(conn, t.as_str(), owner)? {
+                    if !conn.owner_has_live_records(t.as_str(), owner)? {
                         let receipt =
                             erase_subject(conn, &keys, t.as_str(), owner, ShredReason::Retention)?;
                         destroyed.extend(receipt.destroyed_key_ids);
@@ -445,13 +444,7 @@ impl Vault {
                     }
                 }
                 if !rows.is_empty() {
-                    store::retention_history_add(
-                        conn,
-                        t.as_str(),
-                        &cat,
-                        now / DAY_MS,
-                        rows.len() as u64,
-                    )?;
+                    conn.retention_history_add(t.as_str(), &cat, now / DAY_MS, rows.len() as u64)?;
                 }
                 c.set_resource(format!(
                     "retention:{cat} expired:{} subjects-erased:{erased}",

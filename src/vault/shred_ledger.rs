@@ -8,7 +8,6 @@ use std::sync::Arc;
 use super::Vault;
 use crate::error::Result;
 use crate::ledger::Destroyed;
-use crate::store;
 
 /// Ledger entries for data keys of `tenant`.
 pub(super) fn ledger_deks(tenant: &str, ids: &[String]) -> Vec<crate::ledger::Destroyed> {
@@ -34,10 +33,7 @@ impl Vault {
         // What the crash window can have missed is newer than the last
         // line, give or take the clock between the commit and the append.
         let since = entries.last().map_or(0, |e| e.time - 60_000);
-        let found = self
-            .store
-            .read(move |c| store::destroyed_since(c, since))
-            .await?;
+        let found = self.store.read(move |c| c.destroyed_since(since)).await?;
         let known: std::collections::HashSet<&Destroyed> =
             entries.iter().map(|e| &e.destroyed).collect();
         let missing: Vec<Destroyed> = found

@@ -31,7 +31,7 @@ enum Job {
 }
 
 #[derive(Clone)]
-pub(super) struct Writer {
+pub(in crate::store) struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
@@ -40,7 +40,7 @@ fn stopped() -> Error {
 }
 
 impl Writer {
-    pub(super) fn spawn(conn: Connection) -> Result<Self> {
+    pub(in crate::store) fn spawn(conn: Connection) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("strongbox-writer".into())
@@ -49,7 +49,7 @@ impl Writer {
         Ok(Writer { tx })
     }
 
-    pub(super) async fn write<T, F>(&self, f: F) -> Result<T>
+    pub(in crate::store) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -81,7 +81,7 @@ impl Writer {
 
     /// Stops the writer thread (tests only).
     #[cfg(test)]
-    pub(super) async fn stop(&self) {
+    pub(in crate::store) async fn stop(&self) {
         let _ = self.tx.send(Job::Stop).await;
         while !self.tx.is_closed() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -89,7 +89,7 @@ impl Writer {
     }
 
     /// Whether the writer thread is still running.
-    pub(super) fn is_alive(&self) -> bool {
+    pub(in crate::store) fn is_alive(&self) -> bool {
         !self.tx.is_closed()
     }
 }
@@ -226,7 +226,7 @@ mod tests {
     thread_local! {
         /// Set by a job (jobs run on the writer thread): the rollback of
         /// its savepoint fails.
-        pub(super) static FAIL_NEXT_ROLLBACK: Cell<bool> = const { Cell::new(false) };
+        pub(in crate::store) static FAIL_NEXT_ROLLBACK: Cell<bool> = const { Cell::new(false) };
     }
 
     fn count(path: &std::path::Path) -> i64 {

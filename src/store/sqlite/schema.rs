@@ -284,7 +284,7 @@ ALTER TABLE tenants ADD COLUMN index_epoch INTEGER;
 ];
 
 /// Brings the database up to the latest schema version in one transaction.
-pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+pub(in crate::store) fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let current: Option<i64> =

@@ -1,0 +1,112 @@
+//! The audit trail's rows (the chain's rules are `crate::audit`'s) and the scans that compare it with the records.
+
+use crate::audit::{Entry, Filter};
+use crate::error::Result;
+use std::collections::HashMap;
+
+/// A stored record under a live data key: (tenant, owner, category, key,
+/// version, deleted).
+pub struct StoredRecord {
+    pub tenant: String,
+    pub owner: Vec<u8>,
+    pub category: String,
+    pub key: String,
+    pub version: u64,
+    pub deleted: bool,
+    /// Deleted by the retention sweep (audited per batch, not per record).
+    pub expired: bool,
+}
+
+/// An audit entry that touched a subject, for its access history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRow {
+    pub seq: u64,
+    pub time: i64,
+    pub principal: String,
+    pub action: String,
+    pub outcome: String,
+    pub purpose: String,
+}
+
+/// A point in the chain: a sequence number and the entry's MAC there.
+pub type ChainPoint = (u64, Vec<u8>);
+
+/// Checkpoints by sequence number: (the chain's head there, the
+/// checkpoint's own MAC).
+pub type Checkpoints = HashMap<u64, (Vec<u8>, Vec<u8>)>;
+
+/// Where pruning may cut: (seq, the checkpoint's head, its MAC, the MAC of
+/// the entry there).
+pub type PruneCut = (u64, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// The audit trail's rows (the chain's rules are `crate::audit`'s) and the scans that compare it with the records.
+pub trait AuditRows {
+    /// An audited call that fixes a record's state: (tenant, action, resource),
+    /// in chain order, successful calls only.
+    fn audited_record_writes(
+        &self,
+        tenant: Option<&str>,
+        each: &mut dyn FnMut(&str, &str, &str),
+    ) -> Result<()>;
+
+    /// Every record whose data key is not destroyed (rows under destroyed keys
+    /// are unreadable and only wait for their purge).
+    fn live_key_records(
+        &self,
+        tenant: Option<&str>,
+        each: &mut dyn FnMut(StoredRecord),
+    ) -> Result<()>;
+
+    /// The newest entry's sequence number (0: none).
+    fn audit_last_seq(&self) -> Result<u64>;
+
+    /// Up to `limit` entries of `tenant` in (`after`, `until`] whose resource
+    /// names `blind_hex` (the subject's blind id), in chain order. Walks the
+    /// tenant's entries by (tenant, seq).
+    fn audit_touching(
+        &self,
+        tenant: &str,
+        blind_hex: &str,
+        seqs: (u64, u64),
+        limit: usize,
+    ) -> Result<Vec<AccessRow>>;
+
+    /// The last stored entry: its sequence number and MAC.
+    fn audit_last_entry(&self) -> Result<Option<ChainPoint>>;
+
+    /// Stores `e` (its seq and MAC already set).
+    fn audit_insert(&self, e: &Entry) -> Result<()>;
+
+    /// Stores the checkpoint at `seq`: the chain's `head` there and the
+    /// checkpoint's own MAC.
+    fn audit_checkpoint_insert(&self, seq: u64, head: &[u8], time: i64, mac: &[u8]) -> Result<()>;
+
+    /// Every checkpoint: seq → (head, MAC).
+    fn audit_checkpoints(&self) -> Result<Checkpoints>;
+
+    /// Calls `each` on every entry from sequence number `from` on, in order,
+    /// until it returns `false`.
+    fn audit_entries_from(&self, from: u64, each: &mut dyn FnMut(Entry) -> bool) -> Result<()>;
+
+    /// How many entries `tenant` has, and its newest entry's (seq, MAC).
+    fn audit_tenant_summary(&self, tenant: &str) -> Result<(u64, Option<ChainPoint>)>;
+
+    /// Up to `limit` entries matching `f` with sequence numbers above `after`.
+    fn audit_list(&self, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>>;
+
+    /// Where pruning entries older than `before` may cut: the newest
+    /// checkpoint with no entry at or before it as new as `before`, as
+    /// (seq, checkpoint's head, checkpoint's MAC, the entry's MAC there).
+    fn audit_prune_cut(&self, before: i64) -> Result<Option<PruneCut>>;
+
+    /// Deletes the entries up to and including `seq`; returns how many.
+    fn audit_delete_through(&self, seq: u64) -> Result<u64>;
+
+    /// The highest sequence number any entry or checkpoint has (0: none).
+    fn audit_highest_seq(&self) -> Result<u64>;
+
+    /// Moves the entries after `kept` (every entry if `all`) to the quarantine,
+    /// stamped `now`, and drops the checkpoints after `kept`; returns how many
+    /// entries moved.
+    fn audit_quarantine_after(&self, kept: u64, all: bool, now: i64) -> Result<u64>;
+}
