@@ -16,8 +16,15 @@
 //! - [`authz`]: roles, the permission table, and the `Permit`.
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
 //! - [`tombstones`]: bounded, expiring sets of ended keys that caches must not take back.
-//! - [`store`]: SQLite: the group-committing writer, read pool, schema.
-//! - [`vault`]: the use cases; joins the modules above. No gRPC here.
+//! - [`store`]: storage. `store::seam`: the domain operations use cases may
+//!   ask for, one trait per concept, seen as `&dyn Tx`; `store::sqlite`
+//!   (private): their SQLite implementation, the schema, the
+//!   group-committing writer. The only module that names a driver or SQL.
+//! - [`vault`]: the use cases, one module per concept (tenants, principals,
+//!   auth, records, subjects, keys, holds, retention, backup, restore),
+//!   and `vault::jobs`: the background passes housekeeping drives (rewrap,
+//!   re-encryption, purge, retention sweep, tenant-shred executor). No
+//!   gRPC, SQL or driver type here.
 //! - [`api`]: the gRPC services, TLS identity and load limits; the only
 //!   module that knows protobuf.
 //! - [`server`]: starts and stops a server; housekeeping; the metrics listener.

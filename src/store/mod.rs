@@ -143,7 +143,7 @@ impl Store {
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
+        F: Fn(&dyn Tx) -> Result<T> + Send + 'static,
     {
         self.writer.write(move |conn| f(conn)).await
     }

@@ -106,20 +106,20 @@ impl Vault {
     pub(super) async fn mutate<T, F>(&self, call: &Arc<Call>, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
+        F: Fn(&dyn Tx) -> Result<T> + Send + 'static,
     {
         let (keys, c, floor) = (self.keys.clone(), call.clone(), self.audit_floor());
         let (seq, result) = self
             .store
             .write(move |conn| {
-                let (mut f, mut r) = (Some(f), None);
+                let mut r = None;
                 conn.savepoint(&mut |tx| {
-                    let out = f.take().map(|f| f(tx));
-                    let keep = matches!(out, Some(Ok(_)));
-                    r = out;
+                    let out = f(tx);
+                    let keep = out.is_ok();
+                    r = Some(out);
                     keep
                 })?;
-                let r = r.ok_or_else(|| Error::Internal("a mutation ran twice".into()))?;
+                let r = r.ok_or_else(|| Error::Internal("a mutation did not run".into()))?;
                 let (outcome, code) = Outcome::of(&r);
                 let key = append_key(&keys, conn)?;
                 let seq = audit::append_above(conn, &key, c.entry(outcome, code), floor)?;
@@ -148,7 +148,7 @@ impl Vault {
             .store
             .write(move |conn| {
                 let key = append_key(&keys, conn)?;
-                audit::append_above(conn, &key, entry, floor)
+                audit::append_above(conn, &key, entry.clone(), floor)
             })
             .await
             .inspect_err(|_| {
@@ -247,7 +247,7 @@ impl Vault {
             .store
             .write(move |c| {
                 let key = keys.audit_key(c)?;
-                let done = audit::accept_loss(c, &key, entry, lost_through)?;
+                let done = audit::accept_loss(c, &key, entry.clone(), lost_through)?;
                 c.meta_put(ANCHORED_META, b"1")?;
                 Ok((key, done))
             })

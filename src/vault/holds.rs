@@ -305,7 +305,7 @@ impl Vault {
                 id: keyring::new_id("hold"),
                 tenant_id: tenant.as_str().to_owned(),
                 owner,
-                reason,
+                reason: reason.clone(),
                 created_at: now_ms(),
                 created_by: c.principal(),
             };

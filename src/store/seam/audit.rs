@@ -1,8 +1,10 @@
-//! The audit trail's rows (the chain's rules are `crate::audit`'s) and the scans that compare it with the records.
+//! The audit trail's rows (the chain's rules are `crate::audit`'s) and the
+//! scans that compare it with the records.
+
+use std::collections::HashMap;
 
 use crate::audit::{Entry, Filter};
 use crate::error::Result;
-use std::collections::HashMap;
 
 /// A stored record under a live data key: (tenant, owner, category, key,
 /// version, deleted).

@@ -1,4 +1,5 @@
-//! Key rows: tenant key-encryption keys, data keys, index keys, rotation state and the vault's own keys in `meta`.
+//! Key rows: tenant key-encryption keys, data keys, index keys, rotation
+//! state and the vault's own keys in `meta`.
 
 use crate::error::Result;
 

@@ -1,9 +1,11 @@
-//! SQLite: the audit trail's rows (the chain's rules are `crate::audit`'s) and the scans that compare it with the records.
+//! SQLite: the audit trail's rows (the chain's rules are `crate::audit`'s)
+//! and the scans that compare it with the records.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::audit::{Entry, Filter};
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 const ENTRY_COLS: &str =
     "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac";

@@ -1,8 +1,9 @@
 //! SQLite: erasure epochs: which epoch key each tenant key is wrapped under.
 
+use rusqlite::{Connection, OptionalExtension, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, params};
 
 impl ErasureRows for Connection {
     fn tenant_keys_outside_epoch(&self, epoch: u64, limit: usize) -> Result<Vec<TenantKeyWrap>> {

@@ -1,8 +1,9 @@
 //! SQLite: counts for the metrics gauges.
 
+use rusqlite::Connection;
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::Connection;
 
 impl GaugeRows for Connection {
     fn job_counts(&self) -> Result<JobCounts> {

@@ -1,8 +1,9 @@
 //! SQLite: legal holds.
 
+use rusqlite::{Connection, Row, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, Row, params};
 
 fn hold_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
     Ok(HoldRow {

@@ -1,8 +1,10 @@
-//! SQLite: key rows: tenant key-encryption keys, data keys, index keys, rotation state and the vault's own keys in `meta`.
+//! SQLite: key rows: tenant key-encryption keys, data keys, index keys,
+//! rotation state and the vault's own keys in `meta`.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// A data key from columns `id, tenant_id, owner, kek_version, wrapped`.
 fn dek_row(r: &Row<'_>) -> rusqlite::Result<DekRow> {

@@ -1,8 +1,9 @@
 //! SQLite: principals and their API keys (secrets only as hashes).
 
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
 use crate::error::{Error, Result};
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 const PRINCIPAL_COLS: &str = "id, tenant_id, name, roles, created_at, cert_cn, mac";
 

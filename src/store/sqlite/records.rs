@@ -1,8 +1,9 @@
 //! SQLite: records: the sealed values, by (tenant, owner, category, key).
 
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub(super) const RECORD_COLS: &str =
     "owner, category, key, version, dek_id, content_type, ciphertext, size, created_at, updated_at";

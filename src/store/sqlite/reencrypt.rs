@@ -1,9 +1,10 @@
 //! SQLite: re-encryption jobs: records moving from one data key to another.
 
+use rusqlite::{Connection, params};
+
 use super::records::{RECORD_COLS, record_row};
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, params};
 
 impl ReencryptRows for Connection {
     fn reencrypt_insert(&self, j: &ReencryptJob, now: i64) -> Result<()> {

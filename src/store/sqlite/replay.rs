@@ -1,8 +1,9 @@
 //! SQLite: what replaying the shred ledger on restore asks of storage.
 
+use rusqlite::{Connection, OptionalExtension, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, params};
 
 impl ReplayRows for Connection {
     fn subject_of_dek(&self, tenant: &str, dek: &str) -> Result<Option<Vec<u8>>> {

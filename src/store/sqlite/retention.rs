@@ -1,8 +1,9 @@
 //! SQLite: retention policies, the sweep's queries, and its history.
 
+use rusqlite::{Connection, OptionalExtension, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, params};
 
 fn after_of(s: String) -> rusqlite::Result<After> {
     After::parse(&s).ok_or_else(|| {

@@ -1,8 +1,9 @@
 //! SQLite: data subjects: their blind ids, data keys and deletion receipts.
 
+use rusqlite::{Connection, OptionalExtension, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, params};
 
 impl SubjectRows for Connection {
     fn subject_get(&self, tenant: &str, blind: &[u8]) -> Result<Option<SubjectRow>> {

@@ -1,8 +1,9 @@
 //! SQLite: tenants: their rows, states and destruction.
 
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
 use crate::error::Result;
 use crate::store::seam::*;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 impl TenantState {
     fn parse(s: &str) -> rusqlite::Result<Self> {

@@ -1,0 +1,12 @@
+//! Background work the housekeeping loop (`crate::server::housekeeping`)
+//! drives: each pass is paced, stops between batches when the server
+//! shuts down, and keeps its progress in the rows, so a restart resumes
+//! it.
+
+mod purge;
+mod reencrypt;
+mod retention_sweep;
+mod rewrap;
+mod tenant_shred;
+
+pub use retention_sweep::{SWEEP_BATCH, SWEEP_PAUSE};
