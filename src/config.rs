@@ -44,6 +44,9 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of SQLite in `data_dir` (`database_url`); shared
+    /// by every server that names it.
+    pub database_url: Option<DatabaseUrl>,
     pub listen: SocketAddr,
     /// The root key file; `<data_dir>/root.key` if unset.
     pub root_key_file: Option<PathBuf>,
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             root_key_file: None,
             root_key_env: None,
@@ -145,11 +149,48 @@ impl Default for ServerConfig {
     }
 }
 
+/// A PostgreSQL connection URL. It may hold a password, so `Debug` shows
+/// only the host and database.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Accepts `postgres://` and `postgresql://` URLs.
+    pub fn parse(url: String) -> Result<Self> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Error::invalid(
+                "database_url",
+                "must be a postgres:// URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+            ));
+        }
+        Ok(DatabaseUrl(url))
+    }
+
+    /// The URL itself, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Host, port and database, without user or password (for logs).
+    pub fn describe(&self) -> String {
+        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        rest.split('?').next().unwrap_or("").to_owned()
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "postgres://…@{}", self.describe())
+    }
+}
+
 /// The TOML file's shape; every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
     listen: Option<String>,
     root_key_file: Option<PathBuf>,
     root_key_env: Option<String>,
@@ -314,6 +355,7 @@ impl ServerConfig {
             if let Some(d) = f.data_dir {
                 cfg.data_dir = d;
             }
+            cfg.database_url = f.database_url.map(DatabaseUrl::parse).transpose()?;
             if let Some(l) = f.listen {
                 cfg.listen = parse_listen(&l)?;
             }

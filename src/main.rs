@@ -214,6 +214,9 @@ fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
     if args.shred_ledger.is_some() {
         cfg.shred_ledger = args.shred_ledger;
     }
+    if let Some(url) = args.database_url {
+        cfg.database_url = Some(strongbox::config::DatabaseUrl::parse(url)?);
+    }
     if let Some(a) = args.metrics_listen {
         cfg.metrics_listen = Some(strongbox::config::parse_addr("metrics_listen", &a)?);
     }

@@ -115,9 +115,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .map_err(|e| Error::Unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     restore::refuse_if_restoring(&cfg.data_dir)?;
-    let db = cfg.data_dir.join(DB_FILE);
     let readers = cfg.read_connections;
-    let store = blocking(move || Store::open(&db, readers)).await?;
+    let store = match cfg.database_url.clone() {
+        Some(url) => {
+            tracing::info!(database = %url.describe(), "storage: PostgreSQL");
+            blocking(move || Store::open_postgres(url.expose(), readers)).await?
+        }
+        None => {
+            let db = cfg.data_dir.join(DB_FILE);
+            blocking(move || Store::open(&db, readers)).await?
+        }
+    };
     let root = open_root(&cfg, &store).await?;
     let keys = Arc::new(Keyring::new(root));
     let anchor = AuditAnchor::Check(cfg.audit_anchor_path());

@@ -361,6 +361,11 @@ pub struct ServeArgs {
     /// data erased (default DATA_DIR/shred.ledger; put it on another volume).
     #[arg(long)]
     pub shred_ledger: Option<PathBuf>,
+    /// Keep the vault in PostgreSQL (postgres://USER:PASSWORD@HOST/DB),
+    /// shared by every server given the same URL, instead of SQLite in
+    /// the data directory.
+    #[arg(long, env = "STRONGBOX_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Serve Prometheus metrics on `GET /metrics` at this address (plain
     /// HTTP; keep it on a private interface). Off by default.
     #[arg(long)]

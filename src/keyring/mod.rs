@@ -91,6 +91,10 @@ pub struct Keyring {
     /// The erasure epoch keys, once loaded (`None`: tenant keys are
     /// wrapped by the root key directly, as before epochs; library use).
     epochs: std::sync::RwLock<Option<EpochKeys>>,
+    /// Storage is shared with other servers: state another server may
+    /// change (the minimum decryption version) is read from the caller's
+    /// transaction every time, never from memory.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 fn corrupt(what: String) -> Error {
@@ -113,7 +117,18 @@ impl Keyring {
             }),
             cache: Mutex::new(Cache::default()),
             epochs: std::sync::RwLock::new(None),
+            shared: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks storage as shared with other servers (PostgreSQL).
+    pub fn set_shared(&self, shared: bool) {
+        self.shared
+            .store(shared, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
@@ -272,10 +287,14 @@ impl Keyring {
     /// The tenant's minimum decryption version (0: none), cached.
     pub fn min_decrypt_version(&self, conn: &dyn Tx, tenant: &TenantId) -> Result<u32> {
         let t = tenant.as_str();
-        if let Some(v) = self.cache().min_versions.get(t) {
+        let shared = self.is_shared();
+        if !shared && let Some(v) = self.cache().min_versions.get(t) {
             return Ok(*v);
         }
         let v = crate::integrity::tenant(conn, self, t)?.map_or(0, |row| row.min_decrypt_version);
+        if shared {
+            return Ok(v);
+        }
         // A setter racing this read wins: its value is inserted after its
         // commit, and this one only fills a gap.
         Ok(*self.cache().min_versions.entry(t.to_owned()).or_insert(v))

@@ -162,7 +162,14 @@ impl Vault {
         let presented = crypto::sha256(secret.as_bytes());
         let now = now_ms();
         let live = |expires_at: Option<i64>| expires_at.is_none_or(|t| t > now);
-        let cached = {
+        // On storage shared with other servers, a key revoked or a
+        // principal changed elsewhere must be refused at once: every call
+        // reads its key row. (A cache validated by a generation read in
+        // the same round trip would spare the read.)
+        let shared = self.store.is_postgres();
+        let cached = if shared {
+            None
+        } else {
             let mut cache = self.auth_cache();
             match cache.keys.get_mut(key_id) {
                 Some(hit)
@@ -185,11 +192,12 @@ impl Vault {
             }
             return Ok(principal);
         }
-        if self
-            .auth_cache()
-            .unknown
-            .get(key_id)
-            .is_some_and(|at| at.elapsed() < UNKNOWN_KEY_TTL)
+        if !shared
+            && self
+                .auth_cache()
+                .unknown
+                .get(key_id)
+                .is_some_and(|at| at.elapsed() < UNKNOWN_KEY_TTL)
         {
             return Err(Error::Unauthenticated(INVALID));
         }
@@ -199,6 +207,9 @@ impl Vault {
             .read(move |c| integrity::api_key(c, &keys, &id))
             .await?;
         let Some((key, p)) = found else {
+            if shared {
+                return Err(Error::Unauthenticated(INVALID));
+            }
             let mut cache = self.auth_cache();
             if cache.unknown.len() >= MAX_UNKNOWN_KEYS {
                 cache.unknown.retain(|_, at| at.elapsed() < UNKNOWN_KEY_TTL);
@@ -236,15 +247,17 @@ impl Vault {
             roles,
             cert_cn: p.cert_cn,
         };
-        self.auth_cache().admit(
-            &key.key_id,
-            CachedKey {
-                secret_hash: presented,
-                expires_at: key.expires_at,
-                principal: principal.clone(),
-                last_touched: now,
-            },
-        );
+        if !shared {
+            self.auth_cache().admit(
+                &key.key_id,
+                CachedKey {
+                    secret_hash: presented,
+                    expires_at: key.expires_at,
+                    principal: principal.clone(),
+                    last_touched: now,
+                },
+            );
+        }
         if key.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
             self.touch(&key.key_id);
         }

@@ -162,6 +162,7 @@ impl Vault {
         limits: Limits,
         anchor: AuditAnchor,
     ) -> Result<Arc<Self>> {
+        keys.set_shared(store.is_postgres());
         let k = keys.clone();
         let anchor = store
             .write(move |conn| {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod attacker;
+pub mod postgres;
 pub mod rpcs;
 
 use std::path::PathBuf;

@@ -1,9 +1,11 @@
 //! The SQLite backend: the concept traits of [`super::seam`] implemented
-//! on a `rusqlite::Connection`, the schema, and the writer thread.
+//! on a `rusqlite::Connection`, the schema, and the database file's
+//! connections (`files`).
 
 mod audit;
 mod erasure;
 mod errors;
+mod files;
 mod gauges;
 mod holds;
 mod keys;
@@ -15,8 +17,10 @@ mod retention;
 pub(super) mod schema;
 mod subjects;
 mod tenants;
-pub(super) mod writer;
 
+pub(crate) use files::Files;
+#[cfg(test)]
+pub(crate) use files::write_conn;
 use rusqlite::Connection;
 
 use super::seam::{Savepoints, Tx};

@@ -1,4 +1,5 @@
-//! The writer thread: owns the only write connection and group-commits.
+//! The writer thread: owns this server's write connection and
+//! group-commits, on any backend (`WriteConn`).
 //!
 //! It takes the first waiting job, then every job already queued (up to
 //! `MAX_BATCH`), runs each in its own savepoint inside one transaction, and
@@ -9,10 +10,30 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread;
 
-use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::Tx;
 use crate::error::{Error, Result};
+
+/// A write connection as the writer drives it: one transaction per batch,
+/// a savepoint per unit of work.
+pub(crate) trait WriteConn: Send + 'static {
+    /// The connection as units of work see it.
+    fn tx(&self) -> &dyn Tx;
+    /// Begins the batch's transaction (on a shared database, after every
+    /// other server's batch that holds the write lock).
+    fn begin(&mut self) -> Result<()>;
+    /// Commits the batch durably.
+    fn commit(&mut self) -> Result<()>;
+    /// Abandons the batch's transaction.
+    fn rollback(&mut self);
+    /// Opens the savepoint of one unit of work.
+    fn savepoint(&mut self) -> Result<()>;
+    /// Keeps the unit's writes.
+    fn release(&mut self) -> Result<()>;
+    /// Undoes the unit's writes; the transaction goes on.
+    fn rollback_to(&mut self) -> Result<()>;
+}
 
 const MAX_BATCH: usize = 256;
 const QUEUE_DEPTH: usize = 4096;
@@ -21,7 +42,7 @@ const QUEUE_DEPTH: usize = 4096;
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 /// Runs a job against the connection and says whether it succeeded; given
 /// `None`, it does not run and reports that storage is unavailable.
-type TxnJob = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+type TxnJob = Box<dyn FnOnce(Option<&dyn Tx>) -> (bool, Completion) + Send>;
 
 enum Job {
     Txn(TxnJob),
@@ -40,7 +61,7 @@ fn stopped() -> Error {
 }
 
 impl Writer {
-    pub(in crate::store) fn spawn(conn: Connection) -> Result<Self> {
+    pub(in crate::store) fn spawn<C: WriteConn>(conn: C) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("strongbox-writer".into())
@@ -52,7 +73,7 @@ impl Writer {
     pub(in crate::store) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: TxnJob = Box::new(move |conn| {
@@ -94,7 +115,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn run<C: WriteConn>(mut conn: C, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
@@ -111,7 +132,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 next = rx.try_recv().ok();
             }
         }
-        run_batch(&conn, batch);
+        run_batch(&mut conn, batch);
     }
 }
 
@@ -126,11 +147,11 @@ enum Ended {
     Abort(Completion, Error),
 }
 
-fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
+fn run_batch<C: WriteConn>(conn: &mut C, batch: Vec<TxnJob>) {
     let metrics = crate::metrics::get();
     metrics.commit_jobs.observe(batch.len() as f64);
     let mut completions = Vec::with_capacity(batch.len());
-    let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(Error::from);
+    let begun = conn.begin();
     let mut aborted: Option<Error> = None;
     for job in batch {
         if begun.is_err() || aborted.is_some() {
@@ -149,7 +170,7 @@ fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
     let outcome = match (begun, aborted) {
         (Err(e), _) => Err(e),
         (Ok(()), Some(e)) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            conn.rollback();
             tracing::error!(error = %e, "a savepoint could not be rolled back; the whole batch was rolled back");
             Err(Error::Unavailable(format!(
                 "storage: a job in the same commit could not be rolled back, so none was committed ({e})"
@@ -158,7 +179,7 @@ fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
         (Ok(()), None) => match commit(conn, metrics) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
+                conn.rollback();
                 Err(Error::Unavailable(format!("storage: commit failed: {e}")))
             }
         },
@@ -173,9 +194,9 @@ fn run_batch(conn: &Connection, batch: Vec<TxnJob>) {
 
 /// Commits the batch, timing it: with synchronous=FULL the time is the
 /// WAL fsync's.
-fn commit(conn: &Connection, metrics: &crate::metrics::Metrics) -> rusqlite::Result<()> {
+fn commit<C: WriteConn>(conn: &mut C, metrics: &crate::metrics::Metrics) -> Result<()> {
     let started = std::time::Instant::now();
-    let committed = conn.execute_batch("COMMIT");
+    let committed = conn.commit();
     metrics
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -184,37 +205,34 @@ fn commit(conn: &Connection, metrics: &crate::metrics::Metrics) -> rusqlite::Res
 
 /// Runs one job in its own savepoint. A job that panics is rolled back and
 /// its caller sees an internal error (its reply channel is dropped).
-fn run_job(conn: &Connection, job: TxnJob) -> Ended {
-    if conn.execute_batch("SAVEPOINT job").is_err() {
+fn run_job<C: WriteConn>(conn: &mut C, job: TxnJob) -> Ended {
+    if conn.savepoint().is_err() {
         return Ended::Done(job(None).1);
     }
-    let ran = catch_unwind(AssertUnwindSafe(|| job(Some(conn))));
+    let ran = catch_unwind(AssertUnwindSafe(|| job(Some(conn.tx()))));
     let keep = matches!(ran, Ok((true, _)));
     let end = if keep {
-        conn.execute_batch("RELEASE job")
+        conn.release()
     } else {
         rollback_savepoint(conn)
     };
     match (ran, end) {
         (Ok((_, complete)), Ok(())) => Ended::Done(complete),
         (Err(_), Ok(())) => Ended::Panicked,
-        (Ok((_, complete)), Err(e)) => Ended::Abort(complete, Error::from(e)),
+        (Ok((_, complete)), Err(e)) => Ended::Abort(complete, e),
         (Err(_), Err(e)) => {
             let noop: Completion = Box::new(|_| {});
-            Ended::Abort(noop, Error::from(e))
+            Ended::Abort(noop, e)
         }
     }
 }
 
-fn rollback_savepoint(conn: &Connection) -> rusqlite::Result<()> {
+fn rollback_savepoint<C: WriteConn>(conn: &mut C) -> Result<()> {
     #[cfg(test)]
     if tests::FAIL_NEXT_ROLLBACK.with(|f| f.replace(false)) {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-            Some("injected rollback failure".into()),
-        ));
+        return Err(Error::Unavailable("injected rollback failure".into()));
     }
-    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+    conn.rollback_to()
 }
 
 #[cfg(test)]
@@ -230,9 +248,9 @@ mod tests {
     }
 
     fn count(path: &std::path::Path) -> i64 {
-        Connection::open(path)
+        rusqlite::Connection::open(path)
             .unwrap()
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
             .unwrap()
     }
 
@@ -240,10 +258,7 @@ mod tests {
     async fn fail_a_batch_whose_rollback_fails_commits_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
-            .unwrap();
-        let writer = Writer::spawn(conn).unwrap();
+        let writer = Writer::spawn(crate::store::sqlite::write_conn(&path).unwrap()).unwrap();
         // Three jobs in one batch: one that succeeds, one that fails after
         // writing and whose rollback then fails, one after it.
         let (hold, held) = std::sync::mpsc::channel::<()>();
@@ -258,19 +273,16 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let insert = |x: i64| {
             let w = writer.clone();
-            tokio::spawn(async move {
-                w.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [x])?))
-                    .await
-            })
+            tokio::spawn(async move { w.write(move |c| c.meta_put(&format!("t{x}"), b"x")).await })
         };
         let good = insert(1);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let w = writer.clone();
         let bad = tokio::spawn(async move {
             w.write(|c| {
-                c.execute("INSERT INTO t VALUES (2)", [])?;
+                c.meta_put("t2", b"x")?;
                 FAIL_NEXT_ROLLBACK.with(|f| f.set(true));
-                Err::<usize, _>(Error::Internal("the job failed".into()))
+                Err::<(), _>(Error::Internal("the job failed".into()))
             })
             .await
         });
@@ -285,10 +297,7 @@ mod tests {
         assert!(bad.await.unwrap().is_err());
         assert_eq!(count(&path), 0, "nothing of the batch was committed");
         // The writer goes on.
-        writer
-            .write(|c| Ok(c.execute("INSERT INTO t VALUES (4)", [])?))
-            .await
-            .unwrap();
+        writer.write(|c| c.meta_put("t4", b"x")).await.unwrap();
         assert_eq!(count(&path), 1);
     }
 }

@@ -1,0 +1,176 @@
+//! A real PostgreSQL server for the tests: `STRONGBOX_TEST_DATABASE_URL`
+//! if it names one (a maintenance URL: each test creates its own database
+//! there), else a throwaway cluster of this test process's own: `initdb`
+//! into a temp dir (as `nobody` when the tests run as root: PostgreSQL
+//! refuses root), started on a free port, killed when the process exits
+//! (the postmaster's parent-death signal). `scripts/test` installs Debian's
+//! `postgresql` where `initdb` is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The maintenance URL (`postgres://USER@HOST:PORT`), without a database.
+fn server() -> &'static str {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("STRONGBOX_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+        _ => start_cluster(),
+    })
+}
+
+/// Runs `f` on a thread of its own: the `postgres` client blocks on a
+/// runtime of its own, which it may not do on the test's async threads.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("a PostgreSQL helper panicked"))
+}
+
+/// A fresh, empty database on the test server: its URL.
+pub fn database() -> String {
+    off_runtime(create_database)
+}
+
+fn create_database() -> String {
+    let name = format!("sb_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut admin = postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls)
+        .expect("connect to the test PostgreSQL server");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create a test database");
+    format!("{}/{name}", server())
+}
+
+/// A connection to `url`, for looking at what the vault stored.
+pub fn connect(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).expect("connect to the test database")
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            let mut v: Vec<PathBuf> = d
+                .flatten()
+                .map(|e| e.path().join("bin").join(name))
+                .collect();
+            v.sort();
+            v.reverse();
+            v
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(debian)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: install PostgreSQL (scripts/test installs Debian's postgresql) or set STRONGBOX_TEST_DATABASE_URL")
+        })
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `program` as the unprivileged user when running as root, with the
+/// parent-death signal set so it dies with this process.
+fn unprivileged(program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    if is_root() {
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    }
+    c.arg("--pdeathsig=KILL").arg(program);
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Removes the clusters of test processes that have exited (their
+/// postmasters died with them; only the directories stay).
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("strongbox-pg-")
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn start_cluster() -> String {
+    remove_stale_clusters();
+    let dir = std::env::temp_dir().join(format!("strongbox-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    }
+    let data = dir.join("data");
+    let out = unprivileged(&pg_bin("initdb"))
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "strongbox",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "-D",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    // The postmaster is started from a thread that never ends, so its
+    // parent-death signal fires only when this process exits.
+    let (program, dir2) = (pg_bin("postgres"), dir.clone());
+    std::thread::spawn(move || {
+        let mut child = unprivileged(&program)
+            .arg("-D")
+            .arg(dir2.join("data"))
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=on", "-c", "max_connections=300"])
+            .arg("-k")
+            .arg(&dir2)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir2.join("log")).unwrap())
+            .spawn()
+            .expect("start postgres");
+        let _ = child.wait();
+        loop {
+            std::thread::park();
+        }
+    });
+    let url = format!("postgres://strongbox@127.0.0.1:{port}");
+    let started = Instant::now();
+    while postgres::Client::connect(&format!("{url}/postgres"), postgres::NoTls).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the test PostgreSQL server did not start; its log is in {}",
+            dir.join("log").display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    url
+}
