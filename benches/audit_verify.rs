@@ -17,10 +17,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     drop(strongbox::store::Store::open(&path, 1).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = strongbox::store::Direct::open(&path).unwrap();
     let key = SecretKey::generate();
     let started = Instant::now();
-    conn.execute_batch("BEGIN").unwrap();
+    conn.begin().unwrap();
     for i in 1..=n {
         let call = Call::new(
             format!("{i:016x}"),
@@ -31,15 +31,16 @@ fn main() {
         call.set_principal("prn-0123456789abcdef0123456789abcdef");
         call.set_tenant("acme");
         call.set_resource(format!("record:{:064x}/contact/email", i % 1000));
-        audit::append(&conn, &key, call.entry(Outcome::Ok, 0)).unwrap();
+        audit::append(conn.tx(), &key, call.entry(Outcome::Ok, 0)).unwrap();
         if i % 100_000 == 0 {
-            conn.execute_batch("COMMIT; BEGIN").unwrap();
+            conn.commit().unwrap();
+            conn.begin().unwrap();
         }
     }
-    conn.execute_batch("COMMIT").unwrap();
+    conn.commit().unwrap();
     let built = started.elapsed();
     let started = Instant::now();
-    let report = audit::verify(&conn, &key).unwrap();
+    let report = audit::verify(conn.tx(), &key).unwrap();
     let verified = started.elapsed();
     assert_eq!(report.problem, None);
     assert_eq!(report.entries, n);

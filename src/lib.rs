@@ -17,9 +17,11 @@
 //! - [`audit`]: the MAC-chained audit trail: append, verify, query, prune.
 //! - [`tombstones`]: bounded, expiring sets of ended keys that caches must not take back.
 //! - [`store`]: storage. `store::seam`: the domain operations use cases may
-//!   ask for, one trait per concept, seen as `&dyn Tx`; `store::sqlite`
-//!   (private): their SQLite implementation, the schema, the
-//!   group-committing writer. The only module that names a driver or SQL.
+//!   ask for, one trait per concept, seen as `&dyn Tx`; (private)
+//!   `store::sql`: their one implementation for both backends;
+//!   `store::sqlite` and `store::postgres`: connections and schemas;
+//!   `store::writer`: the group-committing writer. The only module that
+//!   names a driver or SQL.
 //! - [`vault`]: the use cases, one module per concept (tenants, principals,
 //!   auth, records, subjects, keys, holds, retention, backup, restore),
 //!   and `vault::jobs`: the background passes housekeeping drives (rewrap,

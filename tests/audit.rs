@@ -438,11 +438,14 @@ async fn queries_are_scoped_and_filtered() {
 }
 
 /// A chain of `n` entries built by the library in a fresh database.
-fn library_chain(n: u64, time: impl Fn(u64) -> i64) -> (tempfile::TempDir, Connection, SecretKey) {
+fn library_chain(
+    n: u64,
+    time: impl Fn(u64) -> i64,
+) -> (tempfile::TempDir, strongbox::store::Direct, SecretKey) {
     let dir = tempfile::tempdir().unwrap();
     let store = strongbox::store::Store::open(&dir.path().join("db"), 1).unwrap();
     drop(store);
-    let c = Connection::open(dir.path().join("db")).unwrap();
+    let d = strongbox::store::Direct::open(&dir.path().join("db")).unwrap();
     let key = SecretKey::generate();
     for i in 1..=n {
         let call = Call::new(
@@ -456,15 +459,16 @@ fn library_chain(n: u64, time: impl Fn(u64) -> i64) -> (tempfile::TempDir, Conne
         call.set_resource(format!("record:tenant/c/k{i}"));
         let mut e = call.entry(Outcome::Ok, 0);
         e.time = time(i);
-        audit::append(&c, &key, e).unwrap();
+        audit::append(d.tx(), &key, e).unwrap();
     }
-    (dir, c, key)
+    (dir, d, key)
 }
 
 #[test]
 fn fail_any_random_single_byte_edit_of_the_audit_table() {
-    let (_dir, c, key) = library_chain(40, |i| 1_700_000_000_000 + i as i64);
-    assert_eq!(audit::verify(&c, &key).unwrap().problem, None);
+    let (_dir, d, key) = library_chain(40, |i| 1_700_000_000_000 + i as i64);
+    let c = d.sqlite();
+    assert_eq!(audit::verify(d.tx(), &key).unwrap().problem, None);
     let cols = [
         "time",
         "request_id",
@@ -522,41 +526,42 @@ fn fail_any_random_single_byte_edit_of_the_audit_table() {
             params![edited, seq],
         )
         .unwrap();
-        let report = audit::verify(&c, &key).unwrap();
+        let report = audit::verify(d.tx(), &key).unwrap();
         assert!(
             report.problem.is_some(),
             "edit of {col} at {seq} went undetected"
         );
         c.execute_batch("ROLLBACK TO edit; RELEASE edit").unwrap();
     }
-    assert_eq!(audit::verify(&c, &key).unwrap().problem, None);
+    assert_eq!(audit::verify(d.tx(), &key).unwrap().problem, None);
 }
 
 #[test]
 fn pruning_cuts_at_a_checkpoint_and_stays_verifiable() {
     let n = 2 * audit::CHECKPOINT_EVERY + 500;
     // Entries up to 2100 are "old", the rest new.
-    let (_dir, c, key) = library_chain(n, |i| if i <= 2100 { 1_000 } else { 10_000 });
-    let pruned = audit::prune(&c, &key, 5_000).unwrap();
+    let (_dir, d, key) = library_chain(n, |i| if i <= 2100 { 1_000 } else { 10_000 });
+    let c = d.sqlite();
+    let pruned = audit::prune(d.tx(), &key, 5_000).unwrap();
     assert_eq!(
         pruned,
         2 * audit::CHECKPOINT_EVERY,
         "cut at the newest checkpoint that is all old"
     );
-    let report = audit::verify(&c, &key).unwrap();
+    let report = audit::verify(d.tx(), &key).unwrap();
     assert_eq!(report.problem, None);
     assert_eq!(report.entries, 500);
     assert_eq!(report.head_seq, n);
     // Cutting further by hand (not at the base) is detected.
     c.execute("DELETE FROM audit_log WHERE seq = 2001", [])
         .unwrap();
-    assert!(audit::verify(&c, &key).unwrap().problem.is_some());
+    assert!(audit::verify(d.tx(), &key).unwrap().problem.is_some());
 }
 
 #[test]
 fn an_empty_log_verifies() {
-    let (_dir, c, key) = library_chain(0, |_| 0);
-    let r = audit::verify(&c, &key).unwrap();
+    let (_dir, d, key) = library_chain(0, |_| 0);
+    let r = audit::verify(d.tx(), &key).unwrap();
     assert_eq!((r.entries, r.problem), (0, None));
 }
 

@@ -97,29 +97,35 @@ fn every_aad_layout_is_as_stored() {
     }
 }
 
-#[test]
-fn the_audit_chain_macs_are_as_stored() {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_chain_macs_are_as_stored() {
     // 1,000 fixed entries under a fixed key: entry 1's MAC (the canonical
     // entry encoding after the genesis link), the checkpoint at 1,000 and
     // the head row (seq, head MAC, the row's MAC).
     let dir = tempfile::tempdir().unwrap();
-    strongbox::store::Store::open(&dir.path().join("db"), 1).unwrap();
+    let store = strongbox::store::Store::open(&dir.path().join("db"), 1).unwrap();
+    store
+        .write(|tx| {
+            let k = key();
+            for i in 1..=1000u64 {
+                let call = Call::new(
+                    format!("req{i}"),
+                    "record.get",
+                    "purpose".into(),
+                    "127.0.0.1:1".into(),
+                );
+                call.set_principal("prn-1");
+                call.set_tenant("acme");
+                call.set_resource(format!("record:x/c/k{i}"));
+                let mut e = call.entry(Outcome::Ok, 0);
+                e.time = 1_700_000_000_000 + i as i64;
+                audit::append(tx, &k, e)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
     let c = rusqlite::Connection::open(dir.path().join("db")).unwrap();
-    let k = key();
-    for i in 1..=1000u64 {
-        let call = Call::new(
-            format!("req{i}"),
-            "record.get",
-            "purpose".into(),
-            "127.0.0.1:1".into(),
-        );
-        call.set_principal("prn-1");
-        call.set_tenant("acme");
-        call.set_resource(format!("record:x/c/k{i}"));
-        let mut e = call.entry(Outcome::Ok, 0);
-        e.time = 1_700_000_000_000 + i as i64;
-        audit::append(&c, &k, e).unwrap();
-    }
     let one = |sql: &str| -> String {
         hex::encode(c.query_row(sql, [], |r| r.get::<_, Vec<u8>>(0)).unwrap())
     };

@@ -15,6 +15,7 @@
 mod pool;
 mod postgres;
 pub mod seam;
+mod sql;
 mod sqlite;
 mod writer;
 
@@ -34,6 +35,41 @@ pub mod prelude {
         AuditRows, ErasureRows, GaugeRows, HoldRows, KeyRows, PrincipalRows, RecordRows,
         ReencryptRows, ReplayRows, RetentionRows, Savepoints, SubjectRows, TenantRows, Tx,
     };
+}
+
+/// A connection of its own to a SQLite vault database, outside any
+/// `Store` (no writer thread, no pool): for tools, benches and tests that
+/// drive the library directly. Each statement commits on its own unless
+/// [`Direct::begin`] and [`Direct::commit`] bracket them.
+pub struct Direct(sql::Db);
+
+impl Direct {
+    /// Opens the database at `path` (made by [`Store::open`]).
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        Ok(Direct(sql::Db::Sqlite(rusqlite::Connection::open(path)?)))
+    }
+
+    /// The connection as the library's functions take it.
+    pub fn tx(&self) -> &dyn Tx {
+        &self.0
+    }
+
+    /// The SQLite connection itself: tests that edit rows as an attacker
+    /// would, in the same transaction the library then reads in.
+    pub fn sqlite(&self) -> &rusqlite::Connection {
+        match &self.0 {
+            sql::Db::Sqlite(c) => c,
+            sql::Db::Postgres(_) => unreachable!("Direct opens SQLite only"),
+        }
+    }
+
+    pub fn begin(&self) -> Result<()> {
+        self.0.execute_batch("BEGIN")
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.0.execute_batch("COMMIT")
+    }
 }
 
 /// The file name of the database inside the data directory.

@@ -1,6 +1,6 @@
-//! The PostgreSQL backend: the concept traits of [`super::seam`]
-//! implemented on a connection (`conn::Pg`), the schema, the writer's
-//! connection and the read pool. Any number of servers share one
+//! The PostgreSQL backend: its connections (`conn::Pg`; the concept
+//! traits are implemented once for both backends in `store::sql`), the
+//! schema, the writer's connection and the read pool. Any number of servers share one
 //! database, all active.
 //!
 //! Writes: each server's writer batches units of work into one
@@ -14,27 +14,16 @@
 //! one fsync for all its units (`synchronous_commit = on`). Reads run in
 //! REPEATABLE READ, read only: one snapshot per unit.
 
-mod audit;
-pub(crate) mod conn;
-mod erasure;
-mod gauges;
-mod holds;
-mod keys;
-mod principals;
-mod records;
-mod reencrypt;
-mod replay;
-mod retention;
+mod conn;
 mod schema;
-mod subjects;
-mod tenants;
 
 use std::sync::Arc;
 
-use conn::Pg;
+pub(crate) use conn::Pg;
 
 use super::pool::Pool;
-use super::seam::{Savepoints, Tx};
+use super::seam::Tx;
+use super::sql::Db;
 use super::writer::WriteConn;
 use super::{Backend, Store};
 use crate::error::{Error, Result};
@@ -73,20 +62,8 @@ impl From<postgres::Error> for Error {
     }
 }
 
-impl Savepoints for Pg {
-    fn savepoint(&self, f: &mut dyn FnMut(&dyn Tx) -> bool) -> Result<()> {
-        self.execute_batch("SAVEPOINT nested")?;
-        let end = if f(self) {
-            "RELEASE nested"
-        } else {
-            "ROLLBACK TO nested; RELEASE nested"
-        };
-        self.execute_batch(end)
-    }
-}
-
 /// The writer's connection.
-struct Writing(Pg);
+struct Writing(Db);
 
 impl WriteConn for Writing {
     fn tx(&self) -> &dyn Tx {
@@ -94,7 +71,9 @@ impl WriteConn for Writing {
     }
 
     fn begin(&mut self) -> Result<()> {
-        self.0.ensure_open()?;
+        if let Db::Postgres(pg) = &self.0 {
+            pg.ensure_open()?;
+        }
         self.0
             .execute_batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
         if let Err(e) = self
@@ -129,7 +108,7 @@ impl WriteConn for Writing {
 }
 
 /// The read connections.
-pub(crate) struct Readers(Arc<Pool<Pg>>);
+pub(crate) struct Readers(Arc<Pool<Db>>);
 
 impl Readers {
     /// See [`Store::read`].
@@ -139,11 +118,13 @@ impl Readers {
         F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
         self.0
-            .run(move |pg| {
-                pg.ensure_open()?;
-                pg.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-                let out = f(pg);
-                pg.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+            .run(move |db| {
+                if let Db::Postgres(pg) = &*db {
+                    pg.ensure_open()?;
+                }
+                db.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                let out = f(db);
+                db.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
                 out
             })
             .await
@@ -165,10 +146,10 @@ impl Store {
         let writing = Pg::connect(url)?;
         schema::migrate(&writing)?;
         let idle = (0..readers.max(1))
-            .map(|_| Pg::connect(url))
+            .map(|_| Pg::connect(url).map(Db::Postgres))
             .collect::<Result<Vec<_>>>()?;
         Store::with(
-            Writing(writing),
+            Writing(Db::Postgres(writing)),
             Backend::Postgres(Readers(Pool::new(idle))),
         )
     }

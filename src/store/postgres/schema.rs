@@ -7,6 +7,7 @@
 
 use super::conn::Pg;
 use crate::error::{Error, Result};
+use crate::store::sql::Val;
 
 /// The advisory lock key migrations hold ("sbmigrat").
 const MIGRATION_LOCK: i64 = 0x7362_6d69_6772_6174;
@@ -203,11 +204,16 @@ CREATE TABLE retention_history (
 pub(super) fn migrate(pg: &Pg) -> Result<()> {
     pg.execute_batch("BEGIN")?;
     let done = (|| {
-        pg.execute("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK])?;
+        pg.run(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[Val::Int(MIGRATION_LOCK)],
+        )?;
         pg.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
-        let version: Option<i64> = pg
-            .prepare_cached("SELECT max(version) FROM schema_version")?
-            .query_row((), |r| r.get::<_, Option<i64>>(0))?;
+        let rows = pg.query(
+            &pg.statement("SELECT max(version) FROM schema_version")?,
+            &[],
+        )?;
+        let version: Option<i64> = rows.first().and_then(|r| r.get(0));
         let version = version.unwrap_or(0) as usize;
         if version > MIGRATIONS.len() {
             return Err(Error::FailedPrecondition(format!(
@@ -217,7 +223,10 @@ pub(super) fn migrate(pg: &Pg) -> Result<()> {
         }
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
             pg.execute_batch(step)?;
-            pg.execute("INSERT INTO schema_version (version) VALUES ($1)", [i + 1])?;
+            pg.run(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[Val::Int(i as i64 + 1)],
+            )?;
         }
         Ok(())
     })();

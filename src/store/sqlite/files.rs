@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use super::schema;
 use crate::error::{Error, Result};
 use crate::store::pool::Pool;
+use crate::store::sql::Db;
 use crate::store::writer::WriteConn;
 use crate::store::{Backend, Store, Tx};
 
@@ -22,7 +23,7 @@ const CHECKPOINT_BUDGET: Duration = Duration::from_millis(25);
 
 /// The file's read connections, checkpointer and path.
 pub(crate) struct Files {
-    readers: Arc<Pool<Connection>>,
+    readers: Arc<Pool<Db>>,
     checkpointer: Arc<Checkpointer>,
     /// The database file (snapshots are made beside it).
     path: PathBuf,
@@ -74,7 +75,7 @@ fn create_private(path: &Path) -> Result<()> {
 }
 
 /// The writer's connection: `BEGIN IMMEDIATE` per batch.
-pub(crate) struct Writing(Connection);
+pub(crate) struct Writing(Db);
 
 /// Opens (creating and migrating if needed) the database at `path` for
 /// writing.
@@ -82,7 +83,7 @@ pub(crate) fn write_conn(path: &Path) -> Result<Writing> {
     create_private(path)?;
     let mut conn = open_connection(path)?;
     schema::migrate(&mut conn)?;
-    Ok(Writing(conn))
+    Ok(Writing(Db::Sqlite(conn)))
 }
 
 impl WriteConn for Writing {
@@ -91,11 +92,11 @@ impl WriteConn for Writing {
     }
 
     fn begin(&mut self) -> Result<()> {
-        Ok(self.0.execute_batch("BEGIN IMMEDIATE")?)
+        self.0.execute_batch("BEGIN IMMEDIATE")
     }
 
     fn commit(&mut self) -> Result<()> {
-        Ok(self.0.execute_batch("COMMIT")?)
+        self.0.execute_batch("COMMIT")
     }
 
     fn rollback(&mut self) {
@@ -103,15 +104,15 @@ impl WriteConn for Writing {
     }
 
     fn savepoint(&mut self) -> Result<()> {
-        Ok(self.0.execute_batch("SAVEPOINT job")?)
+        self.0.execute_batch("SAVEPOINT job")
     }
 
     fn release(&mut self) -> Result<()> {
-        Ok(self.0.execute_batch("RELEASE job")?)
+        self.0.execute_batch("RELEASE job")
     }
 
     fn rollback_to(&mut self) -> Result<()> {
-        Ok(self.0.execute_batch("ROLLBACK TO job; RELEASE job")?)
+        self.0.execute_batch("ROLLBACK TO job; RELEASE job")
     }
 }
 
@@ -121,7 +122,7 @@ impl Files {
     pub(crate) fn open(path: &Path, readers: usize) -> Result<(Writing, Files)> {
         let writing = write_conn(path)?;
         let idle = (0..readers.max(1))
-            .map(|_| open_connection(path))
+            .map(|_| open_connection(path).map(Db::Sqlite))
             .collect::<Result<Vec<_>>>()?;
         let checkpoint_conn = open_connection(path)?;
         checkpoint_conn.busy_timeout(CHECKPOINT_BUDGET)?;
@@ -199,7 +200,12 @@ impl Files {
     /// See [`Store::snapshot_to`].
     pub(crate) async fn snapshot_to(&self, dest: PathBuf) -> Result<()> {
         self.readers
-            .run(move |conn| {
+            .run(move |db| {
+                let Db::Sqlite(conn) = db else {
+                    return Err(Error::Internal(
+                        "a SQLite pool holds another backend".into(),
+                    ));
+                };
                 let dest = dest
                     .to_str()
                     .ok_or_else(|| Error::Internal("the snapshot's path is not UTF-8".into()))?;
@@ -223,11 +229,10 @@ impl Files {
         F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
         self.readers
-            .run(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let snapshot: &Connection = &tx;
-                let out = f(snapshot);
-                tx.finish()?;
+            .run(move |db| {
+                db.execute_batch("BEGIN")?;
+                let out = f(db);
+                db.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
                 out
             })
             .await

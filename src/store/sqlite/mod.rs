@@ -1,43 +1,14 @@
-//! The SQLite backend: the concept traits of [`super::seam`] implemented
-//! on a `rusqlite::Connection`, the schema, and the database file's
-//! connections (`files`).
+//! The SQLite backend: the database file's connections (`files`), the
+//! schema, and SQLite's errors by meaning. The concept traits are
+//! implemented once for both backends in `store::sql`.
 
-mod audit;
-mod erasure;
 mod errors;
 mod files;
-mod gauges;
-mod holds;
-mod keys;
-mod principals;
-mod records;
-mod reencrypt;
-mod replay;
-mod retention;
 pub(super) mod schema;
-mod subjects;
-mod tenants;
 
 pub(crate) use files::Files;
 #[cfg(test)]
 pub(crate) use files::write_conn;
-use rusqlite::Connection;
-
-use super::seam::{Savepoints, Tx};
-use crate::error::Result;
-
-impl Savepoints for Connection {
-    fn savepoint(&self, f: &mut dyn FnMut(&dyn Tx) -> bool) -> Result<()> {
-        self.execute_batch("SAVEPOINT nested")?;
-        let end = if f(self) {
-            "RELEASE nested"
-        } else {
-            "ROLLBACK TO nested; RELEASE nested"
-        };
-        Ok(self.execute_batch(end)?)
-    }
-}
-
 /// Test faults: storage refusing writes as a failing disk would.
 #[cfg(test)]
 pub(crate) mod faults {

@@ -1,13 +1,13 @@
-//! SQLite: data subjects: their blind ids, data keys and deletion receipts.
+//! Data subjects: their blind ids, data keys and deletion receipts.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::{Db, OptionalExtension, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
 
-impl SubjectRows for Connection {
+impl SubjectRows for Db {
     fn subject_get(&self, tenant: &str, blind: &[u8]) -> Result<Option<SubjectRow>> {
-        Ok(self
+        self
             .prepare_cached(
                 "SELECT dek_id, sealed_subject, created_at, last_activity_at FROM subjects WHERE tenant_id = ?1 AND blind_id = ?2",
             )?
@@ -19,7 +19,7 @@ impl SubjectRows for Connection {
                     last_activity_at: r.get(3)?,
                 })
             })
-            .optional()?)
+            .optional()
     }
 
     fn subject_activate(
@@ -62,13 +62,12 @@ impl SubjectRows for Connection {
     }
 
     fn receipt_latest(&self, tenant: &str, subject: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        Ok(self
-            .prepare_cached(
-                "SELECT body, mac FROM receipts WHERE tenant_id = ?1 AND subject = ?2
+        self.prepare_cached(
+            "SELECT body, mac FROM receipts WHERE tenant_id = ?1 AND subject = ?2
                  ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            )?
-            .query_row(params![tenant, subject], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+        )?
+        .query_row(params![tenant, subject], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
     }
 
     fn live_deks_of_owner(&self, tenant: &str, owner: &[u8]) -> Result<Vec<String>> {
@@ -76,7 +75,7 @@ impl SubjectRows for Connection {
             "SELECT id FROM data_keys WHERE tenant_id = ?1 AND owner = ?2 AND wrapped IS NOT NULL",
         )?;
         let rows = stmt.query_map(params![tenant, owner], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn owners_of_tenant(&self, tenant: &str) -> Result<Vec<(Vec<u8>, String)>> {
@@ -85,7 +84,7 @@ impl SubjectRows for Connection {
              UNION ALL SELECT X'', dek_id FROM tenants WHERE id = ?1 AND dek_id IS NOT NULL",
         )?;
         let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn set_subject_dek(

@@ -1,23 +1,21 @@
-//! SQLite: what replaying the shred ledger on restore asks of storage.
+//! What replaying the shred ledger on restore asks of storage.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::{Db, OptionalExtension, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
 
-impl ReplayRows for Connection {
+impl ReplayRows for Db {
     fn subject_of_dek(&self, tenant: &str, dek: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .prepare_cached("SELECT blind_id FROM subjects WHERE tenant_id = ?1 AND dek_id = ?2")?
+        self.prepare_cached("SELECT blind_id FROM subjects WHERE tenant_id = ?1 AND dek_id = ?2")?
             .query_row(params![tenant, dek], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 
     fn reencrypt_target(&self, old_dek: &str) -> Result<Option<String>> {
-        Ok(self
-            .prepare_cached("SELECT new_dek FROM reencrypt_jobs WHERE old_dek = ?1")?
+        self.prepare_cached("SELECT new_dek FROM reencrypt_jobs WHERE old_dek = ?1")?
             .query_row([old_dek], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 
     fn deks_under_kek(&self, tenant: &str, version: u32) -> Result<Vec<DekRow>> {
@@ -34,7 +32,7 @@ impl ReplayRows for Connection {
                 wrapped: r.get(4)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn kek_live(&self, tenant: &str, version: u32) -> Result<bool> {
@@ -54,15 +52,15 @@ impl ReplayRows for Connection {
                  WHERE d.destroyed_at >= ?1 AND t.state != 'shredded' ORDER BY d.destroyed_at",
             )?
             .query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         let tenants = self
             .prepare_cached("SELECT id FROM tenants WHERE state = 'shredded' AND shred_at >= ?1")?
             .query_map([since], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         let keks = self
             .prepare_cached("SELECT tenant_id, version FROM tenant_keks WHERE retired_at >= ?1")?
             .query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         Ok(DestroyedSince {
             deks,
             tenants,

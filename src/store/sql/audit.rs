@@ -1,7 +1,7 @@
-//! PostgreSQL: the audit trail's rows (the chain's rules are `crate::audit`'s)
+//! The audit trail's rows (the chain's rules are `crate::audit`'s)
 //! and the scans that compare it with the records.
 
-use super::conn::{OptionalExtension, Pg, PgRow, params};
+use super::{Db, OptionalExtension, Row, params};
 
 use crate::audit::{Entry, Filter};
 use crate::error::Result;
@@ -10,7 +10,7 @@ use crate::store::seam::*;
 const ENTRY_COLS: &str =
     "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac";
 
-fn entry_row(r: &PgRow) -> Result<Entry> {
+fn entry_row(r: &Row<'_>) -> Result<Entry> {
     Ok(Entry {
         seq: r.get::<_, i64>(0)? as u64,
         time: r.get(1)?,
@@ -27,16 +27,16 @@ fn entry_row(r: &PgRow) -> Result<Entry> {
     })
 }
 
-impl AuditRows for Pg {
+impl AuditRows for Db {
     fn audited_record_writes(
         &self,
         tenant: Option<&str>,
         each: &mut dyn FnMut(&str, &str, &str),
     ) -> Result<()> {
-        let stmt = self.prepare(
+        let mut stmt = self.prepare(
             "SELECT tenant, action, resource FROM audit_log
              WHERE outcome = 'ok' AND action IN ('record.put', 'record.delete', 'subject.shred')
-               AND ($1 IS NULL OR tenant = $1)
+               AND (?1 IS NULL OR tenant = ?1)
              ORDER BY seq",
         )?;
         let mut rows = stmt.query([tenant])?;
@@ -55,10 +55,10 @@ impl AuditRows for Pg {
         tenant: Option<&str>,
         each: &mut dyn FnMut(StoredRecord),
     ) -> Result<()> {
-        let stmt = self.prepare(
+        let mut stmt = self.prepare(
             "SELECT r.tenant_id, r.owner, r.category, r.key, r.version, r.deleted_at IS NOT NULL, r.expired_at IS NOT NULL
              FROM records r JOIN data_keys d ON d.id = r.dek_id
-             WHERE d.wrapped IS NOT NULL AND ($1 IS NULL OR r.tenant_id = $1)",
+             WHERE d.wrapped IS NOT NULL AND (?1 IS NULL OR r.tenant_id = ?1)",
         )?;
         let mut rows = stmt.query([tenant])?;
         while let Some(r) = rows.next()? {
@@ -89,10 +89,10 @@ impl AuditRows for Pg {
         (after, until): (u64, u64),
         limit: usize,
     ) -> Result<Vec<AccessRow>> {
-        let stmt = self.prepare_cached(
+        let mut stmt = self.prepare_cached(
             "SELECT seq, time, principal, action, outcome, purpose FROM audit_log
-             WHERE tenant = $1 AND seq > $2 AND seq <= $5 AND strpos(resource, $3) > 0
-             ORDER BY seq LIMIT $4",
+             WHERE tenant = ?1 AND seq > ?2 AND seq <= ?5 AND instr(resource, ?3) > 0
+             ORDER BY seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(
             params![tenant, after as i64, blind_hex, limit as i64, until as i64],
@@ -119,7 +119,7 @@ impl AuditRows for Pg {
     fn audit_insert(&self, e: &Entry) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO audit_log (seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             e.seq as i64,
@@ -140,7 +140,7 @@ impl AuditRows for Pg {
 
     fn audit_checkpoint_insert(&self, seq: u64, head: &[u8], time: i64, mac: &[u8]) -> Result<()> {
         self.prepare_cached(
-            "INSERT INTO audit_checkpoints (seq, head, time, mac) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO audit_checkpoints (seq, head, time, mac) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![seq as i64, head, time, mac])?;
         Ok(())
@@ -157,12 +157,12 @@ impl AuditRows for Pg {
     }
 
     fn audit_entries_from(&self, from: u64, each: &mut dyn FnMut(Entry) -> bool) -> Result<()> {
-        let stmt = self.prepare(&format!(
-            "SELECT {ENTRY_COLS} FROM audit_log WHERE seq >= $1 ORDER BY seq"
+        let mut stmt = self.prepare(&format!(
+            "SELECT {ENTRY_COLS} FROM audit_log WHERE seq >= ?1 ORDER BY seq"
         ))?;
         let mut rows = stmt.query([from as i64])?;
         while let Some(row) = rows.next()? {
-            if !each(entry_row(row)?) {
+            if !each(entry_row(&row)?) {
                 break;
             }
         }
@@ -171,14 +171,14 @@ impl AuditRows for Pg {
 
     fn audit_tenant_summary(&self, tenant: &str) -> Result<(u64, Option<ChainPoint>)> {
         let (entries, last): (i64, Option<i64>) = self.query_row(
-            "SELECT count(*), max(seq) FROM audit_log WHERE tenant = $1",
+            "SELECT count(*), max(seq) FROM audit_log WHERE tenant = ?1",
             [tenant],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let last = match last {
             Some(seq) => Some((
                 seq as u64,
-                self.query_row("SELECT mac FROM audit_log WHERE seq = $1", [seq], |r| {
+                self.query_row("SELECT mac FROM audit_log WHERE seq = ?1", [seq], |r| {
                     r.get(0)
                 })?,
             )),
@@ -188,11 +188,11 @@ impl AuditRows for Pg {
     }
 
     fn audit_list(&self, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>> {
-        let stmt = self.prepare_cached(&format!(
-            "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > $1
-               AND ($2 IS NULL OR tenant = $2) AND ($3 IS NULL OR time >= $3) AND ($4 IS NULL OR time < $4)
-               AND ($5 IS NULL OR principal = $5) AND ($6 IS NULL OR action = $6) AND ($7 IS NULL OR outcome = $7)
-             ORDER BY seq LIMIT $8"
+        let mut stmt = self.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > ?1
+               AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4)
+               AND (?5 IS NULL OR principal = ?5) AND (?6 IS NULL OR action = ?6) AND (?7 IS NULL OR outcome = ?7)
+             ORDER BY seq LIMIT ?8"
         ))?;
         let rows = stmt.query_map(
             params![
@@ -214,7 +214,7 @@ impl AuditRows for Pg {
         self.query_row(
             "SELECT c.seq, c.head, c.mac, l.mac FROM audit_checkpoints c
                    JOIN audit_log l ON l.seq = c.seq
-                 WHERE NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.seq <= c.seq AND o.time >= $1)
+                 WHERE NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.seq <= c.seq AND o.time >= ?1)
                  ORDER BY c.seq DESC LIMIT 1",
             [before],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -223,12 +223,12 @@ impl AuditRows for Pg {
     }
 
     fn audit_delete_through(&self, seq: u64) -> Result<u64> {
-        Ok(self.execute("DELETE FROM audit_log WHERE seq <= $1", [seq as i64])? as u64)
+        Ok(self.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq as i64])? as u64)
     }
 
     fn audit_highest_seq(&self) -> Result<u64> {
         let highest: i64 = self.query_row(
-            "SELECT greatest(coalesce((SELECT max(seq) FROM audit_log), 0), coalesce((SELECT max(seq) FROM audit_checkpoints), 0))",
+            "SELECT coalesce(max(seq), 0) FROM (SELECT seq FROM audit_log UNION ALL SELECT seq FROM audit_checkpoints) AS s",
             (),
             |r| r.get(0),
         )?;
@@ -239,16 +239,16 @@ impl AuditRows for Pg {
         let moved = self.execute(
             &format!(
                 "INSERT INTO audit_quarantine (quarantined_at, {ENTRY_COLS})
-                 SELECT $2, {ENTRY_COLS} FROM audit_log WHERE seq > $1 OR $3"
+                 SELECT ?2, {ENTRY_COLS} FROM audit_log WHERE seq > ?1 OR ?3"
             ),
             params![kept as i64, now, all],
         )?;
         self.execute(
-            "DELETE FROM audit_log WHERE seq > $1 OR $2",
+            "DELETE FROM audit_log WHERE seq > ?1 OR ?2",
             params![kept as i64, all],
         )?;
         self.execute(
-            "DELETE FROM audit_checkpoints WHERE seq > $1",
+            "DELETE FROM audit_checkpoints WHERE seq > ?1",
             [kept as i64],
         )?;
         Ok(moved as u64)

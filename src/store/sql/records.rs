@@ -1,6 +1,6 @@
-//! SQLite: records: the sealed values, by (tenant, owner, category, key).
+//! Records: the sealed values, by (tenant, owner, category, key).
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::{Db, OptionalExtension, Row, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
@@ -8,7 +8,7 @@ use crate::store::seam::*;
 pub(super) const RECORD_COLS: &str =
     "owner, category, key, version, dek_id, content_type, ciphertext, size, created_at, updated_at";
 
-pub(super) fn record_row(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
+pub(super) fn record_row(r: &Row<'_>) -> Result<RecordRow> {
     Ok(RecordRow {
         owner: r.get(0)?,
         category: r.get(1)?,
@@ -23,32 +23,31 @@ pub(super) fn record_row(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
     })
 }
 
-impl RecordRows for Connection {
+impl RecordRows for Db {
     fn record_get(&self, a: RecordAddr<'_>) -> Result<Option<RecordRow>> {
-        Ok(self
+        self
             .prepare_cached(&format!(
                 "SELECT {RECORD_COLS} FROM records
                  WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4 AND deleted_at IS NULL"
             ))?
             .query_row(params![a.tenant, a.owner, a.category, a.key], record_row)
-            .optional()?)
+            .optional()
     }
 
     fn record_head(&self, a: RecordAddr<'_>) -> Result<Option<RecordHead>> {
-        Ok(self
-            .prepare_cached(
-                "SELECT version, dek_id, created_at, deleted_at IS NOT NULL FROM records
+        self.prepare_cached(
+            "SELECT version, dek_id, created_at, deleted_at IS NOT NULL FROM records
                  WHERE tenant_id = ?1 AND owner = ?2 AND category = ?3 AND key = ?4",
-            )?
-            .query_row(params![a.tenant, a.owner, a.category, a.key], |r| {
-                Ok(RecordHead {
-                    version: r.get::<_, i64>(0)? as u64,
-                    dek_id: r.get(1)?,
-                    created_at: r.get(2)?,
-                    deleted: r.get(3)?,
-                })
+        )?
+        .query_row(params![a.tenant, a.owner, a.category, a.key], |r| {
+            Ok(RecordHead {
+                version: r.get::<_, i64>(0)? as u64,
+                dek_id: r.get(1)?,
+                created_at: r.get(2)?,
+                deleted: r.get(3)?,
             })
-            .optional()?)
+        })
+        .optional()
     }
 
     fn record_upsert(&self, tenant: &str, r: &RecordRow) -> Result<()> {
@@ -146,8 +145,8 @@ impl RecordRows for Connection {
     fn records_purge_destroyed(&self, limit: usize) -> Result<(usize, usize)> {
         let deks: Vec<String> = self
             .prepare_cached("SELECT id FROM data_keys WHERE destroyed_at IS NOT NULL AND purged_at IS NULL LIMIT 64")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .query_map((), |r| r.get(0))?
+            .collect::<Result<_>>()?;
         let (mut deleted, mut marked) = (0, 0);
         for id in deks {
             let want = limit - deleted;

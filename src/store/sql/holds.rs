@@ -1,11 +1,11 @@
-//! SQLite: legal holds.
+//! Legal holds.
 
-use rusqlite::{Connection, Row, params};
+use super::{Db, Row, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
 
-fn hold_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
+fn hold_row(r: &Row<'_>) -> Result<HoldRow> {
     Ok(HoldRow {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
@@ -16,7 +16,7 @@ fn hold_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
     })
 }
 
-impl HoldRows for Connection {
+impl HoldRows for Db {
     fn hold_insert(&self, h: &HoldRow) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO legal_holds (id, tenant_id, owner, reason, created_at, created_by)
@@ -39,7 +39,7 @@ impl HoldRows for Connection {
              FROM legal_holds WHERE tenant_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([tenant], hold_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn hold_delete(&self, tenant: &str, id: &str) -> Result<bool> {

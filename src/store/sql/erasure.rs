@@ -1,11 +1,11 @@
-//! SQLite: erasure epochs: which epoch key each tenant key is wrapped under.
+//! Erasure epochs: which epoch key each tenant key is wrapped under.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::{Db, OptionalExtension, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
 
-impl ErasureRows for Connection {
+impl ErasureRows for Db {
     fn tenant_keys_outside_epoch(&self, epoch: u64, limit: usize) -> Result<Vec<TenantKeyWrap>> {
         let mut out: Vec<TenantKeyWrap> = self
             .prepare_cached(
@@ -20,7 +20,7 @@ impl ErasureRows for Connection {
                     epoch: r.get::<_, Option<i64>>(3)?.map(|e| e as u64),
                 })
             })?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         let left = limit.saturating_sub(out.len());
         if left > 0 {
             let more = self
@@ -36,7 +36,7 @@ impl ErasureRows for Connection {
                         epoch: r.get::<_, Option<i64>>(2)?.map(|e| e as u64),
                     })
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
             out.extend(more);
         }
         Ok(out)
@@ -75,14 +75,14 @@ impl ErasureRows for Connection {
     }
 
     fn epochs_in_use(&self) -> Result<Vec<u64>> {
-        Ok(self
+        self
             .prepare_cached(
                 "SELECT epoch FROM tenant_keks WHERE retired_at IS NULL AND epoch IS NOT NULL
                  UNION
                  SELECT index_epoch FROM tenants WHERE wrapped_index_key IS NOT NULL AND index_epoch IS NOT NULL
                  ORDER BY 1",
             )?
-            .query_map([], |r| r.get::<_, i64>(0).map(|e| e as u64))?
-            .collect::<rusqlite::Result<_>>()?)
+            .query_map((), |r| r.get::<_, i64>(0).map(|e| e as u64))?
+            .collect::<Result<_>>()
     }
 }

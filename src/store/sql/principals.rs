@@ -1,6 +1,6 @@
-//! SQLite: principals and their API keys (secrets only as hashes).
+//! Principals and their API keys (secrets only as hashes).
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::{Db, OptionalExtension, Row, params};
 
 use crate::error::{Error, Result};
 use crate::store::seam::*;
@@ -8,7 +8,7 @@ use crate::store::seam::*;
 const PRINCIPAL_COLS: &str = "id, tenant_id, name, roles, created_at, cert_cn, mac";
 
 /// A principal from columns `PRINCIPAL_COLS` starting at `at`.
-fn principal_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PrincipalRow> {
+fn principal_row(r: &Row<'_>, at: usize) -> Result<PrincipalRow> {
     Ok(PrincipalRow {
         id: r.get(at)?,
         tenant_id: r.get(at + 1)?,
@@ -23,7 +23,7 @@ fn principal_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PrincipalRow> {
 const API_KEY_COLS: &str = "k.key_id, k.principal_id, k.secret_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at, k.mac";
 
 /// An API key from columns `API_KEY_COLS` (the first eight).
-fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+fn api_key_row(r: &Row<'_>) -> Result<ApiKeyRow> {
     Ok(ApiKeyRow {
         key_id: r.get(0)?,
         principal_id: r.get(1)?,
@@ -36,25 +36,25 @@ fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
     })
 }
 
-impl PrincipalRows for Connection {
+impl PrincipalRows for Db {
     fn principal_insert(&self, p: &PrincipalRow) -> Result<()> {
         self.execute(
             "INSERT INTO principals (id, tenant_id, name, roles, created_at, cert_cn, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn, p.mac],
         )
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+        .map_err(|e| match e {
+            Error::AlreadyExists(_) => {
                 Error::AlreadyExists(format!("name: a principal named '{}' already exists", p.name))
             }
-            _ => e.into(),
+            e => e,
         })?;
         Ok(())
     }
 
     fn principals_all(&self) -> Result<Vec<PrincipalRow>> {
         let mut stmt = self.prepare_cached(&format!("SELECT {PRINCIPAL_COLS} FROM principals"))?;
-        let rows = stmt.query_map([], |r| principal_row(r, 0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), |r| principal_row(r, 0))?;
+        rows.collect::<Result<_>>()
     }
 
     fn principal_set_mac(&self, id: &str, mac: &[u8]) -> Result<()> {
@@ -65,8 +65,8 @@ impl PrincipalRows for Connection {
 
     fn api_keys_all(&self) -> Result<Vec<ApiKeyRow>> {
         let mut stmt = self.prepare_cached(&format!("SELECT {API_KEY_COLS} FROM api_keys k"))?;
-        let rows = stmt.query_map([], api_key_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), api_key_row)?;
+        rows.collect::<Result<_>>()
     }
 
     fn api_key_set_mac(&self, key_id: &str, mac: &[u8]) -> Result<()> {
@@ -76,7 +76,7 @@ impl PrincipalRows for Connection {
     }
 
     fn principal_count(&self) -> Result<u64> {
-        let n: i64 = self.query_row("SELECT count(*) FROM principals", [], |r| r.get(0))?;
+        let n: i64 = self.query_row("SELECT count(*) FROM principals", (), |r| r.get(0))?;
         Ok(n as u64)
     }
 
@@ -85,7 +85,7 @@ impl PrincipalRows for Connection {
             "SELECT {PRINCIPAL_COLS} FROM principals WHERE tenant_id = ?1 ORDER BY name"
         ))?;
         let rows = stmt.query_map([tenant], |r| principal_row(r, 0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn api_keys_of_tenant(&self, tenant: &str) -> Result<Vec<ApiKeyRow>> {
@@ -94,16 +94,15 @@ impl PrincipalRows for Connection {
              WHERE p.tenant_id = ?1 ORDER BY k.created_at"
         ))?;
         let rows = stmt.query_map([tenant], api_key_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn principal_get(&self, id: &str) -> Result<Option<PrincipalRow>> {
-        Ok(self
-            .prepare_cached(&format!(
-                "SELECT {PRINCIPAL_COLS} FROM principals WHERE id = ?1"
-            ))?
-            .query_row([id], |r| principal_row(r, 0))
-            .optional()?)
+        self.prepare_cached(&format!(
+            "SELECT {PRINCIPAL_COLS} FROM principals WHERE id = ?1"
+        ))?
+        .query_row([id], |r| principal_row(r, 0))
+        .optional()
     }
 
     fn api_key_revoke(&self, key_id: &str, now: i64) -> Result<()> {
@@ -129,12 +128,12 @@ impl PrincipalRows for Connection {
     }
 
     fn api_key_lookup(&self, key_id: &str) -> Result<Option<(ApiKeyRow, PrincipalRow)>> {
-        Ok(self
+        self
             .prepare_cached(&format!(
                 "SELECT {API_KEY_COLS}, p.id, p.tenant_id, p.name, p.roles, p.created_at, p.cert_cn, p.mac
                  FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = ?1"
             ))?
             .query_row([key_id], |r| Ok((api_key_row(r)?, principal_row(r, 8)?)))
-            .optional()?)
+            .optional()
     }
 }

@@ -1,11 +1,11 @@
-//! PostgreSQL: counts for the metrics gauges.
+//! Counts for the metrics gauges.
 
-use super::conn::Pg;
+use super::Db;
 
 use crate::error::Result;
 use crate::store::seam::*;
 
-impl GaugeRows for Pg {
+impl GaugeRows for Db {
     fn job_counts(&self) -> Result<JobCounts> {
         let count = |sql: &str| -> Result<i64> {
             Ok(self.prepare_cached(sql)?.query_row((), |r| r.get(0))?)

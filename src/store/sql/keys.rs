@@ -1,13 +1,13 @@
-//! SQLite: key rows: tenant key-encryption keys, data keys, index keys,
+//! Key rows: tenant key-encryption keys, data keys, index keys,
 //! rotation state and the vault's own keys in `meta`.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::{Db, OptionalExtension, Row, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
 
 /// A data key from columns `id, tenant_id, owner, kek_version, wrapped`.
-fn dek_row(r: &Row<'_>) -> rusqlite::Result<DekRow> {
+fn dek_row(r: &Row<'_>) -> Result<DekRow> {
     Ok(DekRow {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
@@ -17,7 +17,7 @@ fn dek_row(r: &Row<'_>) -> rusqlite::Result<DekRow> {
     })
 }
 
-fn rotation_row(r: &Row<'_>) -> rusqlite::Result<RotationState> {
+fn rotation_row(r: &Row<'_>) -> Result<RotationState> {
     Ok(RotationState {
         tenant: r.get(0)?,
         version: r.get(1)?,
@@ -33,7 +33,7 @@ const ROTATION_SQL: &str =
      FROM tenants t JOIN tenant_keks k ON k.tenant_id = t.id AND k.version = t.kek_version
      WHERE t.state = 'active'";
 
-impl KeyRows for Connection {
+impl KeyRows for Db {
     fn kek_insert(
         &self,
         tenant: &str,
@@ -49,12 +49,12 @@ impl KeyRows for Connection {
     }
 
     fn kek_get(&self, tenant: &str, version: u32) -> Result<Option<(Vec<u8>, Option<u64>)>> {
-        Ok(self
+        self
             .prepare_cached("SELECT wrapped, epoch FROM tenant_keks WHERE tenant_id = ?1 AND version = ?2 AND retired_at IS NULL")?
             .query_row(params![tenant, version], |r| {
                 Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|e| e as u64)))
             })
-            .optional()?)
+            .optional()
     }
 
     fn keks_of_tenant(&self, tenant: &str) -> Result<Vec<KekRow>> {
@@ -74,12 +74,12 @@ impl KeyRows for Connection {
                 last_used_at: r.get(5)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn kek_note_use(&self, tenant: &str, version: u32, at: i64) -> Result<()> {
         self.prepare_cached(
-            "UPDATE tenant_keks SET last_used_at = max(coalesce(last_used_at, 0), ?3)
+            "UPDATE tenant_keks SET last_used_at = CASE WHEN coalesce(last_used_at, 0) > ?3 THEN last_used_at ELSE ?3 END
              WHERE tenant_id = ?1 AND version = ?2",
         )?
         .execute(params![tenant, version, at])?;
@@ -122,7 +122,7 @@ impl KeyRows for Connection {
         let rows = stmt.query_map(params![after, limit as i64], |r| {
             Ok((dek_row(r)?, r.get(5)?, r.get(6)?))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn dek_rewrapped(&self, id: &str, kek_version: u32, wrapped: &[u8]) -> Result<()> {
@@ -140,8 +140,8 @@ impl KeyRows for Connection {
                AND NOT EXISTS (SELECT 1 FROM data_keys d
                                WHERE d.tenant_id = k.tenant_id AND d.kek_version = k.version AND d.wrapped IS NOT NULL)",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_>>()
     }
 
     fn kek_retire(&self, tenant: &str, version: u32, now: i64) -> Result<()> {
@@ -161,12 +161,11 @@ impl KeyRows for Connection {
     }
 
     fn dek_get(&self, id: &str) -> Result<Option<DekRow>> {
-        Ok(self
-            .prepare_cached(
-                "SELECT id, tenant_id, owner, kek_version, wrapped FROM data_keys WHERE id = ?1",
-            )?
-            .query_row([id], dek_row)
-            .optional()?)
+        self.prepare_cached(
+            "SELECT id, tenant_id, owner, kek_version, wrapped FROM data_keys WHERE id = ?1",
+        )?
+        .query_row([id], dek_row)
+        .optional()
     }
 
     fn dek_destroy(&self, id: &str, now: i64) -> Result<()> {
@@ -178,10 +177,9 @@ impl KeyRows for Connection {
     }
 
     fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        self.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
             .query_row([name], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 
     fn meta_put(&self, name: &str, value: &[u8]) -> Result<()> {
@@ -195,8 +193,8 @@ impl KeyRows for Connection {
     fn index_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut stmt = self
             .prepare("SELECT id, wrapped_index_key FROM tenants WHERE wrapped_index_key IS NOT NULL AND index_epoch IS NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_>>()
     }
 
     fn set_index_key(&self, tenant: &str, wrapped: &[u8]) -> Result<()> {
@@ -210,8 +208,8 @@ impl KeyRows for Connection {
     fn live_keks(&self) -> Result<Vec<(String, u32, Vec<u8>)>> {
         let mut stmt = self
             .prepare("SELECT tenant_id, version, wrapped FROM tenant_keks WHERE retired_at IS NULL AND epoch IS NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_>>()
     }
 
     fn set_kek(&self, tenant: &str, version: u32, wrapped: &[u8]) -> Result<()> {
@@ -224,15 +222,14 @@ impl KeyRows for Connection {
 
     fn rotation_states(&self) -> Result<Vec<RotationState>> {
         let mut stmt = self.prepare_cached(ROTATION_SQL)?;
-        let rows = stmt.query_map([], rotation_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), rotation_row)?;
+        rows.collect::<Result<_>>()
     }
 
     fn rotation_state(&self, tenant: &str) -> Result<Option<RotationState>> {
-        Ok(self
-            .prepare_cached(&format!("{ROTATION_SQL} AND t.id = ?1"))?
+        self.prepare_cached(&format!("{ROTATION_SQL} AND t.id = ?1"))?
             .query_row([tenant], rotation_row)
-            .optional()?)
+            .optional()
     }
 
     fn set_rotation_policy(

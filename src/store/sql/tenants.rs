@@ -1,32 +1,28 @@
-//! SQLite: tenants: their rows, states and destruction.
+//! Tenants: their rows, states and destruction.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::{Db, OptionalExtension, Row, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
 
-impl TenantState {
-    fn parse(s: &str) -> rusqlite::Result<Self> {
-        match s {
-            "active" => Ok(TenantState::Active),
-            "shred_scheduled" => Ok(TenantState::ShredScheduled),
-            "shredded" => Ok(TenantState::Shredded),
-            other => Err(rusqlite::Error::InvalidColumnType(
-                0,
-                format!("tenant state {other}"),
-                rusqlite::types::Type::Text,
-            )),
-        }
+fn state_of(s: &str) -> Result<TenantState> {
+    match s {
+        "active" => Ok(TenantState::Active),
+        "shred_scheduled" => Ok(TenantState::ShredScheduled),
+        "shredded" => Ok(TenantState::Shredded),
+        other => Err(crate::error::Error::Corrupt(format!(
+            "storage: unknown tenant state '{other}': the stored rows are damaged"
+        ))),
     }
 }
 
 const TENANT_COLS: &str = "id, name, state, created_at, shred_at, kek_version, wrapped_index_key, dek_id, min_decrypt_version, rotate_after_ms, rotate_after_wraps, mac, admin_recovery_at, holds_digest";
 
-fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
+fn tenant_row(r: &Row<'_>) -> Result<TenantRow> {
     Ok(TenantRow {
         id: r.get(0)?,
         name: r.get(1)?,
-        state: TenantState::parse(&r.get::<_, String>(2)?)?,
+        state: state_of(&r.get::<_, String>(2)?)?,
         created_at: r.get(3)?,
         shred_at: r.get(4)?,
         kek_version: r.get(5)?,
@@ -41,12 +37,11 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
     })
 }
 
-impl TenantRows for Connection {
+impl TenantRows for Db {
     fn tenant_get(&self, id: &str) -> Result<Option<TenantRow>> {
-        Ok(self
-            .prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"))?
+        self.prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"))?
             .query_row([id], tenant_row)
-            .optional()?)
+            .optional()
     }
 
     fn tenant_insert(&self, t: &TenantRow) -> Result<()> {
@@ -82,8 +77,8 @@ impl TenantRows for Connection {
 
     fn tenant_ids(&self) -> Result<Vec<String>> {
         let mut stmt = self.prepare_cached("SELECT id FROM tenants")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map((), |r| r.get(0))?;
+        rows.collect::<Result<_>>()
     }
 
     fn tenant_list(&self, after: &str, limit: usize) -> Result<Vec<TenantRow>> {
@@ -91,7 +86,7 @@ impl TenantRows for Connection {
             "SELECT {TENANT_COLS} FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![after, limit as i64], tenant_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn tenant_set_state(&self, id: &str, state: TenantState, shred_at: Option<i64>) -> Result<()> {
@@ -111,9 +106,8 @@ impl TenantRows for Connection {
     }
 
     fn tenant_has_principals(&self, tenant: &str) -> Result<bool> {
-        Ok(self
-            .prepare_cached("SELECT 1 FROM principals WHERE tenant_id = ?1 LIMIT 1")?
-            .exists([tenant])?)
+        self.prepare_cached("SELECT 1 FROM principals WHERE tenant_id = ?1 LIMIT 1")?
+            .exists([tenant])
     }
 
     fn tenants_due_for_shred(&self, now: i64) -> Result<Vec<String>> {
@@ -121,7 +115,7 @@ impl TenantRows for Connection {
             "SELECT id FROM tenants WHERE state = 'shred_scheduled' AND shred_at <= ?1",
         )?;
         let rows = stmt.query_map([now], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     fn tenant_destroy(&self, id: &str, now: i64) -> Result<TenantDestroyed> {
@@ -130,7 +124,7 @@ impl TenantRows for Connection {
         )?;
         let kek_versions = stmt
             .query_map([id], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<u32>>>()?;
+            .collect::<Result<Vec<u32>>>()?;
         self.execute("DELETE FROM tenant_keks WHERE tenant_id = ?1", [id])?;
         let data_keys = self.execute(
             "UPDATE data_keys SET wrapped = NULL, destroyed_at = ?2 WHERE tenant_id = ?1 AND wrapped IS NOT NULL",
