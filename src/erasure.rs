@@ -130,6 +130,11 @@ impl EpochKeys {
             .collect()
     }
 
+    /// The file the keys are kept in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Makes the next epoch's key and writes the file; returns its number.
     pub fn add(&mut self, wrap_key: &SecretKey, now: i64) -> Result<u64> {
         let epoch = self.current().map_or(1, |(n, _)| n + 1);

@@ -282,3 +282,70 @@ async fn a_revocation_or_suspension_on_one_server_holds_on_the_other_at_once() {
     );
     b.shutdown().await.unwrap();
 }
+
+/// Epoch numbers in an erasure keys file, in file order.
+fn epochs_in(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_roll_erasure_epochs_on_one_file_without_losing_a_key() {
+    let url = common::postgres::database();
+    let dir_a = tempfile::tempdir().unwrap();
+    let fast = |dir: &tempfile::TempDir| ServerConfig {
+        erasure_epoch: std::time::Duration::from_secs(1),
+        erasure_window: std::time::Duration::from_secs(3600),
+        ..pg_config(dir, &url)
+    };
+    let config_a = fast(&dir_a);
+    let a = TestServer::start_with(dir_a, config_a).await;
+    let keys_file = a.config.erasure().unwrap().keys_file;
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = server::start(ServerConfig {
+        root_key_file: Some(a.config.root_key_path()),
+        erasure_keys: Some(keys_file.clone()),
+        audit_anchor: Some(a.config.audit_anchor_path()),
+        shred_ledger: Some(a.config.shred_ledger_path()),
+        ..fast(&dir_b)
+    })
+    .await
+    .unwrap();
+    // A tenant only A serves: B has cached none of its keys.
+    let (_admin, key) = a.tenant_with_user_key("acme").await;
+    let on_a = a.client(&key).await;
+    put_ok(&on_a, "acme", "alice", "c", "k", b"v").await;
+    // Both servers' housekeeping (every 200 ms) rolls a new epoch every
+    // second, competing for it, and rewraps the tenant's keys each time.
+    let first = *epochs_in(&keys_file).last().unwrap();
+    let started = std::time::Instant::now();
+    while *epochs_in(&keys_file).last().unwrap() < first + 3 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no rolls"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Every epoch once, in order, none lost (two servers each writing
+    // epoch N would leave one N whose key half the tenant keys need).
+    let epochs = epochs_in(&keys_file);
+    assert!(epochs.windows(2).all(|w| w[1] == w[0] + 1), "{epochs:?}");
+    // B opens the tenant's keys, wrapped under epochs it may never have
+    // made itself, and A still does.
+    let on_b = strongbox::client::Client::connect(&format!("http://{}", b.addr), Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        get_value(&on_b, "acme", "alice", "c", "k").await.unwrap(),
+        b"v"
+    );
+    put_ok(&on_b, "acme", "bob", "c", "k", b"w").await;
+    assert_eq!(
+        get_value(&on_a, "acme", "bob", "c", "k").await.unwrap(),
+        b"w"
+    );
+    b.shutdown().await.unwrap();
+}

@@ -13,6 +13,23 @@ impl Keyring {
         *self.epochs.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
     }
 
+    /// Reads the epoch keys file again, as another server sharing it may
+    /// have changed it (nothing to do before epochs are loaded).
+    pub fn reload_epochs(&self, conn: &dyn Tx) -> Result<()> {
+        let path = match self
+            .epochs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(e) => e.path().to_owned(),
+            None => return Ok(()),
+        };
+        let wrap = self.erasure_wrap_key(conn)?;
+        self.set_epochs(EpochKeys::load(&path, &wrap)?);
+        Ok(())
+    }
+
     /// Runs `f` on the epoch keys (which must be loaded).
     pub fn with_epochs<T>(&self, f: impl FnOnce(&mut EpochKeys) -> Result<T>) -> Result<T> {
         let mut epochs = self.epochs.write().unwrap_or_else(|p| p.into_inner());
@@ -60,6 +77,7 @@ impl Keyring {
     /// root key when `None`.
     pub(super) fn unwrap_tenant_key(
         &self,
+        conn: &dyn Tx,
         label: &str,
         base: &[u8],
         wrapped: &[u8],
@@ -69,12 +87,22 @@ impl Keyring {
         let Some(n) = epoch else {
             return self.root_unwrap(label, base, wrapped, what);
         };
-        let key = self
-            .epochs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|e| e.key(n));
+        let held = |keys: &Self| {
+            keys.epochs
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .and_then(|e| e.key(n))
+        };
+        // An epoch this server has not seen was made by another server
+        // sharing the file: read the file again.
+        let key = match held(self) {
+            Some(k) => Some(k),
+            None => {
+                self.reload_epochs(conn)?;
+                held(self)
+            }
+        };
         let what = what();
         let key = key.ok_or_else(|| {
             Error::FailedPrecondition(format!(
@@ -109,7 +137,8 @@ impl Keyring {
                     format!("the index key of tenant '{}'", row.tenant),
                 ),
             };
-            let key = self.unwrap_tenant_key(label, &base, &row.wrapped, row.epoch, || what)?;
+            let key =
+                self.unwrap_tenant_key(conn, label, &base, &row.wrapped, row.epoch, || what)?;
             let wrapped = crypto::wrap_key(
                 &target_key,
                 label,

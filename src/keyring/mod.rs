@@ -212,6 +212,7 @@ impl Keyring {
             .and_then(|row| row.wrapped_index_key)
             .ok_or_else(|| Error::NotFound(format!("tenant '{t}' not found")))?;
         let key = Arc::new(self.unwrap_tenant_key(
+            conn,
             label::WRAP_INDEX_KEY,
             &aad::index_key(t),
             &wrapped,
@@ -248,6 +249,7 @@ impl Keyring {
             ))
         })?;
         let key = Arc::new(self.unwrap_tenant_key(
+            conn,
             label::WRAP_KEK,
             &aad::kek(t, version),
             &wrapped,

@@ -89,19 +89,28 @@ impl Vault {
         let epoch_ms = settings.epoch.as_millis() as i64;
         let window_ms = settings.window.as_millis() as i64;
         let mut roll = EpochRoll::default();
-        let target = match self.keys.epochs().last() {
-            Some(&(n, created)) if now - created < epoch_ms => n,
-            _ => {
-                let keys = self.keys.clone();
-                let wrap = self.store.read(move |c| keys.erasure_wrap_key(c)).await?;
-                let keys = self.keys.clone();
-                let n =
-                    crate::blocking(move || keys.with_epochs(|e| e.add(&wrap, now_ms()))).await?;
-                roll.began = Some(n);
-                crate::crash_point("epoch-key-made");
-                n
-            }
-        };
+        // Deciding and making a new epoch key happen in a write unit: on
+        // storage shared by several servers, under the write lock, so one
+        // server at a time reads the shared file, decides and writes it.
+        let keys = self.keys.clone();
+        let (target, began) = self
+            .store
+            .write(move |c| {
+                keys.reload_epochs(c)?;
+                match keys.epochs().last() {
+                    Some(&(n, created)) if now_ms() - created < epoch_ms => Ok((n, false)),
+                    _ => {
+                        let wrap = keys.erasure_wrap_key(c)?;
+                        keys.with_epochs(|e| e.add(&wrap, now_ms()))
+                            .map(|n| (n, true))
+                    }
+                }
+            })
+            .await?;
+        if began {
+            roll.began = Some(target);
+            crate::crash_point("epoch-key-made");
+        }
         loop {
             let keys = self.keys.clone();
             let n = self
@@ -141,7 +150,12 @@ impl Vault {
             .await?;
             crate::crash_point("epoch-ledgered");
             let (keys, doomed) = (self.keys.clone(), roll.destroyed.clone());
-            crate::blocking(move || keys.with_epochs(|e| e.destroy(&doomed))).await?;
+            self.store
+                .write(move |c| {
+                    keys.reload_epochs(c)?;
+                    keys.with_epochs(|e| e.destroy(&doomed))
+                })
+                .await?;
         }
         if roll.began.is_some() || !roll.destroyed.is_empty() {
             let call = Arc::new(Call::system("key.erasure-epoch"));
