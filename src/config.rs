@@ -519,6 +519,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fail_a_database_password_in_debug_output_or_logs() {
+        for url in [
+            "postgres://strongbox:hunter2-secret@db.internal:5432/vault",
+            "postgresql://strongbox:p@ss@hunter2-secret@db.internal/vault?sslmode=disable",
+            "postgres://db.internal/vault?user=strongbox&password=hunter2-secret",
+        ] {
+            let u = DatabaseUrl::parse(url.to_owned()).unwrap();
+            let cfg = ServerConfig {
+                database_url: Some(u.clone()),
+                ..ServerConfig::default()
+            };
+            for shown in [u.describe(), format!("{u:?}"), format!("{cfg:?}")] {
+                assert!(!shown.contains("hunter2"), "{shown}");
+                assert!(shown.contains("db.internal"), "{shown}");
+            }
+            assert_eq!(u.expose(), url);
+        }
+        assert!(DatabaseUrl::parse("mysql://x/y".into()).is_err());
+    }
+
+    #[test]
     fn file_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

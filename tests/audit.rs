@@ -559,6 +559,22 @@ fn pruning_cuts_at_a_checkpoint_and_stays_verifiable() {
 }
 
 #[test]
+fn a_chain_longer_than_a_read_page_verifies_and_an_edit_past_the_page_is_caught() {
+    // The chain is walked 10,000 entries a query.
+    let (_dir, d, key) = library_chain(10_050, |i| 1_700_000_000_000 + i as i64);
+    let report = audit::verify(d.tx(), &key).unwrap();
+    assert_eq!((report.entries, report.problem), (10_050, None));
+    d.sqlite()
+        .execute(
+            "UPDATE audit_log SET principal = 'prn-2' WHERE seq = 10020",
+            [],
+        )
+        .unwrap();
+    let report = audit::verify(d.tx(), &key).unwrap();
+    assert_eq!(report.problem.map(|(seq, _)| seq), Some(10_020));
+}
+
+#[test]
 fn an_empty_log_verifies() {
     let (_dir, d, key) = library_chain(0, |_| 0);
     let r = audit::verify(d.tx(), &key).unwrap();

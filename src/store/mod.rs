@@ -121,7 +121,7 @@ impl Store {
         T: Send + 'static,
         F: Fn(&dyn Tx) -> Result<T> + Send + 'static,
     {
-        self.writer.write(move |conn| f(conn)).await
+        self.writer.write(f).await
     }
 
     /// Runs `f` on a read connection inside one read transaction (a

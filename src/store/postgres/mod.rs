@@ -122,10 +122,7 @@ impl Readers {
                 if let Db::Postgres(pg) = &*db {
                     pg.ensure_open()?;
                 }
-                db.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-                let out = f(db);
-                db.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-                out
+                db.in_transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", f)
             })
             .await
     }

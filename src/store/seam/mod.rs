@@ -1,7 +1,8 @@
 //! The storage seam: what the use cases may ask of storage, as domain
 //! operations grouped by concept (`TenantRows`, `RecordRows`, ...), with
-//! the row types they exchange. A backend implements each concept trait
-//! once; a use case sees only `&dyn Tx`, never a driver type or SQL text.
+//! the row types they exchange. The traits are implemented once, for both
+//! backends, in `store::sql`; a use case sees only `&dyn Tx`, never a
+//! driver type or SQL text.
 //!
 //! The seam is synchronous: a unit of work is a closure over `&dyn Tx`
 //! that `Store::write` or `Store::read` runs on a storage thread, inside
@@ -49,41 +50,31 @@ pub trait Savepoints {
     fn savepoint(&self, f: &mut dyn FnMut(&dyn Tx) -> bool) -> Result<()>;
 }
 
-/// One unit of work's view of storage: every domain operation, whatever
-/// the backend. Use cases take `&dyn Tx`; each backend implements the
-/// concept traits once.
-pub trait Tx:
-    Savepoints
-    + TenantRows
-    + KeyRows
-    + SubjectRows
-    + RecordRows
-    + PrincipalRows
-    + ReencryptRows
-    + ErasureRows
-    + HoldRows
-    + RetentionRows
-    + AuditRows
-    + ReplayRows
-    + GaugeRows
-{
+/// Declares `Tx` as all of the concept traits, listed once: anything
+/// that implements them all is a `Tx`.
+macro_rules! all_concepts {
+    ($($concept:ident),+) => {
+        /// One unit of work's view of storage: every domain operation,
+        /// whatever the backend. Use cases take `&dyn Tx`; the concept
+        /// traits are implemented once, for both backends, in `store::sql`.
+        pub trait Tx: $($concept +)+ {}
+
+        impl<T: $($concept +)+ ?Sized> Tx for T {}
+    };
 }
 
-impl<
-    T: Savepoints
-        + TenantRows
-        + KeyRows
-        + SubjectRows
-        + RecordRows
-        + PrincipalRows
-        + ReencryptRows
-        + ErasureRows
-        + HoldRows
-        + RetentionRows
-        + AuditRows
-        + ReplayRows
-        + GaugeRows
-        + ?Sized,
-> Tx for T
-{
-}
+all_concepts!(
+    Savepoints,
+    TenantRows,
+    KeyRows,
+    SubjectRows,
+    RecordRows,
+    PrincipalRows,
+    ReencryptRows,
+    ErasureRows,
+    HoldRows,
+    RetentionRows,
+    AuditRows,
+    ReplayRows,
+    GaugeRows
+);

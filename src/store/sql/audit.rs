@@ -7,6 +7,9 @@ use crate::audit::{Entry, Filter};
 use crate::error::Result;
 use crate::store::seam::*;
 
+/// Entries read per query by a walk of the chain.
+const AUDIT_PAGE: usize = 10_000;
+
 const ENTRY_COLS: &str =
     "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac";
 
@@ -157,16 +160,27 @@ impl AuditRows for Db {
     }
 
     fn audit_entries_from(&self, from: u64, each: &mut dyn FnMut(Entry) -> bool) -> Result<()> {
-        let mut stmt = self.prepare(&format!(
-            "SELECT {ENTRY_COLS} FROM audit_log WHERE seq >= ?1 ORDER BY seq"
+        // In pages by sequence number: PostgreSQL's client holds a whole
+        // result in memory, and a chain can have millions of entries.
+        let mut stmt = self.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
         ))?;
-        let mut rows = stmt.query([from as i64])?;
-        while let Some(row) = rows.next()? {
-            if !each(entry_row(&row)?) {
-                break;
+        let mut next = from;
+        loop {
+            let mut rows = stmt.query(params![next as i64, AUDIT_PAGE as i64])?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                let e = entry_row(&row)?;
+                read += 1;
+                next = e.seq + 1;
+                if !each(e) {
+                    return Ok(());
+                }
+            }
+            if read < AUDIT_PAGE {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     fn audit_tenant_summary(&self, tenant: &str) -> Result<(u64, Option<ChainPoint>)> {

@@ -79,6 +79,30 @@ impl Db {
         }
     }
 
+    /// Runs `f` in one transaction begun by `begin`, committed if `f`
+    /// succeeds and rolled back otherwise, a panic in `f` included, so a
+    /// pooled connection is never handed on inside a transaction.
+    pub(crate) fn in_transaction<T>(
+        &self,
+        begin: &str,
+        f: impl FnOnce(&dyn Tx) -> Result<T>,
+    ) -> Result<T> {
+        struct RollBack<'a>(&'a Db);
+        impl Drop for RollBack<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.execute_batch("ROLLBACK");
+            }
+        }
+        self.execute_batch(begin)?;
+        let open = RollBack(self);
+        let out = f(self)?;
+        std::mem::forget(open);
+        self.execute_batch("COMMIT").inspect_err(|_| {
+            let _ = self.execute_batch("ROLLBACK");
+        })?;
+        Ok(out)
+    }
+
     /// A statement, prepared on first use on this connection.
     pub(crate) fn prepare_cached(&self, sql: &str) -> Result<Stmt<'_>> {
         Ok(match self {

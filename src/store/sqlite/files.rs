@@ -229,12 +229,7 @@ impl Files {
         F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
     {
         self.readers
-            .run(move |db| {
-                db.execute_batch("BEGIN")?;
-                let out = f(db);
-                db.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-                out
-            })
+            .run(move |db| db.in_transaction("BEGIN", f))
             .await
     }
 }
