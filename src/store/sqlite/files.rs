@@ -242,3 +242,26 @@ impl Store {
         Store::with(writing, Backend::Sqlite(files))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::store::Store;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_that_panics_leaves_its_connection_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        // One read connection: the next read gets the one that panicked.
+        let store = Store::open(&dir.path().join("db"), 1).unwrap();
+        let panicked = store
+            .read(|tx| -> crate::error::Result<()> {
+                tx.meta_get("anything")?;
+                panic!("a bug in a read")
+            })
+            .await;
+        assert!(panicked.is_err());
+        store.write(|tx| tx.meta_put("k", b"v")).await.unwrap();
+        let read = store.read(|tx| tx.meta_get("k")).await.unwrap();
+        assert_eq!(read.as_deref(), Some(&b"v"[..]));
+    }
+}
