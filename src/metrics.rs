@@ -83,6 +83,7 @@ pub struct Metrics {
     pub tenant_shreds_pending: Gauge,
     pub housekeeping_last_success: Gaugef,
     pub housekeeping_age: Gaugef,
+    pub job_lease_held: Gauge,
     pub erasure_epoch: Gauge,
     pub erasure_epochs_destroyed: Counter,
     tls_refused: Family<ReasonLabels, Counter>,
@@ -119,6 +120,7 @@ impl Metrics {
             tenant_shreds_pending: Gauge::default(),
             housekeeping_last_success: Gaugef::default(),
             housekeeping_age: Gaugef::default(),
+            job_lease_held: Gauge::default(),
             erasure_epoch: Gauge::default(),
             erasure_epochs_destroyed: Counter::default(),
             tls_refused: Family::default(),
@@ -246,6 +248,11 @@ impl Metrics {
             "housekeeping_age_seconds",
             "Seconds since housekeeping last finished a pass without error (since start if never)",
             self.housekeeping_age.clone(),
+        );
+        r.register(
+            "background_jobs_lease_held",
+            "1 when this server holds the background jobs' lease (runs them), else 0",
+            self.job_lease_held.clone(),
         );
         r.register(
             "erasure_epoch",

@@ -65,27 +65,7 @@ async fn tenant_rewrap_killed_three_times_then_finishes() {
     let admin = op.as_key(&admin_key).unwrap();
     let key = new_principal(&admin, "t", "rw", &["writer", "reader"]).await;
     let u = op.as_key(&key).unwrap();
-    let writers: Vec<_> = (0..16)
-        .map(|w| {
-            let u = u.clone();
-            tokio::spawn(async move {
-                for i in (w..SUBJECTS).step_by(16) {
-                    put_ok(
-                        &u,
-                        "t",
-                        &format!("s{i}"),
-                        "c",
-                        "k",
-                        format!("v{i}").as_bytes(),
-                    )
-                    .await;
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    put_numbered(std::slice::from_ref(&u), "t", SUBJECTS).await;
     admin
         .keys()
         .rotate_tenant_key(pb::RotateTenantKeyRequest { tenant: "t".into() })

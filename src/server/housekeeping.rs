@@ -3,6 +3,12 @@
 //! retried at the next pass; a pass with no failure is recorded in the
 //! metrics (`strongbox_housekeeping_last_success_timestamp_seconds`), so
 //! an operator can alert on housekeeping that stopped succeeding.
+//!
+//! With several servers on one database, every server runs the steps
+//! about itself (its owed WAL checkpoint, its key-use notes, its gauges),
+//! and the one holding the background jobs' lease runs the jobs
+//! (`vault::jobs::lease`); the others take the lease over when its holder
+//! stops renewing it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +32,8 @@ pub(super) async fn housekeeping(
     gauges: bool,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A claim outlives the gap between two passes, with a margin.
+    vault.set_job_lease_ttl(every * 2 + Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     loop {
         let stopping = tokio::select! {
@@ -36,6 +44,9 @@ pub(super) async fn housekeeping(
         if stopping {
             if let Err(e) = vault.flush_kek_use().await {
                 tracing::warn!(error = %e, "recording key-encryption key use failed");
+            }
+            if let Err(e) = vault.release_job_lease().await {
+                tracing::warn!(error = %e, "giving up the background jobs lease failed; it expires");
             }
             return;
         }
@@ -56,13 +67,39 @@ fn step<T>(r: Result<T>, what: &str) -> Option<T> {
     }
 }
 
-/// One pass over every job; whether every step succeeded.
+/// One pass; whether every step succeeded.
 /// With `gauges` (metrics served), the job gauges are counted too: a scan
 /// of the data keys, so only when someone scrapes them.
 async fn pass(vault: &Vault, audit_retention: Option<Duration>, gauges: bool) -> bool {
-    let m = metrics::get();
     let mut ok = step(vault.checkpoint_owed().await, "the owed WAL checkpoint").is_some();
     ok &= step(
+        vault.flush_kek_use().await,
+        "recording key-encryption key use",
+    )
+    .is_some();
+    match step(
+        vault.hold_job_lease().await,
+        "renewing the background jobs lease",
+    ) {
+        Some(true) => ok &= jobs(vault, audit_retention).await,
+        Some(false) => {}
+        None => ok = false,
+    }
+    if gauges {
+        ok &= step(
+            vault.refresh_job_gauges().await,
+            "refreshing the job gauges",
+        )
+        .is_some();
+    }
+    ok
+}
+
+/// The background jobs, on the server holding their lease; whether every
+/// step succeeded.
+async fn jobs(vault: &Vault, audit_retention: Option<Duration>) -> bool {
+    let m = metrics::get();
+    let mut ok = step(
         vault.run_due_tenant_shreds().await,
         "running due tenant shreds",
     )
@@ -72,11 +109,6 @@ async fn pass(vault: &Vault, audit_retention: Option<Duration>, gauges: bool) ->
         Some(n) => tracing::info!(rows = n, "purged ciphertext rows of destroyed keys"),
         None => ok = false,
     }
-    ok &= step(
-        vault.flush_kek_use().await,
-        "recording key-encryption key use",
-    )
-    .is_some();
     match step(vault.rotate_due_keys().await, "automatic rotation") {
         Some(0) => {}
         Some(n) => tracing::info!(tenants = n, "key-encryption keys rotated by policy"),
@@ -143,13 +175,6 @@ async fn pass(vault: &Vault, audit_retention: Option<Duration>, gauges: bool) ->
             ),
             None => ok = false,
         }
-    }
-    if gauges {
-        ok &= step(
-            vault.refresh_job_gauges().await,
-            "refreshing the job gauges",
-        )
-        .is_some();
     }
     ok
 }

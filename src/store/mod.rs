@@ -32,7 +32,7 @@ use writer::{WriteConn, Writer};
 /// What use cases import to call storage: the seam's traits.
 pub mod prelude {
     pub use super::seam::{
-        AuditRows, ErasureRows, GaugeRows, HoldRows, KeyRows, PrincipalRows, RecordRows,
+        AuditRows, ErasureRows, GaugeRows, HoldRows, KeyRows, LeaseRows, PrincipalRows, RecordRows,
         ReencryptRows, ReplayRows, RetentionRows, Savepoints, SubjectRows, TenantRows, Tx,
     };
 }

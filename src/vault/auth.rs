@@ -116,7 +116,8 @@ impl Vault {
     /// On a vault with no principals, creates the bootstrap operator and
     /// writes its API key to `key_file` (mode 0600). The key is written to
     /// a temporary file before the commit and renamed after it, so a crash
-    /// leaves either no operator or a usable key file.
+    /// leaves either no operator or a usable key file. Whether it made
+    /// one (of several servers on one new database, one does).
     pub async fn bootstrap_operator(&self, key_file: &Path) -> Result<bool> {
         let tmp = key_file.with_extension("key.tmp");
         let has_principals = self.store.read(|tx| tx.principal_count()).await? > 0;
@@ -133,6 +134,12 @@ impl Vault {
         let created = self
             .store
             .write(move |conn| {
+                // Checked again where it is acted on: several servers
+                // starting at once on one empty PostgreSQL database all
+                // saw no principals above, and one of them makes it.
+                if conn.principal_count()? > 0 {
+                    return Ok(false);
+                }
                 let now = now_ms();
                 let who = NewPrincipalRow {
                     tenant: None,
@@ -141,12 +148,13 @@ impl Vault {
                     cert_cn: None,
                 };
                 let id = insert_principal(conn, &keys, who, now)?;
-                insert_api_key(conn, &keys, &id, &key_id, &hash, now, None)
+                insert_api_key(conn, &keys, &id, &key_id, &hash, now, None)?;
+                Ok(true)
             })
             .await;
-        if let Err(e) = created {
+        if !matches!(created, Ok(true)) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            return created;
         }
         std::fs::rename(&tmp, key_file).map_err(|e| io_error(key_file, e))?;
         self.auth_cache().key_made();

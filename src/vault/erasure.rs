@@ -121,7 +121,7 @@ impl Vault {
             if n > 0 {
                 crate::crash_point("epoch-rewrapped");
             }
-            if n < ROLL_BATCH || self.is_stopping() {
+            if n < ROLL_BATCH || !self.keep_working().await? {
                 break;
             }
             tokio::time::sleep(ROLL_PAUSE).await;

@@ -115,6 +115,8 @@ pub struct Vault {
     ledger: std::sync::OnceLock<Arc<crate::ledger::Ledger>>,
     /// Erasure epochs, once opened (the server opens them).
     erasure: std::sync::OnceLock<ErasureSettings>,
+    /// Which server runs the background jobs.
+    jobs: jobs::lease::JobLease,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -191,22 +193,13 @@ impl Vault {
             held_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             ledger: std::sync::OnceLock::new(),
             erasure: std::sync::OnceLock::new(),
+            jobs: jobs::lease::JobLease::new(),
         }))
     }
 
     pub fn keyring(&self) -> &Keyring {
         &self.keys
     }
-
-    // ----- tenants -------------------------------------------------------
-
-    // ----- key lifecycle -------------------------------------------------
-
-    // ----- principals ----------------------------------------------------
-
-    // ----- records -------------------------------------------------------
-
-    // ----- subjects ------------------------------------------------------
 
     // ----- housekeeping --------------------------------------------------
 

@@ -771,6 +771,27 @@ pub fn old_root_opens_nothing(db: &std::path::Path, old: &dyn strongbox::rootkey
     );
 }
 
+/// Puts record `c/k` = `v{i}` for subjects `s0` to `s{n-1}` of `tenant`,
+/// 16 calls at a time, spread over `clients` (one server or several).
+pub async fn put_numbered(clients: &[Client], tenant: &str, n: usize) {
+    const WRITERS: usize = 16;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let u = clients[w % clients.len()].clone();
+            let tenant = tenant.to_owned();
+            tokio::spawn(async move {
+                for i in (w..n).step_by(WRITERS) {
+                    let value = format!("v{i}");
+                    put_ok(&u, &tenant, &format!("s{i}"), "c", "k", value.as_bytes()).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
 /// Tenant `tenant`'s key status, as its admin sees it.
 pub async fn key_status(admin: &Client, tenant: &str) -> pb::TenantKeyStatus {
     admin

@@ -13,7 +13,8 @@ use crate::store::sql::Val;
 const MIGRATION_LOCK: i64 = 0x7362_6d69_6772_6174;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     name  TEXT PRIMARY KEY,
     value BYTEA NOT NULL
@@ -197,7 +198,15 @@ CREATE TABLE retention_history (
     expired     BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, category, day)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE job_leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+"#,
+];
 
 /// Brings the database to the newest schema, once, whichever server
 /// starts first.

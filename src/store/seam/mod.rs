@@ -21,6 +21,7 @@ mod erasure;
 mod gauges;
 mod holds;
 mod keys;
+mod leases;
 mod principals;
 mod records;
 mod reencrypt;
@@ -34,6 +35,7 @@ pub use erasure::*;
 pub use gauges::*;
 pub use holds::*;
 pub use keys::*;
+pub use leases::*;
 pub use principals::*;
 pub use records::*;
 pub use reencrypt::*;
@@ -67,6 +69,7 @@ all_concepts!(
     Savepoints,
     TenantRows,
     KeyRows,
+    LeaseRows,
     SubjectRows,
     RecordRows,
     PrincipalRows,

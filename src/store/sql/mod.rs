@@ -14,6 +14,7 @@ mod erasure;
 mod gauges;
 mod holds;
 mod keys;
+mod leases;
 mod principals;
 mod records;
 mod reencrypt;

@@ -281,6 +281,14 @@ CREATE INDEX receipts_by_subject ON receipts (tenant_id, subject, created_at) WH
 ALTER TABLE tenant_keks ADD COLUMN epoch INTEGER;
 ALTER TABLE tenants ADD COLUMN index_epoch INTEGER;
 "#,
+    r#"
+-- Which server runs the background jobs (one at a time, on any backend).
+CREATE TABLE job_leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

@@ -1,8 +1,10 @@
 //! Background work the housekeeping loop (`crate::server::housekeeping`)
 //! drives: each pass is paced, stops between batches when the server
 //! shuts down, and keeps its progress in the rows, so a restart resumes
-//! it.
+//! it. With several servers on one database, one runs them at a time
+//! (`lease`).
 
+pub(super) mod lease;
 mod purge;
 mod reencrypt;
 mod retention_sweep;

@@ -26,7 +26,7 @@ impl Vault {
                 .write(|c| c.records_purge_destroyed(BATCH))
                 .await?;
             total += deleted;
-            if (deleted == 0 && marked == 0) || self.is_stopping() {
+            if (deleted == 0 && marked == 0) || !self.keep_working().await? {
                 break;
             }
             tokio::time::sleep(PAUSE).await;

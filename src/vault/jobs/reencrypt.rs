@@ -98,8 +98,11 @@ impl Vault {
                     .await?;
                 }
                 moved += n;
-                if n < batch || self.is_stopping() {
+                if n < batch {
                     break;
+                }
+                if !self.keep_working().await? {
+                    return Ok(moved);
                 }
                 tokio::time::sleep(pause).await;
             }

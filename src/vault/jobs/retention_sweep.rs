@@ -26,7 +26,7 @@ impl Vault {
     pub async fn retention_sweep(&self, batch: usize, pause: Duration) -> Result<u64> {
         let tenants = self.store.read(|tx| tx.active_tenant_ids()).await?;
         let mut expired = 0;
-        for t in tenants {
+        'tenants: for t in tenants {
             let tenant = TenantId::parse(&t)
                 .map_err(|_| Error::Internal("stored tenant id is invalid".into()))?;
             let keys = self.keys.clone();
@@ -69,8 +69,11 @@ impl Vault {
                         .expire_batch(&tenant, &category, keep, after, batch)
                         .await?;
                     expired += n as u64;
-                    if n < batch || self.is_stopping() {
+                    if n < batch {
                         break;
+                    }
+                    if !self.keep_working().await? {
+                        break 'tenants;
                     }
                     tokio::time::sleep(pause).await;
                 }

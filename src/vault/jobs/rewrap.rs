@@ -123,8 +123,9 @@ impl Vault {
                 Some(id) => after = id,
                 None => break,
             }
-            if self.is_stopping() {
-                // Progress is the rows: the next start goes on from here.
+            if !self.keep_working().await? {
+                // Progress is the rows: the next pass (here, or on the
+                // server that holds the lease) goes on from here.
                 return Ok((rewrapped, 0));
             }
             tokio::time::sleep(pause).await;

@@ -1,0 +1,142 @@
+//! The background jobs' lease: with several servers on one database, one
+//! of them at a time runs the background jobs (tenant shreds, purges,
+//! rotation by policy, the retention sweep, erasure epoch rolls,
+//! re-encryption, rewrap, audit pruning).
+//!
+//! The lease is a row (`job_leases`), taken or renewed in one statement
+//! inside a write unit, so two servers never both hold it. Its holder
+//! renews it at every housekeeping pass and, while a pass runs, between
+//! batches once half its life is gone; a holder that finds it lost stops
+//! at the next batch. A holder that dies leaves the lease to expire: the
+//! first server whose pass comes after that takes it and resumes the
+//! work, whose progress is in the rows. A clean shutdown gives it up at
+//! once. On SQLite, where one process has the database, no row is
+//! written: that process runs the jobs.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use super::super::Vault;
+use crate::error::Result;
+use crate::now_ms;
+
+/// The lease's name in `job_leases`.
+const JOBS: &str = "background-jobs";
+
+/// Before the first claim: the vault runs its passes without a lease
+/// (library use, as in the benches and unit tests).
+const UNCLAIMED: i64 = 0;
+/// Claimed, and another server holds it.
+const NOT_HELD: i64 = -1;
+
+/// This server's side of the lease.
+pub(in crate::vault) struct JobLease {
+    /// Who this server is in `job_leases` (host, process id, and a random
+    /// part so a restarted process with the same id is a new holder).
+    holder: String,
+    /// How long a claim lasts, in ms.
+    ttl_ms: AtomicI64,
+    /// Until when this server holds it (ms), or `UNCLAIMED`/`NOT_HELD`.
+    held_until: AtomicI64,
+}
+
+impl JobLease {
+    pub(in crate::vault) fn new() -> JobLease {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".into());
+        let random: [u8; 4] = crate::crypto::random_bytes();
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        JobLease {
+            holder: format!("{host}/{}/{random}", std::process::id()),
+            ttl_ms: AtomicI64::new(60_000),
+            held_until: AtomicI64::new(UNCLAIMED),
+        }
+    }
+}
+
+impl Vault {
+    /// Who this server is as a holder of the background jobs' lease.
+    pub fn job_lease_holder(&self) -> &str {
+        &self.jobs.holder
+    }
+
+    /// Sets how long a claim on the jobs lease lasts: it must outlive the
+    /// gap between two housekeeping passes (the server sets twice its
+    /// interval and a second).
+    pub fn set_job_lease_ttl(&self, ttl: Duration) {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.jobs.ttl_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Takes or renews the background jobs' lease; whether this server
+    /// holds it. Logged when it changes hands.
+    pub async fn hold_job_lease(&self) -> Result<bool> {
+        if !self.store.is_postgres() {
+            // SQLite: one process has the database (the data directory's
+            // lock), so it runs the jobs; a server restarted after a crash
+            // must not wait for its former self's claim to expire.
+            self.jobs.held_until.store(UNCLAIMED, Ordering::Release);
+            crate::metrics::get().job_lease_held.set(1);
+            return Ok(true);
+        }
+        let now = now_ms();
+        let until = now.saturating_add(self.jobs.ttl_ms.load(Ordering::Relaxed));
+        let holder = self.jobs.holder.clone();
+        let held = self
+            .store
+            .write(move |c| c.lease_claim(JOBS, &holder, now, until))
+            .await;
+        let held = match held {
+            Ok(held) => held,
+            Err(e) => {
+                // Unknown whether the renewal landed: stop as if lost.
+                self.jobs.held_until.store(NOT_HELD, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let before = self
+            .jobs
+            .held_until
+            .swap(if held { until } else { NOT_HELD }, Ordering::AcqRel);
+        let had = before > 0;
+        if held && !had {
+            tracing::info!(holder = %self.jobs.holder, "took the background jobs lease: this server runs them");
+        } else if !held && had {
+            tracing::warn!(holder = %self.jobs.holder, "lost the background jobs lease: another server runs them");
+        }
+        crate::metrics::get().job_lease_held.set(i64::from(held));
+        Ok(held)
+    }
+
+    /// Gives the lease up, if this server holds it (shutdown).
+    pub async fn release_job_lease(&self) -> Result<()> {
+        if self.jobs.held_until.swap(NOT_HELD, Ordering::AcqRel) <= 0 {
+            return Ok(());
+        }
+        let holder = self.jobs.holder.clone();
+        self.store
+            .write(move |c| c.lease_release(JOBS, &holder))
+            .await?;
+        crate::metrics::get().job_lease_held.set(0);
+        Ok(())
+    }
+
+    /// Between two batches of a background pass: whether to go on. Not
+    /// when the server is stopping, nor when the lease is lost; the lease
+    /// is renewed here once half its life is gone.
+    pub(in crate::vault) async fn keep_working(&self) -> Result<bool> {
+        if self.is_stopping() {
+            return Ok(false);
+        }
+        let until = self.jobs.held_until.load(Ordering::Acquire);
+        if until == UNCLAIMED {
+            return Ok(true);
+        }
+        let half = self.jobs.ttl_ms.load(Ordering::Relaxed) / 2;
+        if until > 0 && now_ms() < until - half {
+            return Ok(true);
+        }
+        self.hold_job_lease().await
+    }
+}
