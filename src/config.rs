@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// PostgreSQL instead of SQLite in `data_dir` (`database_url`); shared
     /// by every server that names it.
     pub database_url: Option<DatabaseUrl>,
+    /// The CA (PEM) that signed the database server's certificate: with
+    /// it, connections to PostgreSQL are TLS, the server verified.
+    pub database_ca: Option<PathBuf>,
     pub listen: SocketAddr,
     /// The root key file; `<data_dir>/root.key` if unset.
     pub root_key_file: Option<PathBuf>,
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: None,
+            database_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             root_key_file: None,
             root_key_env: None,
@@ -191,6 +195,7 @@ impl std::fmt::Debug for DatabaseUrl {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    database_ca: Option<PathBuf>,
     listen: Option<String>,
     root_key_file: Option<PathBuf>,
     root_key_env: Option<String>,
@@ -356,6 +361,7 @@ impl ServerConfig {
                 cfg.data_dir = d;
             }
             cfg.database_url = f.database_url.map(DatabaseUrl::parse).transpose()?;
+            cfg.database_ca = f.database_ca;
             if let Some(l) = f.listen {
                 cfg.listen = parse_listen(&l)?;
             }

@@ -217,6 +217,9 @@ fn server_config(args: cli::ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(url) = args.database_url {
         cfg.database_url = Some(strongbox::config::DatabaseUrl::parse(url)?);
     }
+    if let Some(ca) = args.database_ca {
+        cfg.database_ca = Some(ca);
+    }
     if let Some(a) = args.metrics_listen {
         cfg.metrics_listen = Some(strongbox::config::parse_addr("metrics_listen", &a)?);
     }

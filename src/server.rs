@@ -118,10 +118,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let lock = lock_data_dir(&cfg.data_dir)?;
     restore::refuse_if_restoring(&cfg.data_dir)?;
     let readers = cfg.read_connections;
+    if cfg.database_ca.is_some() && cfg.database_url.is_none() {
+        return Err(Error::invalid(
+            "database_ca",
+            "is set without database_url (it is the PostgreSQL server's CA)",
+        ));
+    }
     let store = match cfg.database_url.clone() {
         Some(url) => {
-            tracing::info!(database = %url.describe(), "storage: PostgreSQL");
-            blocking(move || Store::open_postgres(url.expose(), readers)).await?
+            let ca = cfg.database_ca.clone();
+            tracing::info!(database = %url.describe(), tls = ca.is_some(), "storage: PostgreSQL");
+            blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), readers)).await?
         }
         None => {
             let db = cfg.data_dir.join(DB_FILE);

@@ -349,3 +349,67 @@ async fn two_servers_roll_erasure_epochs_on_one_file_without_losing_a_key() {
     );
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_the_database_is_verified_against_its_ca() {
+    let (port, ca) = common::postgres::tls_cluster().clone();
+    let db = common::postgres::tls_database();
+    let url = format!("postgres://strongbox@127.0.0.1:{port}/{db}?sslmode=require");
+    let refused = |config: ServerConfig| async move {
+        match server::start(config).await {
+            Ok(_) => panic!("the server started"),
+            Err(e) => e.to_string(),
+        }
+    };
+
+    // sslmode=require with no CA to verify the server: refused at start.
+    let dir = tempfile::tempdir().unwrap();
+    let e = refused(pg_config(&dir, &url)).await;
+    assert!(
+        e.contains("database_ca") && e.contains("sslmode=require"),
+        "{e}"
+    );
+    // Plaintext: this database server takes TLS only.
+    let plain = url.replace("sslmode=require", "sslmode=disable");
+    refused(pg_config(&dir, &plain)).await;
+    // A CA that did not sign the server's certificate: no connection.
+    let rogue = dir.path().join("rogue.pem");
+    let rogue_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&rogue, params.self_signed(&rogue_key).unwrap().pem()).unwrap();
+    refused(ServerConfig {
+        database_ca: Some(rogue),
+        ..pg_config(&dir, &url)
+    })
+    .await;
+
+    // The right CA: served, over TLS on every connection.
+    let config = ServerConfig {
+        database_ca: Some(ca.clone()),
+        ..pg_config(&dir, &url)
+    };
+    let s = TestServer::start_with(dir, config).await;
+    let (_, u) = s.tenant_with_user("acme").await;
+    put_ok(&u, "acme", "alice", "contact", "email", b"over-tls").await;
+    assert_eq!(
+        get_value(&u, "acme", "alice", "contact", "email")
+            .await
+            .unwrap(),
+        b"over-tls"
+    );
+    let socket = ca.parent().unwrap().to_owned();
+    let ssl: Vec<bool> = common::postgres::off_runtime(move || {
+        common::postgres::socket_client(&socket, port)
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = $1 AND a.client_addr IS NOT NULL",
+                &[&db],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    });
+    assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "{ssl:?}");
+}

@@ -368,6 +368,11 @@ pub struct ServeArgs {
     /// the data directory.
     #[arg(long, env = "STRONGBOX_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The CA certificate (PEM) that signed the PostgreSQL server's
+    /// certificate: connect with TLS and verify the server against it
+    /// (needed when the URL says sslmode=require).
+    #[arg(long)]
+    pub database_ca: Option<PathBuf>,
     /// Serve Prometheus metrics on `GET /metrics` at this address (plain
     /// HTTP; keep it on a private interface). Off by default.
     #[arg(long)]

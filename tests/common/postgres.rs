@@ -105,7 +105,8 @@ fn remove_stale_clusters() {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("strongbox-pg-")
+        if let Some(rest) = name.strip_prefix("strongbox-pg-")
+            && let Some(pid) = rest.split('-').next()
             && !Path::new("/proc").join(pid).exists()
         {
             let _ = std::fs::remove_dir_all(e.path());
@@ -114,8 +115,103 @@ fn remove_stale_clusters() {
 }
 
 fn start_cluster() -> String {
+    let (port, _) = start_cluster_in("", |_| {}, &[]);
+    format!("postgres://strongbox@127.0.0.1:{port}")
+}
+
+/// A throwaway cluster of its own that takes TLS connections only over
+/// TCP (`hostssl`; a plaintext TCP connection is rejected), with a
+/// certificate for 127.0.0.1 signed by a CA made here: `(port, CA file)`.
+/// Databases are made on it with [`tls_database`].
+pub fn tls_cluster() -> &'static (u16, PathBuf) {
+    static TLS: OnceLock<(u16, PathBuf)> = OnceLock::new();
+    TLS.get_or_init(|| off_runtime(start_tls_cluster))
+}
+
+fn start_tls_cluster() -> (u16, PathBuf) {
+    let (ca_pem, cert_pem, key_pem) = tls_files();
+    let (port, dir) = start_cluster_in(
+        "-tls",
+        move |data| {
+            for (name, text) in [("server.crt", &cert_pem), ("server.key", &key_pem)] {
+                let path = data.join(name);
+                std::fs::write(&path, text).unwrap();
+                give_to_postgres(&path, 0o600);
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 host all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+        },
+        &["-c", "ssl=on"],
+    );
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    (port, ca)
+}
+
+/// A fresh database on [`tls_cluster`], made over its local socket: the
+/// database's name.
+pub fn tls_database() -> String {
+    let (port, ca) = tls_cluster();
+    let socket = ca.parent().unwrap().to_owned();
+    let port = *port;
+    off_runtime(move || {
+        let name = format!("sb_{}", hex::encode(rand::random::<[u8; 6]>()));
+        socket_client(&socket, port)
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+        name
+    })
+}
+
+/// A plaintext connection over the cluster's local socket.
+pub fn socket_client(socket_dir: &Path, port: u16) -> postgres::Client {
+    postgres::Config::new()
+        .host_path(socket_dir)
+        .port(port)
+        .user("strongbox")
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .expect("connect over the local socket")
+}
+
+/// A CA, and a server certificate and key for 127.0.0.1 it signed (PEM).
+fn tls_files() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Strongbox test database CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Makes `path` the PostgreSQL server's (it runs as `nobody` under root).
+fn give_to_postgres(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    }
+}
+
+/// Starts a cluster in `strongbox-pg-<pid><suffix>` under the temp dir,
+/// `setup` run on its data directory after `initdb`, `args` given to the
+/// postmaster: its port and directory (the local socket's too).
+fn start_cluster_in(suffix: &str, setup: impl FnOnce(&Path), args: &[&str]) -> (u16, PathBuf) {
     remove_stale_clusters();
-    let dir = std::env::temp_dir().join(format!("strongbox-pg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("strongbox-pg-{}{suffix}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).unwrap();
     if is_root() {
@@ -141,7 +237,9 @@ fn start_cluster() -> String {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    setup(&data);
     let port = free_port();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     // The postmaster is started from a thread that never ends, so its
     // parent-death signal fires only when this process exits.
     let (program, dir2) = (pg_bin("postgres"), dir.clone());
@@ -151,6 +249,7 @@ fn start_cluster() -> String {
             .arg(dir2.join("data"))
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "fsync=on", "-c", "max_connections=300"])
+            .args(&args)
             .arg("-k")
             .arg(&dir2)
             .stdout(Stdio::null())
@@ -162,9 +261,17 @@ fn start_cluster() -> String {
             std::thread::park();
         }
     });
-    let url = format!("postgres://strongbox@127.0.0.1:{port}");
     let started = Instant::now();
-    while postgres::Client::connect(&format!("{url}/postgres"), postgres::NoTls).is_err() {
+    let ready = || {
+        postgres::Config::new()
+            .host_path(&dir)
+            .port(port)
+            .user("strongbox")
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .is_ok()
+    };
+    while !ready() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the test PostgreSQL server did not start; its log is in {}",
@@ -172,5 +279,5 @@ fn start_cluster() -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    url
+    (port, dir)
 }

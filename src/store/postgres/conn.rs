@@ -7,14 +7,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
+use super::tls::Target;
 use crate::error::{Error, Result};
 use crate::store::sql::{Val, to_postgres};
 
 /// A connection, reconnected on use after the server went away.
 pub(crate) struct Pg {
-    url: String,
+    target: Target,
     client: RefCell<Option<Client>>,
     statements: RefCell<HashMap<String, Statement>>,
 }
@@ -25,10 +26,10 @@ fn unavailable(e: postgres::Error) -> Error {
 }
 
 impl Pg {
-    /// Connects to `url` (a `postgres://` URL or key=value string).
-    pub(crate) fn connect(url: &str) -> Result<Pg> {
+    /// Connects to `target`.
+    pub(crate) fn connect(target: &Target) -> Result<Pg> {
         let pg = Pg {
-            url: url.to_owned(),
+            target: target.clone(),
             client: RefCell::new(None),
             statements: RefCell::new(HashMap::new()),
         };
@@ -43,7 +44,7 @@ impl Pg {
             return Ok(());
         }
         self.statements.borrow_mut().clear();
-        let mut c = Client::connect(&self.url, NoTls).map_err(unavailable)?;
+        let mut c = self.target.connect().map_err(unavailable)?;
         c.batch_execute(
             "SET synchronous_commit = on; SET default_transaction_isolation = 'read committed'",
         )

@@ -16,6 +16,9 @@
 
 mod conn;
 mod schema;
+mod tls;
+
+pub(crate) use tls::Target;
 
 use std::sync::Arc;
 
@@ -139,11 +142,14 @@ impl Store {
     /// Connects to the PostgreSQL database at `url`, migrates it (once,
     /// whichever server starts first), and starts the writer thread and
     /// `readers` read connections.
-    pub fn open_postgres(url: &str, readers: usize) -> Result<Self> {
-        let writing = Pg::connect(url)?;
+    /// With `ca` (PEM), or when the URL says `sslmode=require`, every
+    /// connection is TLS, the server's certificate verified against `ca`.
+    pub fn open_postgres(url: &str, ca: Option<&std::path::Path>, readers: usize) -> Result<Self> {
+        let target = Target::new(url, ca)?;
+        let writing = Pg::connect(&target)?;
         schema::migrate(&writing)?;
         let idle = (0..readers.max(1))
-            .map(|_| Pg::connect(url).map(Db::Postgres))
+            .map(|_| Pg::connect(&target).map(Db::Postgres))
             .collect::<Result<Vec<_>>>()?;
         Store::with(
             Writing(Db::Postgres(writing)),
