@@ -25,13 +25,23 @@ pub struct TestServer {
     pub config: ServerConfig,
 }
 
+/// A server's configuration in `dir`: SQLite in it, or with
+/// `STRONGBOX_TEST_BACKEND=postgres` (scripts/test's second pass) a
+/// fresh database of its own on the test PostgreSQL server.
 pub fn config_for(dir: &TempDir) -> ServerConfig {
     ServerConfig {
         data_dir: dir.path().join("data"),
+        database_url: on_postgres()
+            .then(|| strongbox::config::DatabaseUrl::parse(postgres::database()).unwrap()),
         listen: "127.0.0.1:0".parse().unwrap(),
         housekeeping_interval: Duration::from_millis(200),
         ..ServerConfig::default()
     }
+}
+
+/// Whether this run's servers keep their vaults in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("STRONGBOX_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 
 impl TestServer {

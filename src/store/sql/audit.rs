@@ -39,7 +39,7 @@ impl AuditRows for Db {
         let mut stmt = self.prepare(
             "SELECT tenant, action, resource FROM audit_log
              WHERE outcome = 'ok' AND action IN ('record.put', 'record.delete', 'subject.shred')
-               AND (?1 IS NULL OR tenant = ?1)
+               AND (tenant = ?1 OR ?1 IS NULL)
              ORDER BY seq",
         )?;
         let mut rows = stmt.query([tenant])?;
@@ -61,7 +61,7 @@ impl AuditRows for Db {
         let mut stmt = self.prepare(
             "SELECT r.tenant_id, r.owner, r.category, r.key, r.version, r.deleted_at IS NOT NULL, r.expired_at IS NOT NULL
              FROM records r JOIN data_keys d ON d.id = r.dek_id
-             WHERE d.wrapped IS NOT NULL AND (?1 IS NULL OR r.tenant_id = ?1)",
+             WHERE d.wrapped IS NOT NULL AND (r.tenant_id = ?1 OR ?1 IS NULL)",
         )?;
         let mut rows = stmt.query([tenant])?;
         while let Some(r) = rows.next()? {
@@ -204,8 +204,8 @@ impl AuditRows for Db {
     fn audit_list(&self, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>> {
         let mut stmt = self.prepare_cached(&format!(
             "SELECT {ENTRY_COLS} FROM audit_log WHERE seq > ?1
-               AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4)
-               AND (?5 IS NULL OR principal = ?5) AND (?6 IS NULL OR action = ?6) AND (?7 IS NULL OR outcome = ?7)
+               AND (tenant = ?2 OR ?2 IS NULL) AND (time >= ?3 OR ?3 IS NULL) AND (time < ?4 OR ?4 IS NULL)
+               AND (principal = ?5 OR ?5 IS NULL) AND (action = ?6 OR ?6 IS NULL) AND (outcome = ?7 OR ?7 IS NULL)
              ORDER BY seq LIMIT ?8"
         ))?;
         let rows = stmt.query_map(

@@ -5,6 +5,9 @@
 //! ([`to_postgres`]): `?N` placeholders, the empty blob `X''`, `rowid` (an
 //! explicit `rid` column there) and `instr(`. Every integer column is a
 //! 64-bit integer on both; a parameter of any integer width binds to it.
+//! PostgreSQL types a parameter where it first meets it, so an optional
+//! filter is written `(col = ?2 OR ?2 IS NULL)`, never `(?2 IS NULL OR …)`
+//! (which PostgreSQL refuses: "could not determine data type").
 //!
 //! Statements are prepared once per connection and cached (rusqlite's
 //! cache; `postgres::Pg`'s).

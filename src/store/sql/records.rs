@@ -95,12 +95,19 @@ impl RecordRows for Db {
             Some(c) => (c.owner.as_slice(), c.category.as_str(), c.key.as_str(), 1),
             None => (&[][..], "", "", 0),
         };
+        // The page stops in SQL too, at the row that takes the values'
+        // running size to `max_bytes`: PostgreSQL sends a query's whole
+        // result at once, so a page of large values is never fetched whole.
         let mut stmt = self.prepare_cached(&format!(
-            "SELECT {} FROM records r JOIN data_keys d ON d.id = r.dek_id
-             WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL AND r.deleted_at IS NULL
-               AND (?2 IS NULL OR r.owner = ?2) AND (?3 IS NULL OR r.category = ?3)
-               AND (?7 = 0 OR (r.owner, r.category, r.key) > (?4, ?5, ?6))
-             ORDER BY r.owner, r.category, r.key LIMIT ?8",
+            "SELECT {RECORD_COLS} FROM (
+               SELECT {}, CAST(sum(r.size) OVER (ORDER BY r.owner, r.category, r.key) AS BIGINT) AS upto
+               FROM records r JOIN data_keys d ON d.id = r.dek_id
+               WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL AND r.deleted_at IS NULL
+                 AND (r.owner = ?2 OR ?2 IS NULL) AND (r.category = ?3 OR ?3 IS NULL)
+                 AND (?7 = 0 OR (r.owner, r.category, r.key) > (?4, ?5, ?6))
+               ORDER BY r.owner, r.category, r.key LIMIT ?8) AS page
+             WHERE upto - size < ?9
+             ORDER BY owner, category, key",
             RECORD_COLS
                 .split(", ")
                 .map(|c| format!("r.{c}"))
@@ -116,7 +123,8 @@ impl RecordRows for Db {
                 a_cat,
                 a_key,
                 started,
-                limit as i64
+                limit as i64,
+                i64::try_from(max_bytes).unwrap_or(i64::MAX)
             ],
             record_row,
         )?;

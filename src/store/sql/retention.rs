@@ -134,7 +134,7 @@ impl RetentionRows for Db {
                    UNION ALL
                    SELECT (updated_at + ?4) / 86400000 AS day, count(*) AS n FROM records
                    WHERE tenant_id = ?1 AND category = ?2 AND owner = X'' AND deleted_at IS NULL AND updated_at <= ?3
-                   GROUP BY day)
+                   GROUP BY day) AS per_day
                  GROUP BY day ORDER BY day"
             }
         };
@@ -171,7 +171,7 @@ impl RetentionRows for Db {
     ) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO retention_history (tenant_id, category, day, expired) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tenant_id, category, day) DO UPDATE SET expired = expired + ?4",
+             ON CONFLICT (tenant_id, category, day) DO UPDATE SET expired = retention_history.expired + excluded.expired",
         )?
         .execute(params![tenant, category, day, expired as i64])?;
         Ok(())
