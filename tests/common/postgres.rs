@@ -114,9 +114,52 @@ fn remove_stale_clusters() {
     }
 }
 
+/// A restart of the throwaway cluster: down for `down_for`, then started
+/// again; `done` when it is started (not yet ready).
+struct Restart {
+    down_for: Duration,
+    done: std::sync::mpsc::Sender<()>,
+}
+
+/// How to restart this process's own throwaway cluster (none when
+/// `STRONGBOX_TEST_DATABASE_URL` names a server).
+static RESTART: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Restart>>> = OnceLock::new();
+
 fn start_cluster() -> String {
-    let (port, _) = start_cluster_in("", |_| {}, &[]);
+    let (port, _, restart) = start_cluster_in("", |_| {}, &[]);
+    let _ = RESTART.set(std::sync::Mutex::new(restart));
     format!("postgres://strongbox@127.0.0.1:{port}")
+}
+
+/// Whether this process runs its own cluster, which [`restart_server`]
+/// may restart.
+pub fn can_restart() -> bool {
+    server();
+    RESTART.get().is_some()
+}
+
+/// Restarts this process's cluster: a fast shutdown (every session is
+/// ended), `down_for` with no server, then the same data directory on the
+/// same port; returns once it accepts connections again.
+pub fn restart_server(down_for: Duration) {
+    let (done, started) = std::sync::mpsc::channel();
+    RESTART
+        .get()
+        .expect("a cluster of this process's own")
+        .lock()
+        .unwrap()
+        .send(Restart { down_for, done })
+        .unwrap();
+    started.recv().unwrap();
+    let url = format!("{}/postgres", server());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres::Client::connect(&url, postgres::NoTls).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the test PostgreSQL server did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A throwaway cluster of its own that takes TLS connections only over
@@ -130,7 +173,7 @@ pub fn tls_cluster() -> &'static (u16, PathBuf) {
 
 fn start_tls_cluster() -> (u16, PathBuf) {
     let (ca_pem, cert_pem, key_pem) = tls_files();
-    let (port, dir) = start_cluster_in(
+    let (port, dir, _) = start_cluster_in(
         "-tls",
         move |data| {
             for (name, text) in [("server.crt", &cert_pem), ("server.key", &key_pem)] {
@@ -208,8 +251,13 @@ fn give_to_postgres(path: &Path, mode: u32) {
 
 /// Starts a cluster in `strongbox-pg-<pid><suffix>` under the temp dir,
 /// `setup` run on its data directory after `initdb`, `args` given to the
-/// postmaster: its port and directory (the local socket's too).
-fn start_cluster_in(suffix: &str, setup: impl FnOnce(&Path), args: &[&str]) -> (u16, PathBuf) {
+/// postmaster: its port, its directory (the local socket's too), and how
+/// to restart it.
+fn start_cluster_in(
+    suffix: &str,
+    setup: impl FnOnce(&Path),
+    args: &[&str],
+) -> (u16, PathBuf, std::sync::mpsc::Sender<Restart>) {
     remove_stale_clusters();
     let dir = std::env::temp_dir().join(format!("strongbox-pg-{}{suffix}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -241,24 +289,43 @@ fn start_cluster_in(suffix: &str, setup: impl FnOnce(&Path), args: &[&str]) -> (
     let port = free_port();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     // The postmaster is started from a thread that never ends, so its
-    // parent-death signal fires only when this process exits.
+    // parent-death signal fires only when this process exits; the same
+    // thread restarts it when asked.
     let (program, dir2) = (pg_bin("postgres"), dir.clone());
+    let (restart, restarts) = std::sync::mpsc::channel::<Restart>();
     std::thread::spawn(move || {
-        let mut child = unprivileged(&program)
-            .arg("-D")
-            .arg(dir2.join("data"))
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=on", "-c", "max_connections=300"])
-            .args(&args)
-            .arg("-k")
-            .arg(&dir2)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir2.join("log")).unwrap())
-            .spawn()
-            .expect("start postgres");
-        let _ = child.wait();
         loop {
-            std::thread::park();
+            let mut child = unprivileged(&program)
+                .arg("-D")
+                .arg(dir2.join("data"))
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", "fsync=on", "-c", "max_connections=300"])
+                .args(&args)
+                .arg("-k")
+                .arg(&dir2)
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir2.join("log"))
+                        .unwrap(),
+                )
+                .spawn()
+                .expect("start postgres");
+            let Ok(Restart { down_for, done }) = restarts.recv() else {
+                let _ = child.wait();
+                loop {
+                    std::thread::park();
+                }
+            };
+            // SIGINT: PostgreSQL's fast shutdown.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            std::thread::sleep(down_for);
+            let _ = done.send(());
         }
     });
     let started = Instant::now();
@@ -279,5 +346,5 @@ fn start_cluster_in(suffix: &str, setup: impl FnOnce(&Path), args: &[&str]) -> (
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (port, dir)
+    (port, dir, restart)
 }
