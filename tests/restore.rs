@@ -339,8 +339,12 @@ async fn a_restore_killed_part_way_is_refused_by_serve_and_finished_by_a_rerun()
         ]
     };
     // A crash right after the database was copied in (marker and an
-    // unapplied database in place), then SIGKILLs at several moments.
-    let mut cases: Vec<Option<u64>> = vec![None];
+    // unapplied database in place); a crash after the restore anchored its
+    // audit chain but before the marker went (the anchor then records
+    // entries of a database the rerun replaces: on the previous code the
+    // rerun refused it as audit tampering); then SIGKILLs at several
+    // moments.
+    let mut cases: Vec<Option<u64>> = vec![None, Some(u64::MAX)];
     cases.extend([0, 15, 40, 90].map(Some));
     for kill_after in cases {
         let dir = dir_with_keys(&f.old.data_dir());
@@ -349,6 +353,18 @@ async fn a_restore_killed_part_way_is_refused_by_serve_and_finished_by_a_rerun()
             None => {
                 std::fs::write(data.join(server::restore::RESTORE_MARKER), "restoring\n").unwrap();
                 std::fs::copy(&f.backup, data.join(strongbox::store::DB_FILE)).unwrap();
+            }
+            Some(u64::MAX) => {
+                let (ok, _, err) = run_cli(
+                    &args(&data)
+                        .iter()
+                        .map(|a| a.as_os_str())
+                        .collect::<Vec<_>>(),
+                    dir.path(),
+                    &[],
+                );
+                assert!(ok, "{err}");
+                std::fs::write(data.join(server::restore::RESTORE_MARKER), "restoring\n").unwrap();
             }
             Some(ms) => {
                 let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))

@@ -13,7 +13,9 @@
 //! 4. The marker is removed.
 //!
 //! A crash at any step leaves the marker; running the same command again
-//! starts over from the backup (every step is safe to repeat). A directory
+//! starts over from the backup (every step is safe to repeat; the audit
+//! anchor is reset to the unpacked backup's head before anything is
+//! appended, so points a cut-off run anchored do not refuse the rerun). A directory
 //! that already holds a database and no marker is never written.
 
 use std::io::Write;
@@ -160,6 +162,7 @@ pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<
     let keys = Arc::new(Keyring::new(root));
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
     let vault = Vault::open(store, keys, cfg.limits.clone(), anchor).await?;
+    vault.anchor_unpacked_backup().await?;
     // A backup older than the erasure window cannot be opened: refused,
     // and nothing left behind.
     if let Err(e) = vault.open_erasure(cfg.erasure()?, Some(backup_time)).await {

@@ -112,6 +112,14 @@ impl Vault {
     /// Records the restore in the audit trail, then anchors the new head
     /// as a reset: the entries the live vault wrote after the backup are
     /// not in this trail.
+    /// Anchors the chain of a database just unpacked from a backup, before
+    /// anything is appended to it: points the anchor holds beyond it were
+    /// written by a run of the same restore that was cut off, and belong
+    /// to a database the rerun replaced.
+    pub async fn anchor_unpacked_backup(&self) -> Result<()> {
+        self.anchor_reset().await
+    }
+
     pub async fn record_restore(&self, call: &Arc<Call>) -> Result<()> {
         self.mutate(call, |_| Ok(())).await?;
         self.anchor_reset().await
