@@ -95,39 +95,49 @@ impl RecordRows for Db {
             Some(c) => (c.owner.as_slice(), c.category.as_str(), c.key.as_str(), 1),
             None => (&[][..], "", "", 0),
         };
-        // The page stops in SQL too, at the row that takes the values'
-        // running size to `max_bytes`: PostgreSQL sends a query's whole
-        // result at once, so a page of large values is never fetched whole.
-        let mut stmt = self.prepare_cached(&format!(
-            "SELECT {RECORD_COLS} FROM (
-               SELECT {}, CAST(sum(r.size) OVER (ORDER BY r.owner, r.category, r.key) AS BIGINT) AS upto
-               FROM records r JOIN data_keys d ON d.id = r.dek_id
-               WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL AND r.deleted_at IS NULL
-                 AND (r.owner = ?2 OR ?2 IS NULL) AND (r.category = ?3 OR ?3 IS NULL)
-                 AND (?7 = 0 OR (r.owner, r.category, r.key) > (?4, ?5, ?6))
-               ORDER BY r.owner, r.category, r.key LIMIT ?8) AS page
-             WHERE upto - size < ?9
-             ORDER BY owner, category, key",
-            RECORD_COLS
-                .split(", ")
-                .map(|c| format!("r.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))?;
-        let rows = stmt.query_map(
-            params![
-                tenant,
-                owner,
-                category,
-                a_owner,
-                a_cat,
-                a_key,
-                started,
-                limit as i64,
-                i64::try_from(max_bytes).unwrap_or(i64::MAX)
-            ],
-            record_row,
-        )?;
+        // Two steps in one transaction: the page's sizes first, then only
+        // the rows that fit in `max_bytes` (the one that reaches it
+        // included). PostgreSQL sends a query's whole result at once, so a
+        // page of large values is never fetched whole; SQLite reads lazily.
+        let page = |cols: &str| {
+            format!(
+                "SELECT {cols} FROM records r JOIN data_keys d ON d.id = r.dek_id
+                 WHERE r.tenant_id = ?1 AND d.wrapped IS NOT NULL AND r.deleted_at IS NULL
+                   AND (r.owner = ?2 OR ?2 IS NULL) AND (r.category = ?3 OR ?3 IS NULL)
+                   AND (?7 = 0 OR (r.owner, r.category, r.key) > (?4, ?5, ?6))
+                 ORDER BY r.owner, r.category, r.key LIMIT ?8"
+            )
+        };
+        macro_rules! page_params {
+            ($limit:expr) => {
+                params![
+                    tenant, owner, category, a_owner, a_cat, a_key, started, $limit
+                ]
+            };
+        }
+        let sizes: Vec<i64> = self
+            .prepare_cached(&page("r.size"))?
+            .query_map(page_params!(limit as i64), |r| r.get(0))?
+            .collect::<Result<_>>()?;
+        let mut fits = 0;
+        let mut total = 0usize;
+        for size in sizes {
+            fits += 1;
+            total = total.saturating_add(usize::try_from(size).unwrap_or(0));
+            if total >= max_bytes {
+                break;
+            }
+        }
+        if fits == 0 {
+            return Ok(Vec::new());
+        }
+        let cols = RECORD_COLS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = self.prepare_cached(&page(&cols))?;
+        let rows = stmt.query_map(page_params!(fits as i64), record_row)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for row in rows {
