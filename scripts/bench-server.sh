@@ -1,40 +1,64 @@
 #!/bin/bash
-# Measures one op against a fresh server: ops/s, p99, and server CPU per op
-# (utime+stime from /proc around the run); with PG_OWNER set (the user the
-# PostgreSQL server runs as), PostgreSQL's CPU per op too.
+# Measures one op against fresh servers: ops/s, p99, and server CPU per op
+# (utime+stime from /proc around the timed load, summed over the servers,
+# read by `bench --server-pid`: the prefill of `get` is left out); with
+# PG_OWNER set (the user the PostgreSQL server runs as), PostgreSQL's CPU
+# per op too. With SERVERS=N (PostgreSQL only), N servers share the
+# database, one root key and one shared directory (erasure keys, audit
+# anchor, shred ledger), and the bench spreads its connections over them
+# (--also-endpoint); `shred` then also times a shred on the first server
+# to a read refused on the second.
 #
 #   scripts/bench-server.sh target/release/strongbox put
 #   PG_OWNER=nobody scripts/bench-server.sh target/release/strongbox get \
 #       --database-url postgres://strongbox@127.0.0.1:55432/bench1
+#   SERVERS=2 PG_OWNER=nobody scripts/bench-server.sh target/release/strongbox put \
+#       --database-url postgres://strongbox@127.0.0.1:55432/bench2
 #
 # The database must exist and be empty.
 set -euo pipefail
 B=$(realpath "$1"); OP=$2; shift 2
+N=${SERVERS:-1}
 D=$(mktemp -d)
 cd "$D"
-"$B" serve --listen 127.0.0.1:0 "$@" > out.txt 2> err.txt &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$D"' EXIT
-for _ in $(seq 100); do grep -q listening out.txt && break; sleep 0.1; done
-EP=http://$(sed -n 's/listening on //p' out.txt)
-KEY=$(cat strongbox-data/operator.key)
-tick=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
-pgcpu() {
-    [ -n "${PG_OWNER:-}" ] || { echo 0; return; }
-    for p in $(pgrep -u "$PG_OWNER" postgres); do awk '{print $14+$15}' /proc/$p/stat 2>/dev/null; done |
-        awk '{s+=$1} END {print s+0}'
+mkdir shared
+export BENCH_ROOT_KEY
+BENCH_ROOT_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
+EPS=()
+for i in $(seq "$N"); do
+    mkdir "s$i"
+    (cd "s$i" && exec "$B" serve --listen 127.0.0.1:0 --root-key-env BENCH_ROOT_KEY \
+        --audit-anchor ../shared/audit.anchor --shred-ledger ../shared/shred.ledger \
+        --config <(echo "erasure_keys = \"$D/shared/erasure.keys\"") "$@" > out.txt 2> err.txt) &
+    PIDS+=($!)
+    for _ in $(seq 100); do grep -q listening "s$i/out.txt" && break; sleep 0.1; done
+    EPS+=("http://$(sed -n 's/listening on //p' "s$i/out.txt")")
+done
+KEY=$(cat s1/strongbox-data/operator.key)
+ALSO=()
+for ep in "${EPS[@]:1}"; do ALSO+=(--also-endpoint "$ep"); done
+PGPIDS=()
+if [ -n "${PG_OWNER:-}" ]; then
+    for p in $(pgrep -u "$PG_OWNER" postgres); do PGPIDS+=(--database-pid "$p"); done
+fi
+CPU=()
+for p in "${PIDS[@]}"; do CPU+=(--server-pid "$p"); done
+bench() {
+    "$B" --endpoint "${EPS[0]}" --api-key "$KEY" --json bench --op "$OP" --concurrency 64 \
+        --value-size 1024 --duration "$1" "${ALSO[@]}" "${CPU[@]}" "${PGPIDS[@]}"
 }
-bench() { "$B" --endpoint "$EP" --api-key "$KEY" --json bench --op "$OP" --concurrency 64 --value-size 1024 --duration "$1"; }
+if [ "$OP" = shred ]; then
+    bench 1s
+    exit 0
+fi
 bench 2s >/dev/null
-c0=$(cpu); p0=$(pgcpu)
-R=$(bench 8s)
-c1=$(cpu); p1=$(pgcpu)
-echo "$R" | python3 -c "
+# The bench reads the processes' CPU time around its timed load alone.
+bench 8s | python3 -c "
 import sys, json
 r = json.loads(sys.stdin.read())
-ops = r.get('ops') or r.get('operations')
-line = '$OP: %.0f ops/s, p99 %s ms, server CPU %.1f us/op' % (r['ops_per_sec'], r.get('p99_ms'), ($c1-$c0)/$tick*1e6/ops)
-if ${PG_OWNER:+1}0: line += ', PostgreSQL CPU %.1f us/op' % (($p1-$p0)/$tick*1e6/ops)
+line = '$OP on $N server(s): %.0f ops/s, p99 %s ms, server CPU %.1f us/op' % (r['ops_per_sec'], r.get('p99_ms'), r['server_cpu_us_per_op'])
+if r.get('database_cpu_us_per_op') is not None: line += ', PostgreSQL CPU %.1f us/op' % r['database_cpu_us_per_op']
 print(line)
 "

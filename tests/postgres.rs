@@ -413,3 +413,58 @@ async fn tls_to_the_database_is_verified_against_its_ca() {
     });
     assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "{ssl:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bench_drives_two_servers_and_times_a_shred_seen_on_the_other() {
+    let (a, url) = pg_server().await;
+    let (_dir_b, b) = second_server(&a, &url).await;
+    let b_endpoint = format!("http://{}", b.addr);
+    let bench = |op: &'static str| {
+        let (a_endpoint, key, b_endpoint) = (
+            a.endpoint.clone(),
+            a.operator_key.clone(),
+            b_endpoint.clone(),
+        );
+        let dir = a.dir.path().to_owned();
+        let pid = std::process::id().to_string();
+        tokio::task::spawn_blocking(move || {
+            let args = [
+                "--json",
+                "--endpoint",
+                &a_endpoint,
+                "--api-key",
+                &key,
+                "bench",
+                "--op",
+                op,
+                "--duration",
+                "1s",
+                "--concurrency",
+                "16",
+                "--records",
+                "20",
+                "--also-endpoint",
+                &b_endpoint,
+                // This process serves A.
+                "--server-pid",
+                &pid,
+            ];
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            let (ok, out, err) = run_cli(&args, &dir, &[]);
+            assert!(ok, "{err}");
+            serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+        })
+    };
+    let put = bench("put").await.unwrap();
+    assert_eq!(put["servers"], 2, "{put}");
+    assert_eq!(put["errors"], 0, "{put}");
+    assert!(put["ops"].as_u64().unwrap() > 0, "{put}");
+    assert!(put["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{put}");
+    assert!(put["database_cpu_us_per_op"].is_null(), "{put}");
+    let shred = bench("shred").await.unwrap();
+    assert_eq!(shred["servers"], 2, "{shred}");
+    let refused = shred["refused_on_other_server_median_ms"].as_f64().unwrap();
+    let took = shred["shred_one_record_median_ms"].as_f64().unwrap();
+    assert!(refused >= took && refused > 0.0, "{shred}");
+    b.shutdown().await.unwrap();
+}

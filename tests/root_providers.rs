@@ -12,8 +12,8 @@ async fn root_key_from_an_environment_variable() {
     let dir = tempfile::tempdir().unwrap();
     let key = hex::encode(strongbox::crypto::random_bytes::<32>());
     let args = ["--root-key-env".as_ref(), "SB_TEST_ROOT_KEY".as_ref()];
-    let (mut server, endpoint) =
-        try_spawn_binary_env(&args, dir.path(), &[("SB_TEST_ROOT_KEY", &key)]).unwrap();
+    let server = Serve::start(&args, dir.path(), &[("SB_TEST_ROOT_KEY", &key)]).unwrap();
+    let endpoint = server.endpoint.clone();
     let op_key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
     let op = Client::connect(&endpoint, Some(op_key.trim()))
         .await
@@ -27,31 +27,29 @@ async fn root_key_from_an_environment_variable() {
         tonic::Code::FailedPrecondition,
         "SB_TEST_ROOT_KEY",
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     assert!(
         !dir.path().join("strongbox-data/root.key").exists(),
         "no key file is written"
     );
 
     // The same key serves the same data after a restart.
-    let (mut server, endpoint) =
-        try_spawn_binary_env(&args, dir.path(), &[("SB_TEST_ROOT_KEY", &key)]).unwrap();
+    let server = Serve::start(&args, dir.path(), &[("SB_TEST_ROOT_KEY", &key)]).unwrap();
+    let endpoint = server.endpoint.clone();
     let rw = Client::connect(&endpoint, Some(&rw_key)).await.unwrap();
     assert_eq!(get_value(&rw, "t", "s", "c", "k").await.unwrap(), b"secret");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
     // Another key, or none, is refused with a message that says why.
     let other = hex::encode(strongbox::crypto::random_bytes::<32>());
-    let err = try_spawn_binary_env(&args, dir.path(), &[("SB_TEST_ROOT_KEY", &other)])
+    let err = Serve::start(&args, dir.path(), &[("SB_TEST_ROOT_KEY", &other)])
         .err()
         .unwrap();
     assert!(
         err.contains("not the one this vault's data is wrapped under"),
         "{err}"
     );
-    let err = try_spawn_binary_env(&args, dir.path(), &[]).err().unwrap();
+    let err = Serve::start(&args, dir.path(), &[]).err().unwrap();
     assert!(
         err.contains("SB_TEST_ROOT_KEY") && err.contains("not set"),
         "{err}"

@@ -64,6 +64,38 @@ pub struct BenchArgs {
     /// Subjects the records are spread over.
     #[arg(long, default_value_t = 1000)]
     pub subjects: usize,
+    /// Another server of the same vault (several servers on one
+    /// PostgreSQL database), plaintext `http://HOST:PORT`; repeatable. The
+    /// connections are spread over all servers; `shred` also times how
+    /// soon after a shred on the first server a read on the next one is
+    /// refused.
+    #[arg(long = "also-endpoint", value_name = "URL")]
+    pub also_endpoints: Vec<String>,
+    /// A server process on this machine (repeatable): its CPU time
+    /// (utime+stime from /proc) during the timed load alone, the prefill
+    /// left out, is reported per op (`server_cpu_us_per_op`).
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pids: Vec<u32>,
+    /// A database process on this machine (repeatable), reported likewise
+    /// (`database_cpu_us_per_op`).
+    #[arg(long = "database-pid", value_name = "PID")]
+    pub database_pids: Vec<u32>,
+}
+
+/// The CPU time (utime + stime, in seconds) of `pids`, from /proc; a
+/// process that has exited counts 0.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick = 100.0; // USER_HZ, fixed at 100 on Linux
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command (which may hold spaces) in parentheses.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / tick
 }
 
 mod sweep;
@@ -282,10 +314,16 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     anyhow::ensure!(args.concurrency > 0, "--concurrency: must be at least 1");
     let (tenant, key) = setup(client).await?;
     // Eight clients per connection, so one HTTP/2 connection is not the
-    // bottleneck.
+    // bottleneck; connection i goes to server i mod servers.
+    let servers = 1 + args.also_endpoints.len();
     let mut pool = Vec::new();
-    for _ in 0..args.concurrency.div_ceil(8) {
-        pool.push(client.reconnect(&key).await?);
+    for i in 0..args.concurrency.div_ceil(8).max(servers) {
+        pool.push(match i % servers {
+            0 => client.reconnect(&key).await?,
+            k => Client::connect(&args.also_endpoints[k - 1], Some(&key))
+                .await
+                .map_err(|e| anyhow::anyhow!("--also-endpoint: {e}"))?,
+        });
     }
     let value = vec![0x5a; args.value_size];
 
@@ -312,6 +350,10 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
         .await?;
     }
 
+    let cpu_before = (
+        cpu_seconds(&args.server_pids),
+        cpu_seconds(&args.database_pids),
+    );
     let r = load(
         &pool,
         &tenant,
@@ -321,6 +363,11 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
         Stop::at(Instant::now() + duration),
     )
     .await?;
+    let per_op = |before: f64, pids: &[u32]| {
+        (!pids.is_empty() && r.ops > 0).then(|| (cpu_seconds(pids) - before) * 1e6 / r.ops as f64)
+    };
+    let server_cpu = per_op(cpu_before.0, &args.server_pids);
+    let database_cpu = per_op(cpu_before.1, &args.database_pids);
     cleanup(client, &tenant).await;
     if json_out {
         println!(
@@ -328,6 +375,7 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
             json!({
                 "op": args.op.name(),
                 "concurrency": args.concurrency,
+                "servers": 1 + args.also_endpoints.len(),
                 "duration_s": r.elapsed_s,
                 "value_size": args.value_size,
                 "ops": r.ops,
@@ -336,20 +384,29 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
                 "p99_ms": r.p99_ms,
                 "errors": r.errors,
                 "first_error": r.first_error,
+                "server_cpu_us_per_op": server_cpu,
+                "database_cpu_us_per_op": database_cpu,
             })
         );
     } else {
         println!(
-            "{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors ({} clients, {:.1} s, {}-byte values)",
+            "{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors ({} clients on {} server(s), {:.1} s, {}-byte values)",
             args.op.name(),
             r.ops_per_sec,
             r.p50_ms,
             r.p99_ms,
             r.errors,
             args.concurrency,
+            1 + args.also_endpoints.len(),
             r.elapsed_s,
             args.value_size
         );
+        if let Some(c) = server_cpu {
+            println!("server CPU {c:.1} us/op");
+        }
+        if let Some(c) = database_cpu {
+            println!("database CPU {c:.1} us/op");
+        }
         if let Some(e) = r.first_error {
             eprintln!("first error: {e}");
         }
@@ -385,27 +442,51 @@ async fn shred_bench(
             .await?;
     }
     let mut subjects = pool[0].subjects();
-    let mut timed_shred = async |subject: String| -> anyhow::Result<(f64, u64)> {
+    // With another server, pool[1] is on it: after each one-record shred
+    // on the first server, the record is read there, which must be
+    // refused; timed from the shred's start.
+    let other = (!args.also_endpoints.is_empty()).then(|| pool[1].records());
+    let mut timed_shred = async |subject: String, i: usize| -> anyhow::Result<(f64, u64, f64)> {
         let started = Instant::now();
         let r = subjects
             .shred_subject(pb::ShredSubjectRequest {
                 tenant: tenant.to_owned(),
-                subject,
+                subject: subject.clone(),
             })
             .await?
             .into_inner();
-        Ok((
-            started.elapsed().as_secs_f64() * 1000.0,
-            r.records_made_unreadable,
-        ))
+        let shred_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut refused_ms = 0.0;
+        if let Some(mut other) = other.clone() {
+            let read = other
+                .get_record(pb::GetRecordRequest {
+                    tenant: tenant.to_owned(),
+                    subject,
+                    category: "bench".into(),
+                    key: format!("k{i}"),
+                })
+                .await;
+            anyhow::ensure!(
+                read.as_ref()
+                    .is_err_and(|s| s.code() == tonic::Code::NotFound),
+                "the other server answered a read after the shred returned: {read:?}"
+            );
+            refused_ms = started.elapsed().as_secs_f64() * 1000.0;
+        }
+        Ok((shred_ms, r.records_made_unreadable, refused_ms))
     };
-    let (big_ms, big_records) = timed_shred("shred-big".into()).await?;
+    let (big_ms, big_records, _) = timed_shred("shred-big".into(), 0).await?;
     let mut one_ms = Vec::new();
+    let mut refused_ms = Vec::new();
     for i in 0..5 {
-        one_ms.push(timed_shred(format!("shred-one-{i}")).await?.0);
+        let (ms, _, refused) = timed_shred(format!("shred-one-{i}"), i).await?;
+        one_ms.push(ms);
+        refused_ms.push(refused);
     }
     one_ms.sort_by(f64::total_cmp);
+    refused_ms.sort_by(f64::total_cmp);
     let one_median = one_ms[2];
+    let refused_median = refused_ms[2];
     if json_out {
         println!(
             "{}",
@@ -414,6 +495,8 @@ async fn shred_bench(
                 "records": big_records,
                 "shred_ms": big_ms,
                 "shred_one_record_median_ms": one_median,
+                "refused_on_other_server_median_ms": refused_median,
+                "servers": 1 + args.also_endpoints.len(),
                 "errors": 0,
             })
         );
@@ -421,6 +504,11 @@ async fn shred_bench(
         println!(
             "shred: {big_records} records in {big_ms:.2} ms; one record (median of 5) in {one_median:.2} ms"
         );
+        if !args.also_endpoints.is_empty() {
+            println!(
+                "shred on the first server to a read refused on the second: {refused_median:.2} ms (median of 5)"
+            );
+        }
     }
     Ok(())
 }

@@ -368,16 +368,6 @@ pub fn spawn_binary_logging(
     (child, format!("http://{addr}"))
 }
 
-/// As [`spawn_binary`], with extra environment variables; `Err` with the
-/// server's stderr if it exits instead of listening.
-pub fn try_spawn_binary_env(
-    args: &[&std::ffi::OsStr],
-    cwd: &std::path::Path,
-    envs: &[(&str, &str)],
-) -> Result<(std::process::Child, String), String> {
-    Serve::start(args, cwd, envs).map(|s| (s.child, s.endpoint))
-}
-
 /// Creates `tenant` through an operator client and its first admin;
 /// returns the admin's API key.
 pub async fn tenant_with_admin(op: &Client, tenant: &str) -> String {
@@ -535,6 +525,17 @@ impl Serve {
         Client::connect(&self.endpoint, Some(key.trim()))
             .await
             .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    /// A test that fails part-way must not leave its server running (it
+    /// would go on with its housekeeping against a shared database).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
