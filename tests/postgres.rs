@@ -468,3 +468,36 @@ async fn the_bench_drives_two_servers_and_times_a_shred_seen_on_the_other() {
     assert!(refused >= took && refused > 0.0, "{shred}");
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_rotation_is_refused_while_another_server_is_live() {
+    let (a, url) = pg_server().await;
+    let (_dir_b, b) = second_server(&a, &url).await;
+    let op = a.operator().await;
+    let (_, key) = a.tenant_with_user_key("acme").await;
+    put_ok(&a.client(&key).await, "acme", "alice", "c", "k", b"v").await;
+    let on_b = strongbox::client::Client::connect(&format!("http://{}", b.addr), Some(&key))
+        .await
+        .unwrap();
+    // B would go on wrapping under the old root: refused, nothing changed.
+    assert_status(
+        op.keys().rotate_root_key(pb::RotateRootKeyRequest {}).await,
+        Code::FailedPrecondition,
+        "1 other server(s) serve this database",
+    );
+    assert_eq!(
+        get_value(&on_b, "acme", "alice", "c", "k").await.unwrap(),
+        b"v"
+    );
+    // B stops cleanly (its presence goes with it): the rotation runs, and
+    // the data reads back under the new root.
+    b.shutdown().await.unwrap();
+    let rotated = rotate_root(&op).await;
+    assert!(rotated.keys_rewrapped > 0, "{rotated:?}");
+    assert_eq!(
+        get_value(&a.client(&key).await, "acme", "alice", "c", "k")
+            .await
+            .unwrap(),
+        b"v"
+    );
+}

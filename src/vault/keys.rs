@@ -316,8 +316,22 @@ impl Vault {
         let current = self.keys.root();
         let from = current.describe();
         let (keys, old, new) = (self.keys.clone(), current.clone(), next.clone());
+        let (jobs, shared) = (self.jobs.clone(), self.store.is_postgres());
         let result = self
             .mutate(call, move |conn| {
+                // Another live server would go on wrapping under the old
+                // root, which is destroyed: refused, in the unit that
+                // rotates (a server's open registers it in one too).
+                if shared {
+                    let others = jobs.others_live(conn)?;
+                    if !others.is_empty() {
+                        return Err(Error::FailedPrecondition(format!(
+                            "root rotation: {} other server(s) serve this database ({}), and each would go on wrapping keys under the old root key, which the rotation destroys; stop them (a clean stop, or wait for their presence to expire: twice housekeeping_interval and a second), rotate on one server, then start the others with the new root key (docs/runbooks/postgresql.md)",
+                            others.len(),
+                            others.join(", ")
+                        )));
+                    }
+                }
                 let n = keys.rewrap_root_keys(conn, &*old, &*new)?;
                 keys.swap_root(new.clone());
                 Ok(n)

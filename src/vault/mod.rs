@@ -115,8 +115,9 @@ pub struct Vault {
     ledger: std::sync::OnceLock<Arc<crate::ledger::Ledger>>,
     /// Erasure epochs, once opened (the server opens them).
     erasure: std::sync::OnceLock<ErasureSettings>,
-    /// Which server runs the background jobs.
-    jobs: jobs::lease::JobLease,
+    /// Which server runs the background jobs, and this server's presence
+    /// on shared storage.
+    jobs: Arc<jobs::lease::JobLease>,
 }
 
 /// Where a vault anchors its audit chain, and how strictly it opens it.
@@ -164,11 +165,17 @@ impl Vault {
         limits: Limits,
         anchor: AuditAnchor,
     ) -> Result<Arc<Self>> {
-        keys.set_shared(store.is_postgres());
+        let shared = store.is_postgres();
+        keys.set_shared(shared);
         let k = keys.clone();
+        let jobs = Arc::new(jobs::lease::JobLease::new());
+        let j = jobs.clone();
         let anchor = store
             .write(move |conn| {
                 k.check_root(conn)?;
+                if shared {
+                    j.register(conn)?;
+                }
                 k.ensure_vault_keys(conn)?;
                 integrity::seal_unsealed(conn, &k)?;
                 match &anchor {
@@ -193,7 +200,7 @@ impl Vault {
             held_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             ledger: std::sync::OnceLock::new(),
             erasure: std::sync::OnceLock::new(),
-            jobs: jobs::lease::JobLease::new(),
+            jobs,
         }))
     }
 

@@ -12,4 +12,8 @@ pub trait LeaseRows {
     /// Gives lease `name` up, if `holder` has it (a clean shutdown: another
     /// server need not wait for it to expire).
     fn lease_release(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// The holders of the leases whose names start with `prefix` and that
+    /// have not expired at `now_ms`.
+    fn leases_live(&self, prefix: &str, now_ms: i64) -> Result<Vec<String>>;
 }

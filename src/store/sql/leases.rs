@@ -26,6 +26,16 @@ impl LeaseRows for Db {
         )?;
         Ok(())
     }
+
+    fn leases_live(&self, prefix: &str, now_ms: i64) -> Result<Vec<String>> {
+        // Prefixes are plain words ending in '/': no LIKE wildcard in them.
+        let pattern = format!("{prefix}%");
+        let mut stmt = self.prepare_cached(
+            "SELECT holder FROM job_leases WHERE name LIKE ?1 AND expires_at >= ?2 ORDER BY holder",
+        )?;
+        let rows = stmt.query_map(params![pattern, now_ms], |r| r.get(0))?;
+        rows.collect()
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +70,23 @@ mod tests {
         );
         store.write(|c| c.lease_release("jobs", "b")).await.unwrap();
         assert!(claim(&store, "a", 302, 402).await, "given up: free at once");
+    }
+
+    #[tokio::test]
+    async fn live_holders_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1).unwrap();
+        store
+            .write(|c| {
+                c.lease_claim("server/a", "a", 0, 100)?;
+                c.lease_claim("server/b", "b", 0, 50)?;
+                c.lease_claim("jobs", "c", 0, 100)
+            })
+            .await
+            .unwrap();
+        let live = |now| store.read(move |c| c.leases_live("server/", now));
+        assert_eq!(live(40).await.unwrap(), ["a", "b"]);
+        assert_eq!(live(60).await.unwrap(), ["a"], "b expired");
+        assert!(live(101).await.unwrap().is_empty());
     }
 }

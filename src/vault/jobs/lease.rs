@@ -23,6 +23,14 @@ use crate::now_ms;
 /// The lease's name in `job_leases`.
 const JOBS: &str = "background-jobs";
 
+/// Each server's presence on shared storage: a lease of its own,
+/// `server/<holder>`, written when it opens the vault and renewed with the
+/// jobs lease, so a root rotation can see which servers are live.
+const PRESENCE: &str = "server/";
+
+/// How long a presence written at open lasts before the first renewal.
+const PRESENCE_AT_OPEN_MS: i64 = 60_000;
+
 /// Before the first claim: the vault runs its passes without a lease
 /// (library use, as in the benches and unit tests).
 const UNCLAIMED: i64 = 0;
@@ -52,6 +60,26 @@ impl JobLease {
             ttl_ms: AtomicI64::new(60_000),
             held_until: AtomicI64::new(UNCLAIMED),
         }
+    }
+}
+
+impl JobLease {
+    /// Registers this server as live on shared storage, in the unit of
+    /// work that opens the vault (before it serves).
+    pub(in crate::vault) fn register(&self, conn: &dyn crate::store::Tx) -> Result<()> {
+        let now = now_ms();
+        let name = format!("{PRESENCE}{}", self.holder);
+        conn.lease_claim(&name, &self.holder, now, now + PRESENCE_AT_OPEN_MS)?;
+        Ok(())
+    }
+
+    /// The other servers live on shared storage now (their holder ids).
+    pub(in crate::vault) fn others_live(&self, conn: &dyn crate::store::Tx) -> Result<Vec<String>> {
+        Ok(conn
+            .leases_live(PRESENCE, now_ms())?
+            .into_iter()
+            .filter(|h| *h != self.holder)
+            .collect())
     }
 }
 
@@ -85,7 +113,10 @@ impl Vault {
         let holder = self.jobs.holder.clone();
         let held = self
             .store
-            .write(move |c| c.lease_claim(JOBS, &holder, now, until))
+            .write(move |c| {
+                c.lease_claim(&format!("{PRESENCE}{holder}"), &holder, now, until)?;
+                c.lease_claim(JOBS, &holder, now, until)
+            })
             .await;
         let held = match held {
             Ok(held) => held,
@@ -109,14 +140,22 @@ impl Vault {
         Ok(held)
     }
 
-    /// Gives the lease up, if this server holds it (shutdown).
+    /// Gives the lease up, if this server holds it, and its presence on
+    /// shared storage (shutdown).
     pub async fn release_job_lease(&self) -> Result<()> {
-        if self.jobs.held_until.swap(NOT_HELD, Ordering::AcqRel) <= 0 {
+        let held = self.jobs.held_until.swap(NOT_HELD, Ordering::AcqRel) > 0;
+        if !self.store.is_postgres() {
             return Ok(());
         }
         let holder = self.jobs.holder.clone();
         self.store
-            .write(move |c| c.lease_release(JOBS, &holder))
+            .write(move |c| {
+                c.lease_release(&format!("{PRESENCE}{holder}"), &holder)?;
+                if held {
+                    c.lease_release(JOBS, &holder)?;
+                }
+                Ok(())
+            })
             .await?;
         crate::metrics::get().job_lease_held.set(0);
         Ok(())
