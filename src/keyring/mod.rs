@@ -325,13 +325,27 @@ impl Keyring {
             .collect()
     }
 
-    /// Takes every KEK use not yet written, for housekeeping to write.
-    pub fn take_kek_use(&self) -> Vec<(String, u32, i64)> {
+    /// Every KEK use not yet written, for housekeeping to write; they stay
+    /// pending (and in `pending_kek_use`) until [`Keyring::kek_use_written`]
+    /// says the write committed, so a status read meanwhile still sees them.
+    pub fn unwritten_kek_use(&self) -> Vec<(String, u32, i64)> {
         self.cache()
             .kek_use
-            .drain()
-            .map(|((t, v), at)| (t, v, at))
+            .iter()
+            .map(|((t, v), at)| (t.clone(), *v, *at))
             .collect()
+    }
+
+    /// Forgets the uses `written` recorded, unless a later use replaced
+    /// one meanwhile.
+    pub fn kek_use_written(&self, written: &[(String, u32, i64)]) {
+        let mut cache = self.cache();
+        for (t, v, at) in written {
+            let key = (t.clone(), *v);
+            if cache.kek_use.get(&key) == Some(at) {
+                cache.kek_use.remove(&key);
+            }
+        }
     }
 
     /// The unwrapped data key of `row`, or `None` if it was destroyed, for

@@ -18,18 +18,22 @@ impl Vault {
     /// Writes down when each KEK version was last used (kept in memory
     /// between housekeeping runs); returns how many versions it updated.
     pub async fn flush_kek_use(&self) -> Result<usize> {
-        let uses = self.keys.take_kek_use();
+        let uses = Arc::new(self.keys.unwritten_kek_use());
         if uses.is_empty() {
             return Ok(0);
         }
-        self.store
+        let written = uses.clone();
+        let n = self
+            .store
             .write(move |conn| {
-                for (tenant, version, at) in &uses {
+                for (tenant, version, at) in written.iter() {
                     conn.kek_note_use(tenant, *version, *at)?;
                 }
-                Ok(uses.len())
+                Ok(written.len())
             })
-            .await
+            .await?;
+        self.keys.kek_use_written(&uses);
+        Ok(n)
     }
 
     /// Rotates every tenant KEK its policy says is due; returns how many.
