@@ -105,8 +105,15 @@ async fn every_role_times_every_rpc() {
         for rpc in RPC_ORDER {
             let result = call(rpc, &client, &ctx, role).await;
             if allowed.contains(rpc) {
+                // On PostgreSQL a backup is the database's own: the call
+                // is let through and then declined for that reason alone.
+                let declined_by_storage = on_postgres()
+                    && *rpc == "Backup"
+                    && result.as_ref().is_err_and(|e| {
+                        e.code() == Code::FailedPrecondition && e.message().contains("PostgreSQL")
+                    });
                 assert!(
-                    result.is_ok(),
+                    result.is_ok() || declined_by_storage,
                     "{role} × {rpc} must be allowed, got {result:?}"
                 );
             } else {
