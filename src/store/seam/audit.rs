@@ -8,6 +8,7 @@ use crate::error::Result;
 
 /// A stored record under a live data key: (tenant, owner, category, key,
 /// version, deleted).
+#[derive(Clone)]
 pub struct StoredRecord {
     pub tenant: String,
     pub owner: Vec<u8>,

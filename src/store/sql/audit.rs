@@ -36,21 +36,30 @@ impl AuditRows for Db {
         tenant: Option<&str>,
         each: &mut dyn FnMut(&str, &str, &str),
     ) -> Result<()> {
-        let mut stmt = self.prepare(
-            "SELECT tenant, action, resource FROM audit_log
+        // In pages by sequence number, as the chain walk.
+        let mut stmt = self.prepare_cached(
+            "SELECT seq, tenant, action, resource FROM audit_log
              WHERE outcome = 'ok' AND action IN ('record.put', 'record.delete', 'subject.shred')
-               AND (tenant = ?1 OR ?1 IS NULL)
-             ORDER BY seq",
+               AND (tenant = ?1 OR ?1 IS NULL) AND seq > ?2
+             ORDER BY seq LIMIT ?3",
         )?;
-        let mut rows = stmt.query([tenant])?;
-        while let Some(r) = rows.next()? {
-            each(
-                &r.get::<_, String>(0)?,
-                &r.get::<_, String>(1)?,
-                &r.get::<_, String>(2)?,
-            );
+        let mut after = 0i64;
+        loop {
+            let mut rows = stmt.query(params![tenant, after, AUDIT_PAGE as i64])?;
+            let mut read = 0;
+            while let Some(r) = rows.next()? {
+                after = r.get(0)?;
+                read += 1;
+                each(
+                    &r.get::<_, String>(1)?,
+                    &r.get::<_, String>(2)?,
+                    &r.get::<_, String>(3)?,
+                );
+            }
+            if read < AUDIT_PAGE {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn live_key_records(
@@ -58,24 +67,51 @@ impl AuditRows for Db {
         tenant: Option<&str>,
         each: &mut dyn FnMut(StoredRecord),
     ) -> Result<()> {
-        let mut stmt = self.prepare(
+        // In pages in key order: PostgreSQL's client holds a whole result
+        // in memory, and a vault can hold millions of records.
+        let mut stmt = self.prepare_cached(
             "SELECT r.tenant_id, r.owner, r.category, r.key, r.version, r.deleted_at IS NOT NULL, r.expired_at IS NOT NULL
              FROM records r JOIN data_keys d ON d.id = r.dek_id
-             WHERE d.wrapped IS NOT NULL AND (r.tenant_id = ?1 OR ?1 IS NULL)",
+             WHERE d.wrapped IS NOT NULL AND (r.tenant_id = ?1 OR ?1 IS NULL)
+               AND (?6 = 0 OR (r.tenant_id, r.owner, r.category, r.key) > (?2, ?3, ?4, ?5))
+             ORDER BY r.tenant_id, r.owner, r.category, r.key LIMIT ?7",
         )?;
-        let mut rows = stmt.query([tenant])?;
-        while let Some(r) = rows.next()? {
-            each(StoredRecord {
-                tenant: r.get(0)?,
-                owner: r.get(1)?,
-                category: r.get(2)?,
-                key: r.get(3)?,
-                version: r.get::<_, i64>(4)? as u64,
-                deleted: r.get(5)?,
-                expired: r.get(6)?,
-            });
+        let mut after: Option<StoredRecord> = None;
+        loop {
+            let (t, o, c, k, started) = match &after {
+                Some(r) => (
+                    r.tenant.as_str(),
+                    r.owner.as_slice(),
+                    r.category.as_str(),
+                    r.key.as_str(),
+                    1,
+                ),
+                None => ("", &[][..], "", "", 0),
+            };
+            let mut rows = stmt.query(params![tenant, t, o, c, k, started, AUDIT_PAGE as i64])?;
+            let mut page = Vec::new();
+            while let Some(r) = rows.next()? {
+                page.push(StoredRecord {
+                    tenant: r.get(0)?,
+                    owner: r.get(1)?,
+                    category: r.get(2)?,
+                    key: r.get(3)?,
+                    version: r.get::<_, i64>(4)? as u64,
+                    deleted: r.get(5)?,
+                    expired: r.get(6)?,
+                });
+            }
+            drop(rows);
+            let full = page.len() == AUDIT_PAGE;
+            let last = page.last().cloned();
+            for r in page {
+                each(r);
+            }
+            if !full {
+                return Ok(());
+            }
+            after = last;
         }
-        Ok(())
     }
 
     fn audit_last_seq(&self) -> Result<u64> {
