@@ -100,20 +100,13 @@ async fn tenant_rewrap_killed_three_times_then_finishes() {
         last_left = resumed;
     }
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = key_status(&admin, "t").await;
-        let v1 = st.versions.iter().find(|v| v.version == 1).unwrap();
-        if v1.state == "retired" {
-            assert_eq!(st.data_keys_to_rewrap, 0);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rewrap never finished: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_rewrap_done(
+        &admin,
+        "t",
+        Duration::from_secs(120),
+        "the rewrap never finished",
+    )
+    .await;
     let u = admin.as_key(&key).unwrap();
     for i in 0..SUBJECTS {
         assert_eq!(

@@ -349,20 +349,13 @@ async fn the_job_server_killed_mid_rewrap_under_load_and_another_finishes_its_wo
         .lease_held_by(&[b.pid(), c.pid()], Duration::from_secs(15))
         .await;
     assert_ne!(taker, a_pid);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = key_status(&admin_b, "t").await;
-        let v1 = st.versions.iter().find(|v| v.version == 1).unwrap();
-        if v1.state == "retired" {
-            assert_eq!(st.data_keys_to_rewrap, 0);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rewrap was not resumed ({left_at_kill} left at the kill): {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_rewrap_done(
+        &admin_b,
+        "t",
+        Duration::from_secs(60),
+        &format!("the rewrap was not resumed ({left_at_kill} left at the kill)"),
+    )
+    .await;
 
     // The load went on through B and C the whole time, every put
     // acknowledged (put_ok fails the test otherwise); each reads back

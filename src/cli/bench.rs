@@ -98,6 +98,8 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         / tick
 }
 
+mod rewrap;
+mod shred;
 mod sweep;
 
 /// One worker's tally.
@@ -328,7 +330,7 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     let value = vec![0x5a; args.value_size];
 
     if args.op == BenchOp::Shred {
-        let result = shred_bench(&pool, &tenant, &args, &value, json_out).await;
+        let result = shred::run(&pool, &tenant, &args, &value, json_out).await;
         cleanup(client, &tenant).await;
         return result;
     }
@@ -338,7 +340,7 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
         return result;
     }
     if args.op == BenchOp::Rewrap {
-        let result = rewrap_bench(&pool, &tenant, &args, &value, duration, json_out).await;
+        let result = rewrap::run(&pool, &tenant, &args, &value, duration, json_out).await;
         cleanup(client, &tenant).await;
         return result;
     }
@@ -423,168 +425,6 @@ async fn cleanup(client: &Client, tenant: &str) {
             grace_seconds: Some(0),
         })
         .await;
-}
-
-/// Times the shred of a subject holding `--records` records against the
-/// median of five subjects holding one record each.
-async fn shred_bench(
-    pool: &[Client],
-    tenant: &str,
-    args: &BenchArgs,
-    value: &[u8],
-    json_out: bool,
-) -> anyhow::Result<()> {
-    prefill(pool, tenant, args, value, |_| "shred-big".to_owned()).await?;
-    let mut records = pool[0].records();
-    for i in 0..5 {
-        records
-            .put_record(put_to(tenant, format!("shred-one-{i}"), i, value))
-            .await?;
-    }
-    let mut subjects = pool[0].subjects();
-    // With another server, pool[1] is on it: after each one-record shred
-    // on the first server, the record is read there, which must be
-    // refused; timed from the shred's start.
-    let other = (!args.also_endpoints.is_empty()).then(|| pool[1].records());
-    let mut timed_shred = async |subject: String, i: usize| -> anyhow::Result<(f64, u64, f64)> {
-        let started = Instant::now();
-        let r = subjects
-            .shred_subject(pb::ShredSubjectRequest {
-                tenant: tenant.to_owned(),
-                subject: subject.clone(),
-            })
-            .await?
-            .into_inner();
-        let shred_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let mut refused_ms = 0.0;
-        if let Some(mut other) = other.clone() {
-            let read = other
-                .get_record(pb::GetRecordRequest {
-                    tenant: tenant.to_owned(),
-                    subject,
-                    category: "bench".into(),
-                    key: format!("k{i}"),
-                })
-                .await;
-            anyhow::ensure!(
-                read.as_ref()
-                    .is_err_and(|s| s.code() == tonic::Code::NotFound),
-                "the other server answered a read after the shred returned: {read:?}"
-            );
-            refused_ms = started.elapsed().as_secs_f64() * 1000.0;
-        }
-        Ok((shred_ms, r.records_made_unreadable, refused_ms))
-    };
-    let (big_ms, big_records, _) = timed_shred("shred-big".into(), 0).await?;
-    let mut one_ms = Vec::new();
-    let mut refused_ms = Vec::new();
-    for i in 0..5 {
-        let (ms, _, refused) = timed_shred(format!("shred-one-{i}"), i).await?;
-        one_ms.push(ms);
-        refused_ms.push(refused);
-    }
-    one_ms.sort_by(f64::total_cmp);
-    refused_ms.sort_by(f64::total_cmp);
-    let one_median = one_ms[2];
-    let refused_median = refused_ms[2];
-    if json_out {
-        println!(
-            "{}",
-            json!({
-                "op": "shred",
-                "records": big_records,
-                "shred_ms": big_ms,
-                "shred_one_record_median_ms": one_median,
-                "refused_on_other_server_median_ms": refused_median,
-                "servers": 1 + args.also_endpoints.len(),
-                "errors": 0,
-            })
-        );
-    } else {
-        println!(
-            "shred: {big_records} records in {big_ms:.2} ms; one record (median of 5) in {one_median:.2} ms"
-        );
-        if !args.also_endpoints.is_empty() {
-            println!(
-                "shred on the first server to a read refused on the second: {refused_median:.2} ms (median of 5)"
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Times a tenant key rotation's rewrap of `--records` data keys (one
-/// subject each), and put latency under load with and without it.
-async fn rewrap_bench(
-    pool: &[Client],
-    tenant: &str,
-    args: &BenchArgs,
-    value: &[u8],
-    duration: std::time::Duration,
-    json_out: bool,
-) -> anyhow::Result<()> {
-    prefill(pool, tenant, args, value, |i| format!("rewrap-subject-{i}")).await?;
-    let before = load(
-        pool,
-        tenant,
-        args,
-        value,
-        BenchOp::Put,
-        Stop::at(Instant::now() + duration),
-    )
-    .await?;
-    let mut keys = pool[0].keys();
-    let started = Instant::now();
-    keys.rotate_tenant_key(pb::RotateTenantKeyRequest {
-        tenant: tenant.to_owned(),
-    })
-    .await?;
-    let (during, ()) = puts_until(pool, tenant, args, value, async || {
-        let st = keys
-            .get_tenant_key_status(pb::GetTenantKeyStatusRequest {
-                tenant: tenant.to_owned(),
-            })
-            .await?
-            .into_inner();
-        Ok(
-            (st.data_keys_to_rewrap == 0 && st.versions.iter().all(|v| v.state != "retiring"))
-                .then_some(()),
-        )
-    })
-    .await?;
-    let took = started.elapsed();
-    // The data keys: the prefilled subjects, the tenant's own, and those the
-    // first load's puts created.
-    let rewrapped = args.records as f64;
-    if json_out {
-        println!(
-            "{}",
-            json!({
-                "op": "rewrap",
-                "data_keys": args.records,
-                "rewrap_s": took.as_secs_f64(),
-                "rewrap_deks_per_sec": rewrapped / took.as_secs_f64(),
-                "put_p99_ms_without": before.p99_ms,
-                "put_p99_ms_during": during.p99_ms,
-                "put_ops_per_sec_without": before.ops_per_sec,
-                "put_ops_per_sec_during": during.ops_per_sec,
-                "errors": before.errors + during.errors,
-            })
-        );
-    } else {
-        println!(
-            "rewrap: {} data keys in {:.2} s ({:.0}/s); puts p99 {:.2} ms without, {:.2} ms during ({:.0} vs {:.0} ops/s), {} errors",
-            args.records,
-            took.as_secs_f64(),
-            rewrapped / took.as_secs_f64(),
-            before.p99_ms,
-            during.p99_ms,
-            before.ops_per_sec,
-            during.ops_per_sec,
-            before.errors + during.errors
-        );
-    }
-    Ok(())
 }
 
 /// Puts under load (as `--op put`) until `done`, polled every 50 ms while

@@ -815,6 +815,23 @@ pub async fn key_status(admin: &Client, tenant: &str) -> pb::TenantKeyStatus {
         .into_inner()
 }
 
+/// Waits up to `within` for tenant `tenant`'s rewrap to finish (KEK v1
+/// retired, no data key left to rewrap); panics with `what` and the last
+/// status otherwise.
+pub async fn wait_rewrap_done(admin: &Client, tenant: &str, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let st = key_status(admin, tenant).await;
+        let v1 = st.versions.iter().find(|v| v.version == 1).unwrap();
+        if v1.state == "retired" {
+            assert_eq!(st.data_keys_to_rewrap, 0);
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Rotates the root key through `op` (an operator client); panics on failure.
 pub async fn rotate_root(op: &Client) -> pb::RotateRootKeyResponse {
     op.keys()
