@@ -69,6 +69,7 @@ pub struct Metrics {
     pub tenant_calls: Family<TenantLabels, Counter>,
     pub writer_queue: Gauge,
     pub commit_jobs: Histogram,
+    pub commit_retries: Counter,
     pub commit_seconds: Histogram,
     pub read_wait_seconds: Histogram,
     pub key_cache: Family<ResultLabels, Counter>,
@@ -106,6 +107,7 @@ impl Metrics {
             tenant_calls: Family::default(),
             writer_queue: Gauge::default(),
             commit_jobs: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            commit_retries: Counter::default(),
             commit_seconds: Histogram::new(duration_buckets()),
             read_wait_seconds: Histogram::new(duration_buckets()),
             key_cache: Family::default(),
@@ -178,6 +180,11 @@ impl Metrics {
             "store_group_commit_jobs",
             "Jobs per group commit",
             self.commit_jobs.clone(),
+        );
+        r.register(
+            "store_commit_retries",
+            "Group commits run again because another server's transaction conflicted (PostgreSQL)",
+            self.commit_retries.clone(),
         );
         r.register(
             "store_commit_duration_seconds",

@@ -5,10 +5,14 @@
 //! `MAX_BATCH`), runs each in its own savepoint inside one transaction, and
 //! commits once: concurrent writers share one fsync. Each caller is answered
 //! only after the commit is durable; a failed job rolls back its savepoint
-//! alone, a failed commit fails the whole batch.
+//! alone, a failed commit fails the whole batch. A batch that another
+//! server's transaction conflicted with (PostgreSQL, SERIALIZABLE) is rolled
+//! back and run again whole, each job from the start: jobs are `Fn` and
+//! have no effect outside the transaction.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,8 +24,7 @@ use crate::error::{Error, Result};
 pub(crate) trait WriteConn: Send + 'static {
     /// The connection as units of work see it.
     fn tx(&self) -> &dyn Tx;
-    /// Begins the batch's transaction (on a shared database, after every
-    /// other server's batch that holds the write lock).
+    /// Begins the batch's transaction.
     fn begin(&mut self) -> Result<()>;
     /// Commits the batch durably.
     fn commit(&mut self) -> Result<()>;
@@ -33,16 +36,62 @@ pub(crate) trait WriteConn: Send + 'static {
     fn release(&mut self) -> Result<()>;
     /// Undoes the unit's writes; the transaction goes on.
     fn rollback_to(&mut self) -> Result<()>;
+    /// Whether a statement of the current transaction failed because
+    /// another transaction conflicted with it, so that the whole batch must
+    /// run again (clears it). Never, with a single writer.
+    fn take_conflict(&mut self) -> bool {
+        false
+    }
 }
 
 const MAX_BATCH: usize = 256;
 const QUEUE_DEPTH: usize = 4096;
+/// How many times a batch runs before its conflicts are reported as an
+/// outage (`UNAVAILABLE`, which clients retry).
+const MAX_ATTEMPTS: u32 = 12;
 
-/// Delivers a job's result once the batch's commit outcome is known.
-type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-/// Runs a job against the connection and says whether it succeeded; given
-/// `None`, it does not run and reports that storage is unavailable.
-type TxnJob = Box<dyn FnOnce(Option<&dyn Tx>) -> (bool, Completion) + Send>;
+/// One caller's unit of work, as the writer holds it until the commit.
+trait Unit: Send {
+    /// Runs the unit (again, when the batch is retried) and keeps its
+    /// result; says whether it succeeded. Given `None`, it does not run
+    /// and its result is that storage is unavailable.
+    fn run(&mut self, conn: Option<&dyn Tx>) -> bool;
+    /// Answers the caller: its result, once the commit's outcome is known.
+    fn answer(self: Box<Self>, commit: Result<()>);
+}
+
+struct Pending<T, F> {
+    f: F,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Unit for Pending<T, F>
+where
+    T: Send,
+    F: Fn(&dyn Tx) -> Result<T> + Send,
+{
+    fn run(&mut self, conn: Option<&dyn Tx>) -> bool {
+        let result = match conn {
+            Some(conn) => (self.f)(conn),
+            None => Err(Error::Unavailable(
+                "storage: cannot begin a transaction".into(),
+            )),
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, commit: Result<()>) {
+        let result = self
+            .result
+            .unwrap_or_else(|| Err(Error::Unavailable("storage: the write did not run".into())));
+        let _ = self.reply.send(result.and_then(|v| commit.map(|()| v)));
+    }
+}
+
+type TxnJob = Box<dyn Unit>;
 
 enum Job {
     Txn(TxnJob),
@@ -73,21 +122,13 @@ impl Writer {
     pub(in crate::store) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Tx) -> Result<T> + Send + 'static,
+        F: Fn(&dyn Tx) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: TxnJob = Box::new(move |conn| {
-            let result = match conn {
-                Some(conn) => f(conn),
-                None => Err(Error::Unavailable(
-                    "storage: cannot begin a transaction".into(),
-                )),
-            };
-            let ok = result.is_ok();
-            let complete: Completion = Box::new(move |commit| {
-                let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
-            });
-            (ok, complete)
+        let job: TxnJob = Box::new(Pending {
+            f,
+            result: None,
+            reply,
         });
         let queued = &crate::metrics::get().writer_queue;
         queued.inc();
@@ -138,57 +179,113 @@ fn run<C: WriteConn>(mut conn: C, mut rx: mpsc::Receiver<Job>) {
 
 /// How a job's savepoint ended.
 enum Ended {
-    /// Released or rolled back: its completion waits for the commit.
-    Done(Completion),
+    /// Released or rolled back: it waits for the commit.
+    Done,
     /// It panicked and was rolled back; its caller sees an internal error.
     Panicked,
     /// Its savepoint could not be released or rolled back: its partial
     /// writes may be in the transaction, so the whole batch must go.
-    Abort(Completion, Error),
+    Abort(Error),
 }
 
-fn run_batch<C: WriteConn>(conn: &mut C, batch: Vec<TxnJob>) {
+fn run_batch<C: WriteConn>(conn: &mut C, mut batch: Vec<TxnJob>) {
     let metrics = crate::metrics::get();
     metrics.commit_jobs.observe(batch.len() as f64);
-    let mut completions = Vec::with_capacity(batch.len());
-    let begun = conn.begin();
-    let mut aborted: Option<Error> = None;
-    for job in batch {
-        if begun.is_err() || aborted.is_some() {
-            completions.push(job(None).1);
-            continue;
-        }
-        match run_job(conn, job) {
-            Ended::Done(complete) => completions.push(complete),
-            Ended::Panicked => {}
-            Ended::Abort(complete, e) => {
-                completions.push(complete);
-                aborted = Some(e);
+    let mut attempt = 1;
+    let outcome = loop {
+        match run_once(conn, &mut batch) {
+            Attempt::Committed => break Ok(()),
+            Attempt::Failed(e) => break Err(e),
+            Attempt::Conflicted if attempt == MAX_ATTEMPTS => {
+                tracing::warn!(
+                    attempts = attempt,
+                    "a batch kept conflicting with other servers' transactions"
+                );
+                break Err(Error::Unavailable(
+                    "storage: concurrent transactions kept conflicting; retry with backoff".into(),
+                ));
+            }
+            Attempt::Conflicted => {
+                // Another server's transaction won: after a short, growing,
+                // jittered pause every job runs again, on what it committed.
+                metrics.commit_retries.inc();
+                let ceiling = 1u64 << attempt.min(6);
+                thread::sleep(Duration::from_micros(rand::random_range(0..=ceiling * 500)));
+                attempt += 1;
             }
         }
-    }
-    let outcome = match (begun, aborted) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Some(e)) => {
-            conn.rollback();
-            tracing::error!(error = %e, "a savepoint could not be rolled back; the whole batch was rolled back");
-            Err(Error::Unavailable(format!(
-                "storage: a job in the same commit could not be rolled back, so none was committed ({e})"
-            )))
-        }
-        (Ok(()), None) => match commit(conn, metrics) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                conn.rollback();
-                Err(Error::Unavailable(format!("storage: commit failed: {e}")))
-            }
-        },
     };
-    for complete in completions {
-        complete(match &outcome {
+    for job in batch {
+        job.answer(match &outcome {
             Ok(()) => Ok(()),
             Err(e) => Err(Error::Unavailable(e.to_string())),
         });
+    }
+}
+
+/// How one run of a batch's transaction ended.
+enum Attempt {
+    Committed,
+    Failed(Error),
+    /// Rolled back because another transaction conflicted with it: run it
+    /// again.
+    Conflicted,
+}
+
+/// Runs every job of the batch in one transaction and commits it; on any
+/// failure the transaction is rolled back. Jobs that panicked are dropped
+/// from the batch (their callers see an internal error).
+fn run_once<C: WriteConn>(conn: &mut C, batch: &mut Vec<TxnJob>) -> Attempt {
+    if let Err(e) = conn.begin() {
+        for job in batch.iter_mut() {
+            job.run(None);
+        }
+        return Attempt::Failed(e);
+    }
+    let mut aborted: Option<Error> = None;
+    let mut conflicted = false;
+    batch.retain_mut(|job| {
+        if conflicted {
+            // This attempt is lost anyway; the job runs in the next.
+            return true;
+        }
+        if aborted.is_some() {
+            job.run(None);
+            return true;
+        }
+        let kept = match run_job(conn, job) {
+            Ended::Done => true,
+            Ended::Panicked => false,
+            Ended::Abort(e) => {
+                aborted = Some(e);
+                true
+            }
+        };
+        conflicted = conn.take_conflict();
+        kept
+    });
+    if conflicted {
+        conn.rollback();
+        return Attempt::Conflicted;
+    }
+    if let Some(e) = aborted {
+        conn.rollback();
+        tracing::error!(error = %e, "a savepoint could not be rolled back; the whole batch was rolled back");
+        return Attempt::Failed(Error::Unavailable(format!(
+            "storage: a job in the same commit could not be rolled back, so none was committed ({e})"
+        )));
+    }
+    match commit(conn, crate::metrics::get()) {
+        Ok(()) => Attempt::Committed,
+        Err(e) => {
+            let conflicted = conn.take_conflict();
+            conn.rollback();
+            if conflicted {
+                Attempt::Conflicted
+            } else {
+                Attempt::Failed(Error::Unavailable(format!("storage: commit failed: {e}")))
+            }
+        }
     }
 }
 
@@ -205,25 +302,21 @@ fn commit<C: WriteConn>(conn: &mut C, metrics: &crate::metrics::Metrics) -> Resu
 
 /// Runs one job in its own savepoint. A job that panics is rolled back and
 /// its caller sees an internal error (its reply channel is dropped).
-fn run_job<C: WriteConn>(conn: &mut C, job: TxnJob) -> Ended {
+fn run_job<C: WriteConn>(conn: &mut C, job: &mut TxnJob) -> Ended {
     if conn.savepoint().is_err() {
-        return Ended::Done(job(None).1);
+        job.run(None);
+        return Ended::Done;
     }
-    let ran = catch_unwind(AssertUnwindSafe(|| job(Some(conn.tx()))));
-    let keep = matches!(ran, Ok((true, _)));
-    let end = if keep {
+    let ran = catch_unwind(AssertUnwindSafe(|| job.run(Some(conn.tx()))));
+    let end = if matches!(ran, Ok(true)) {
         conn.release()
     } else {
         rollback_savepoint(conn)
     };
     match (ran, end) {
-        (Ok((_, complete)), Ok(())) => Ended::Done(complete),
+        (Ok(_), Ok(())) => Ended::Done,
         (Err(_), Ok(())) => Ended::Panicked,
-        (Ok((_, complete)), Err(e)) => Ended::Abort(complete, e),
-        (Err(_), Err(e)) => {
-            let noop: Completion = Box::new(|_| {});
-            Ended::Abort(noop, e)
-        }
+        (_, Err(e)) => Ended::Abort(e),
     }
 }
 

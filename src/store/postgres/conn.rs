@@ -3,7 +3,7 @@
 //! parameters bound to whatever type PostgreSQL inferred; a reconnect when
 //! the server went away.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -18,6 +18,9 @@ pub(crate) struct Pg {
     target: Target,
     client: RefCell<Option<Client>>,
     statements: RefCell<HashMap<String, Statement>>,
+    /// A statement failed because another server's transaction conflicted
+    /// with this one (`40001`, `40P01`): the transaction must be run again.
+    conflicted: Cell<bool>,
 }
 
 fn unavailable(e: postgres::Error) -> Error {
@@ -32,6 +35,7 @@ impl Pg {
             target: target.clone(),
             client: RefCell::new(None),
             statements: RefCell::new(HashMap::new()),
+            conflicted: Cell::new(false),
         };
         pg.ensure_open()?;
         Ok(pg)
@@ -66,12 +70,23 @@ impl Pg {
             // connection itself is gone (a restart, a dropped network). It
             // is dropped here, and the next use connects afresh.
             let gone = e.code().is_none_or(|c| c.code().starts_with("57P"));
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "40001" | "40P01"))
+            {
+                self.conflicted.set(true);
+            }
             if gone {
                 *client = None;
                 self.statements.borrow_mut().clear();
             }
             Error::from(e)
         })
+    }
+
+    /// Whether a statement since the last call failed on a conflict with
+    /// another transaction (serialization failure or deadlock); clears it.
+    pub(crate) fn take_conflict(&self) -> bool {
+        self.conflicted.replace(false)
     }
 
     /// Runs statements with no parameters and no result.

@@ -108,6 +108,10 @@ impl WriteConn for Writing {
     fn rollback_to(&mut self) -> Result<()> {
         self.0.execute_batch("ROLLBACK TO job; RELEASE job")
     }
+
+    fn take_conflict(&mut self) -> bool {
+        matches!(&self.0, Db::Postgres(pg) if pg.take_conflict())
+    }
 }
 
 /// The read connections.
