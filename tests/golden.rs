@@ -244,13 +244,13 @@ fn an_anchor_file_written_in_this_layout_still_opens() {
     std::fs::write(&path, ANCHOR).unwrap();
     let a = Anchor::open(&path, &key()).unwrap();
     assert_eq!(
-        a.newest(),
+        a.newest(0),
         Some(Point {
             seq: 7,
             head: vec![7; 32]
         })
     );
-    assert_eq!(a.floor(), 7);
+    assert_eq!(a.floor(0), 7);
     // fail_: a line's sequence number edited, or the lines' order changed.
     for forged in [
         ANCHOR.replacen("head 9 ", "head 8 ", 1),

@@ -6,25 +6,12 @@
 
 mod common;
 
+use common::postgres::{pg_config, pg_server, second_server};
 use common::*;
 use strongbox::api::pb;
-use strongbox::config::{DatabaseUrl, ServerConfig};
+use strongbox::config::ServerConfig;
 use strongbox::server;
 use tonic::Code;
-
-fn pg_config(dir: &tempfile::TempDir, url: &str) -> ServerConfig {
-    ServerConfig {
-        database_url: Some(DatabaseUrl::parse(url.to_owned()).unwrap()),
-        ..config_for(dir)
-    }
-}
-
-async fn pg_server() -> (TestServer, String) {
-    let url = common::postgres::database();
-    let dir = tempfile::tempdir().unwrap();
-    let config = pg_config(&dir, &url);
-    (TestServer::start_with(dir, config).await, url)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_live_shred_and_survive_a_restart_on_postgres() {
@@ -139,27 +126,6 @@ async fn no_plaintext_in_any_table_and_tampered_ciphertext_is_data_loss() {
         Code::DataLoss,
         "",
     );
-}
-
-/// A second server on the same database, sharing the first's root key,
-/// erasure keys, audit anchor and shred ledger, as servers of one
-/// deployment share them (a secret store and a shared volume).
-async fn second_server(
-    first: &TestServer,
-    url: &str,
-) -> (tempfile::TempDir, server::RunningServer) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        root_key_file: Some(first.config.root_key_path()),
-        erasure_keys: Some(first.config.erasure().unwrap().keys_file),
-        audit_anchor: Some(first.config.audit_anchor_path()),
-        shred_ledger: Some(first.config.shred_ledger_path()),
-        ..pg_config(&dir, url)
-    };
-    let server = server::start(config)
-        .await
-        .expect("the second server starts");
-    (dir, server)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -121,6 +121,7 @@ impl Call {
             purpose: self.purpose.clone(),
             peer: self.peer.clone(),
             mac: Vec::new(),
+            lane: 0,
         }
     }
 }

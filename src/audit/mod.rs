@@ -6,9 +6,21 @@
 //! chain needs the audit key (a plain hash, recomputed, does not verify).
 //! The head row (`meta.audit_head`: last sequence number and MAC, itself
 //! MAC'd) is rewritten in the same transaction as every entry, so cutting
-//! off the tail is detected too. Every `CHECKPOINT_EVERY` entries a MAC'd
-//! checkpoint `(seq, head)` is stored; pruning old entries may only cut at
-//! a checkpoint, from which verification then starts.
+//! off the tail is detected too. Every `CHECKPOINT_EVERY` sequence numbers
+//! a MAC'd checkpoint `(seq, head)` is stored; pruning old entries may only
+//! cut at a checkpoint, from which verification then starts.
+//!
+//! **Lanes.** The chain is made of lanes, each with its own head and base
+//! rows, checkpoints and anchor points: an entry's `prev_mac` is that of the
+//! previous entry of its lane. SQLite has one writer and one lane, 0. On
+//! PostgreSQL every server run opens a lane of its own, so servers append
+//! without waiting for each other; sequence numbers come from one shared
+//! sequence (with gaps) and order entries across lanes. A lane's tail cut
+//! off together with its head row (put back from an older copy) is caught
+//! by the anchor file and by the other lanes: every server periodically
+//! appends a `audit.witness` entry to its own lane naming how far every
+//! other lane had come, so a lane that ends before a witness says it
+//! reached is a break.
 //!
 //! Entries never hold record values, plaintext subject ids or secrets:
 //! subjects appear as blind ids.
@@ -20,6 +32,7 @@ mod call;
 mod repair;
 mod verify;
 
+pub use anchor::Lane;
 pub use call::Call;
 pub use repair::{AcceptedLoss, accept_loss};
 pub use verify::{Report, tenant_view, verify, verify_anchored};
@@ -37,6 +50,57 @@ const GENESIS: [u8; 32] = [0; 32];
 const HEAD_LABEL: &[u8] = b"strongbox/v1/audit-head";
 const BASE_LABEL: &[u8] = b"strongbox/v1/audit-base";
 const CHECKPOINT_LABEL: &[u8] = b"strongbox/v1/audit-checkpoint";
+/// The action of a lane's entry that records how far the other lanes had
+/// come; its resource is `lanes <lane>:<seq>,...`.
+pub const WITNESS_ACTION: &str = "audit.witness";
+
+/// The meta row of `lane`'s head or base pointer.
+fn lane_name(name: &str, lane: Lane) -> String {
+    match lane {
+        0 => name.to_owned(),
+        _ => format!("{name}.{lane}"),
+    }
+}
+
+/// The MAC label of `lane`'s pointers and checkpoints: a row of one lane
+/// does not verify as another's.
+fn lane_label(label: &[u8], lane: Lane) -> Vec<u8> {
+    match lane {
+        0 => label.to_vec(),
+        _ => crypto::encode_fields(&[label, b"lane", &lane.to_be_bytes()]),
+    }
+}
+
+/// Every lane of the chain: 0, and those servers opened.
+pub fn lanes(conn: &dyn Tx) -> Result<Vec<Lane>> {
+    let mut lanes = vec![0];
+    lanes.extend(conn.audit_lanes()?.into_iter().filter(|l| *l != 0));
+    Ok(lanes)
+}
+
+/// Whether a checkpoint falls between a lane's entries `prev` and `seq`.
+pub fn crosses_checkpoint(prev: u64, seq: u64) -> bool {
+    seq / CHECKPOINT_EVERY > prev / CHECKPOINT_EVERY
+}
+
+/// The resource of a witness entry naming `heads` (lane, seq).
+pub fn witness_resource(heads: &[(Lane, u64)]) -> String {
+    let list: Vec<String> = heads.iter().map(|(l, s)| format!("{l}:{s}")).collect();
+    format!("lanes {}", list.join(","))
+}
+
+/// The (lane, seq) pairs of a witness entry's resource.
+fn witnessed(resource: &str) -> Vec<(Lane, u64)> {
+    let Some(list) = resource.strip_prefix("lanes ") else {
+        return Vec::new();
+    };
+    list.split(',')
+        .filter_map(|p| {
+            let (l, s) = p.split_once(':')?;
+            Some((l.parse().ok()?, s.parse().ok()?))
+        })
+        .collect()
+}
 
 /// How a call ended, for the audit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,26 +148,40 @@ pub struct Entry {
     pub purpose: String,
     pub peer: String,
     pub mac: Vec<u8>,
+    /// The lane whose chain the entry is in (0 on SQLite).
+    pub lane: Lane,
 }
 
 impl Entry {
-    /// The bytes the MAC covers, after the previous entry's MAC.
+    /// The bytes the MAC covers, after the previous entry's MAC (of its
+    /// lane). Lane 0's entries are encoded as before lanes existed.
     fn canonical(&self, prev_mac: &[u8]) -> Vec<u8> {
-        crypto::encode_fields(&[
-            b"strongbox/v1/audit-entry",
+        let lane = self.lane.to_be_bytes();
+        let (seq, time, code) = (
+            self.seq.to_be_bytes(),
+            self.time.to_be_bytes(),
+            self.code.to_be_bytes(),
+        );
+        let label: &[&[u8]] = match self.lane {
+            0 => &[b"strongbox/v1/audit-entry"],
+            _ => &[b"strongbox/v1/audit-entry", b"lane", &lane],
+        };
+        let mut fields: Vec<&[u8]> = label.to_vec();
+        fields.extend_from_slice(&[
             prev_mac,
-            &self.seq.to_be_bytes(),
-            &self.time.to_be_bytes(),
+            &seq,
+            &time,
             self.request_id.as_bytes(),
             self.principal.as_bytes(),
             self.tenant.as_bytes(),
             self.action.as_bytes(),
             self.resource.as_bytes(),
             self.outcome.as_bytes(),
-            &self.code.to_be_bytes(),
+            &code,
             self.purpose.as_bytes(),
             self.peer.as_bytes(),
-        ])
+        ]);
+        crypto::encode_fields(&fields)
     }
 }
 
@@ -165,33 +243,51 @@ fn tampered(what: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// The base row, its MAC checked.
-fn checked_base(conn: &dyn Tx, key: &SecretKey) -> Result<Option<Pointer>> {
-    let base = read_pointer(conn, BASE_META)?;
+/// `lane`'s base row, its MAC checked.
+fn checked_base(conn: &dyn Tx, key: &SecretKey, lane: Lane) -> Result<Option<Pointer>> {
+    let base = read_pointer(conn, &lane_name(BASE_META, lane))?;
     if let Some(b) = &base
-        && !crypto::ct_eq(&b.mac, &head_mac(key, BASE_LABEL, b.seq, &b.head))
+        && !crypto::ct_eq(
+            &b.mac,
+            &head_mac(key, &lane_label(BASE_LABEL, lane), b.seq, &b.head),
+        )
     {
-        return Err(tampered("the pruning base row's MAC does not match"));
+        return Err(tampered(in_lane(
+            lane,
+            "the pruning base row's MAC does not match",
+        )));
     }
     Ok(base)
 }
 
-/// The head the next entry chains onto, after checking that the head row
-/// is genuine (its MAC) and is the last stored entry (no entry cut off
-/// behind it, none beyond it). An append never extends a head it has not
-/// checked: otherwise the next call would launder a rewound head with a
-/// fresh, valid MAC.
-pub fn checked_head(conn: &dyn Tx, key: &SecretKey) -> Result<(u64, Vec<u8>)> {
-    let base = checked_base(conn, key)?;
-    let last = conn.audit_last_entry()?;
-    let Some(head) = read_pointer(conn, HEAD_META)? else {
+/// `what`, naming the lane unless it is lane 0 (the only one on SQLite).
+fn in_lane(lane: Lane, what: &str) -> String {
+    match lane {
+        0 => what.to_owned(),
+        _ => format!("lane {lane}: {what}"),
+    }
+}
+
+/// The head of `lane` the next entry chains onto, after checking that the
+/// head row is genuine (its MAC) and is the lane's last stored entry (no
+/// entry cut off behind it, none beyond it). An append never extends a
+/// head it has not checked: otherwise the next call would launder a
+/// rewound head with a fresh, valid MAC.
+pub fn checked_head(conn: &dyn Tx, key: &SecretKey, lane: Lane) -> Result<(u64, Vec<u8>)> {
+    let base = checked_base(conn, key, lane)?;
+    let last = conn.audit_last_entry(lane)?;
+    let Some(head) = read_pointer(conn, &lane_name(HEAD_META, lane))? else {
         if last.is_some() || base.is_some() {
-            return Err(tampered("the head row is missing but the log has entries"));
+            return Err(tampered(in_lane(
+                lane,
+                "the head row is missing but the log has entries",
+            )));
         }
         return Ok((0, GENESIS.to_vec()));
     };
-    if !crypto::ct_eq(&head.mac, &head_mac(key, HEAD_LABEL, head.seq, &head.head)) {
-        return Err(tampered("the head row's MAC does not match"));
+    let label = lane_label(HEAD_LABEL, lane);
+    if !crypto::ct_eq(&head.mac, &head_mac(key, &label, head.seq, &head.head)) {
+        return Err(tampered(in_lane(lane, "the head row's MAC does not match")));
     }
     let consistent = match (&last, &base) {
         (Some((seq, mac)), _) => *seq == head.seq && crypto::ct_eq(mac, &head.head),
@@ -203,46 +299,76 @@ pub fn checked_head(conn: &dyn Tx, key: &SecretKey) -> Result<(u64, Vec<u8>)> {
         let end = last.map_or("the log is empty".to_owned(), |(s, _)| {
             format!("the log ends at entry {s}")
         });
-        return Err(tampered(format!(
-            "the head row names entry {} but {end}",
-            head.seq
+        return Err(tampered(in_lane(
+            lane,
+            &format!("the head row names entry {} but {end}", head.seq),
         )));
     }
     Ok((head.seq, head.head))
 }
 
-/// Appends `entry` to the chain in the caller's transaction; returns its
-/// sequence number. A chain whose head does not check out is `Corrupt`
+/// Appends `entry` to lane 0's chain in the caller's transaction; returns
+/// its sequence number. A chain whose head does not check out is `Corrupt`
 /// (DATA_LOSS); any other failure is `Unavailable`. Either way the
 /// caller's transaction must be rolled back (fail closed).
 pub fn append(conn: &dyn Tx, key: &SecretKey, entry: Entry) -> Result<u64> {
-    append_above(conn, key, entry, 0)
+    append_above(conn, key, entry, 0, 0).map(|(seq, _)| seq)
 }
 
-/// [`append`], refusing too when the stored head is older than `floor`,
-/// the newest sequence number anchored outside the database: the trail
-/// was rolled back or wiped.
-pub fn append_above(conn: &dyn Tx, key: &SecretKey, mut entry: Entry, floor: u64) -> Result<u64> {
-    let mut inner = || -> Result<u64> {
-        let (prev_seq, prev_mac) = checked_head(conn, key)?;
+/// [`append`] to `lane`, refusing too when the lane's stored head is
+/// older than `floor`, the newest sequence number anchored outside the
+/// database for it: the trail was rolled back or wiped. Returns the
+/// sequence number, and whether the entry passed a checkpoint.
+pub fn append_above(
+    conn: &dyn Tx,
+    key: &SecretKey,
+    mut entry: Entry,
+    lane: Lane,
+    floor: u64,
+) -> Result<(u64, bool)> {
+    let mut inner = || -> Result<(u64, bool)> {
+        let (prev_seq, prev_mac) = checked_head(conn, key, lane)?;
         if prev_seq < floor {
-            return Err(tampered(format!(
-                "the log ends at entry {prev_seq} but the anchor outside the database records entry {floor}"
+            return Err(tampered(in_lane(
+                lane,
+                &format!(
+                    "the log ends at entry {prev_seq} but the anchor outside the database records entry {floor}"
+                ),
             )));
         }
-        entry.seq = prev_seq + 1;
+        entry.lane = lane;
+        entry.seq = conn.audit_next_seq(prev_seq)?;
+        if entry.seq <= prev_seq {
+            return Err(tampered(in_lane(
+                lane,
+                &format!(
+                    "the next sequence number {} is not after the head {prev_seq}",
+                    entry.seq
+                ),
+            )));
+        }
         entry.mac = crypto::hmac_sha256(key, &[&entry.canonical(&prev_mac)]).to_vec();
         conn.audit_insert(&entry)?;
-        write_pointer(conn, key, HEAD_META, HEAD_LABEL, entry.seq, &entry.mac)?;
-        if entry.seq.is_multiple_of(CHECKPOINT_EVERY) {
+        write_pointer(
+            conn,
+            key,
+            &lane_name(HEAD_META, lane),
+            &lane_label(HEAD_LABEL, lane),
+            entry.seq,
+            &entry.mac,
+        )?;
+        let checkpoint = crosses_checkpoint(prev_seq, entry.seq);
+        if checkpoint {
+            let label = lane_label(CHECKPOINT_LABEL, lane);
             conn.audit_checkpoint_insert(
+                lane,
                 entry.seq,
                 &entry.mac,
                 entry.time,
-                &head_mac(key, CHECKPOINT_LABEL, entry.seq, &entry.mac),
+                &head_mac(key, &label, entry.seq, &entry.mac),
             )?;
         }
-        Ok(entry.seq)
+        Ok((entry.seq, checkpoint))
     };
     inner().map_err(|e| match e {
         Error::Corrupt(_) => {
@@ -287,25 +413,33 @@ pub fn list(conn: &dyn Tx, f: &Filter, after: u64, limit: usize) -> Result<Vec<E
     conn.audit_list(f, after, limit)
 }
 
-/// Deletes entries older than `before` (Unix ms), cutting only at the
-/// newest checkpoint that is entirely older, which becomes the base that
-/// verification starts from. Returns the entries deleted. Like an append,
-/// it rewrites a MAC'd pointer, so it first checks the head and base rows
-/// and the checkpoint it cuts at: a forged pointer is never re-MAC'd.
+/// Deletes entries older than `before` (Unix ms), cutting each lane only
+/// at its newest checkpoint that is entirely older, which becomes the base
+/// that verification of the lane starts from. Returns the entries deleted.
+/// Like an append, it rewrites a MAC'd pointer, so it first checks the
+/// head and base rows and the checkpoint it cuts at: a forged pointer is
+/// never re-MAC'd.
 pub fn prune(conn: &dyn Tx, key: &SecretKey, before: i64) -> Result<u64> {
-    checked_head(conn, key)?;
-    let cut = conn.audit_prune_cut(before)?;
-    let Some((seq, head, cmac, entry_mac)) = cut else {
-        return Ok(0);
-    };
-    let genuine = crypto::ct_eq(&cmac, &head_mac(key, CHECKPOINT_LABEL, seq, &head))
-        && crypto::ct_eq(&head, &entry_mac);
-    if !genuine {
-        let e = tampered(format!("checkpoint {seq} does not match the chain"));
-        log_tampering(&e);
-        return Err(e);
+    let mut deleted = 0;
+    for lane in lanes(conn)? {
+        checked_head(conn, key, lane)?;
+        let Some((seq, head, cmac, entry_mac)) = conn.audit_prune_cut(lane, before)? else {
+            continue;
+        };
+        let label = lane_label(CHECKPOINT_LABEL, lane);
+        let genuine = crypto::ct_eq(&cmac, &head_mac(key, &label, seq, &head))
+            && crypto::ct_eq(&head, &entry_mac);
+        if !genuine {
+            let e = tampered(in_lane(
+                lane,
+                &format!("checkpoint {seq} does not match the chain"),
+            ));
+            log_tampering(&e);
+            return Err(e);
+        }
+        deleted += conn.audit_delete_through(lane, seq)?;
+        let (name, label) = (lane_name(BASE_META, lane), lane_label(BASE_LABEL, lane));
+        write_pointer(conn, key, &name, &label, seq, &head)?;
     }
-    let n = conn.audit_delete_through(seq)?;
-    write_pointer(conn, key, BASE_META, BASE_LABEL, seq, &head)?;
-    Ok(n)
+    Ok(deleted)
 }

@@ -1,6 +1,7 @@
 //! An operator's acknowledgement of a broken audit chain (`strongbox audit
 //! accept-loss`): keep the longest stretch that verifies, quarantine the
 //! rest (nothing is deleted), and chain an entry that records the loss.
+//! Offline, on a SQLite data directory: one lane, 0.
 
 use super::{
     BASE_LABEL, BASE_META, Entry, GENESIS, HEAD_LABEL, HEAD_META, append, checked_base,
@@ -16,7 +17,7 @@ use crate::error::Result;
 /// `(0, genesis)` for an empty chain. `None` when the base row itself is
 /// not genuine.
 fn verified_prefix(conn: &dyn Tx, key: &SecretKey) -> Result<Option<(u64, Vec<u8>)>> {
-    let Ok(base) = checked_base(conn, key) else {
+    let Ok(base) = checked_base(conn, key, 0) else {
         return Ok(None);
     };
     let (mut end, mut prev) = base.map_or((0, GENESIS.to_vec()), |b| (b.seq, b.head));
@@ -77,7 +78,7 @@ pub fn accept_loss(
     );
     let seq = append(conn, key, entry)?;
     let mac = conn
-        .audit_last_entry()?
+        .audit_last_entry(0)?
         .filter(|(last, _)| *last == seq)
         .map(|(_, mac)| mac)
         .ok_or_else(|| {

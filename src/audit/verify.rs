@@ -2,6 +2,7 @@
 //! head row, and the anchor kept outside the database.
 
 use super::*;
+use crate::store::Checkpoints;
 
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,183 +19,267 @@ pub struct Report {
 /// Walks the whole chain from its base and checks every MAC, the sequence,
 /// every checkpoint and the head row.
 pub fn verify(conn: &dyn Tx, key: &SecretKey) -> Result<Report> {
-    verify_anchored(conn, key, None)
+    verify_anchored(conn, key, &anchor::Points::new())
 }
 
-/// [`verify`], and checks the chain against `anchor`, the newest
-/// `(seq, head)` recorded outside the database: the chain must reach it
-/// and pass through it. A wiped or rolled-back trail fails here even when
-/// every row left in the database is consistent.
-pub fn verify_anchored(
-    conn: &dyn Tx,
-    key: &SecretKey,
-    anchor: Option<(u64, &[u8])>,
-) -> Result<Report> {
-    let (mut expected, mut prev) = match read_pointer(conn, BASE_META)? {
-        Some(Pointer { seq, head, mac }) => {
-            if !crypto::ct_eq(&mac, &head_mac(key, BASE_LABEL, seq, &head)) {
-                return Ok(bad(
-                    0,
-                    seq,
-                    head,
-                    "the pruning base row's MAC does not match".into(),
-                ));
+/// Where one lane's walk has come.
+struct Walk {
+    /// The lane's pruning base (0: none).
+    base: u64,
+    /// The last entry checked (the base before any).
+    last: u64,
+    /// Its MAC, which the next entry of the lane chains onto.
+    prev: Vec<u8>,
+    entries: u64,
+}
+
+/// [`verify`], and checks every lane against `anchor`, the newest point of
+/// each lane recorded outside the database: the lane must reach it and pass
+/// through it. A wiped or rolled-back trail fails here even when every row
+/// left in the database is consistent. Read `anchor` before the database
+/// snapshot: a point anchored after it would look like a cut.
+pub fn verify_anchored(conn: &dyn Tx, key: &SecretKey, anchor: &anchor::Points) -> Result<Report> {
+    let mut walks = std::collections::BTreeMap::new();
+    for lane in lanes(conn)? {
+        let walk = match read_pointer(conn, &lane_name(BASE_META, lane))? {
+            Some(Pointer { seq, head, mac }) => {
+                let label = lane_label(BASE_LABEL, lane);
+                if !crypto::ct_eq(&mac, &head_mac(key, &label, seq, &head)) {
+                    let what = in_lane(lane, "the pruning base row's MAC does not match");
+                    return Ok(bad(0, seq, head, what));
+                }
+                if let Some(a) = anchor.get(&lane)
+                    && a.seq == seq
+                    && !crypto::ct_eq(&a.head, &head)
+                {
+                    return Ok(bad(0, seq, head, in_lane(lane, &anchor_mismatch(seq))));
+                }
+                Walk {
+                    base: seq,
+                    last: seq,
+                    prev: head,
+                    entries: 0,
+                }
             }
-            if let Some((aseq, ahead)) = anchor
-                && aseq == seq
-                && !crypto::ct_eq(ahead, &head)
-            {
-                return Ok(bad(0, seq, head, anchor_mismatch(aseq)));
-            }
-            (seq + 1, head)
-        }
-        None => (1, GENESIS.to_vec()),
-    };
+            None => Walk {
+                base: 0,
+                last: 0,
+                prev: GENESIS.to_vec(),
+                entries: 0,
+            },
+        };
+        walks.insert(lane, walk);
+    }
     let checkpoints = conn.audit_checkpoints()?;
+    let from = walks.values().map(|w| w.base + 1).min().unwrap_or(1);
     let mut entries = 0u64;
     let mut broken = None;
-    conn.audit_entries_from(expected, &mut |e| {
+    conn.audit_entries_from(from, &mut |e| {
+        let Some(walk) = walks.get_mut(&e.lane) else {
+            broken = Some(bad(
+                entries,
+                e.seq,
+                Vec::new(),
+                format!("entry {} is in lane {}, which no server opened", e.seq, e.lane),
+            ));
+            return false;
+        };
         let link = Link {
             key,
-            anchor,
+            anchor: anchor.get(&e.lane),
             checkpoints: &checkpoints,
             entries,
-            expected,
-            prev: &prev,
+            walk,
         };
-        match link.check(&e) {
-            Some(report) => {
-                broken = Some(report);
-                false
-            }
-            None => {
-                prev = e.mac;
-                entries += 1;
-                expected += 1;
-                true
+        if let Some(report) = link.check(&e) {
+            broken = Some(report);
+            return false;
+        }
+        walk.last = e.seq;
+        walk.prev = e.mac.clone();
+        walk.entries += 1;
+        entries += 1;
+        if e.action == WITNESS_ACTION && e.outcome == "ok" {
+            // A witnessed entry was committed before the witness took its
+            // sequence number, so the walk, in sequence order, has passed
+            // it. An entry chained on later (onto a head put back) comes
+            // after the witness, and does not count.
+            for (lane, seq) in witnessed(&e.resource) {
+                let reached = walks.get(&lane).map(|w| w.last);
+                if reached.is_none_or(|last| last < seq) {
+                    let end = reached.map_or("it is missing".to_owned(), |l| {
+                        format!("it ends at entry {l} there")
+                    });
+                    broken = Some(bad(
+                        entries,
+                        e.seq,
+                        e.mac.clone(),
+                        format!(
+                            "entry {} witnessed lane {lane} reach entry {seq}, but {end}: the lane's tail was cut off",
+                            e.seq
+                        ),
+                    ));
+                    return false;
+                }
             }
         }
+        true
     })?;
     if let Some(report) = broken {
         return Ok(report);
     }
-    let last = expected - 1;
-    if let Some((aseq, _)) = anchor
-        && aseq > last
-    {
-        return Ok(bad(
-            entries,
-            last + 1,
-            prev,
-            format!(
-                "the log ends at entry {last} but the anchor outside the database records entry {aseq}: the trail was wiped or rolled back, or restored without `strongbox restore`"
-            ),
-        ));
+    for (lane, walk) in &walks {
+        if let Some(report) = lane_end(conn, key, *lane, walk, anchor, &checkpoints)? {
+            return Ok(Report { entries, ..report });
+        }
     }
-    if let Some(beyond) = checkpoints.keys().copied().filter(|s| *s > last).min() {
-        return Ok(bad(
-            entries,
-            last + 1,
-            prev,
-            format!(
-                "the log is truncated: a checkpoint exists at {beyond} but the last entry is {last}"
-            ),
-        ));
-    }
-    match read_pointer(conn, HEAD_META)? {
-        None if entries == 0 => {}
-        None => {
+    for (lane, a) in anchor {
+        if !walks.contains_key(lane) {
             return Ok(bad(
                 entries,
-                last,
-                prev,
-                "the audit head row is missing".into(),
+                a.seq,
+                Vec::new(),
+                format!(
+                    "lane {lane} is missing, but the anchor outside the database records its entry {}",
+                    a.seq
+                ),
             ));
         }
-        Some(Pointer { seq, head, mac }) => {
-            if !crypto::ct_eq(&mac, &head_mac(key, HEAD_LABEL, seq, &head)) {
-                return Ok(bad(
-                    entries,
-                    seq,
-                    prev,
-                    "the audit head row's MAC does not match".into(),
-                ));
-            }
-            if seq != last || !crypto::ct_eq(&head, &prev) {
-                return Ok(bad(
-                    entries,
-                    last + 1,
-                    prev,
-                    format!(
-                        "the log is truncated or rolled back: the head is entry {seq} but the chain ends at {last}"
-                    ),
-                ));
-            }
-        }
     }
+    let (head_seq, head) = walks
+        .values()
+        .max_by_key(|w| w.last)
+        .map_or((0, GENESIS.to_vec()), |w| (w.last, w.prev.clone()));
     Ok(Report {
         entries,
-        head_seq: last,
-        head: prev,
+        head_seq,
+        head,
         problem: None,
     })
 }
 
-/// One step of [`verify_anchored`]'s walk: the chain so far, and what the
+/// What is wrong with the end of `lane`'s walk, if anything: it must reach
+/// its anchored point and its checkpoints, and match its head row.
+fn lane_end(
+    conn: &dyn Tx,
+    key: &SecretKey,
+    lane: Lane,
+    walk: &Walk,
+    anchor: &anchor::Points,
+    checkpoints: &Checkpoints,
+) -> Result<Option<Report>> {
+    let (last, prev) = (walk.last, walk.prev.clone());
+    let cut = |what: String| Ok(Some(bad(0, last + 1, prev.clone(), in_lane(lane, &what))));
+    if let Some(a) = anchor.get(&lane)
+        && a.seq > last
+    {
+        return cut(format!(
+            "the log ends at entry {last} but the anchor outside the database records entry {}: the trail was wiped or rolled back, or restored without `strongbox restore`",
+            a.seq
+        ));
+    }
+    let beyond = checkpoints
+        .iter()
+        .filter(|(s, (l, _, _))| *l == lane && **s > last)
+        .map(|(s, _)| *s)
+        .min();
+    if let Some(beyond) = beyond {
+        return cut(format!(
+            "the log is truncated: a checkpoint exists at {beyond} but the last entry is {last}"
+        ));
+    }
+    match read_pointer(conn, &lane_name(HEAD_META, lane))? {
+        None if walk.entries == 0 && walk.base == 0 => {}
+        None => {
+            return Ok(Some(bad(
+                0,
+                last,
+                prev,
+                in_lane(lane, "the audit head row is missing"),
+            )));
+        }
+        Some(Pointer { seq, head, mac }) => {
+            let label = lane_label(HEAD_LABEL, lane);
+            if !crypto::ct_eq(&mac, &head_mac(key, &label, seq, &head)) {
+                let what = in_lane(lane, "the audit head row's MAC does not match");
+                return Ok(Some(bad(0, seq, prev, what)));
+            }
+            if seq != last || !crypto::ct_eq(&head, &prev) {
+                return cut(format!(
+                    "the log is truncated or rolled back: the head is entry {seq} but the chain ends at {last}"
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One step of [`verify_anchored`]'s walk: the lane so far, and what its
 /// next entry must match.
 struct Link<'a> {
     key: &'a SecretKey,
-    anchor: Option<(u64, &'a [u8])>,
-    checkpoints: &'a std::collections::HashMap<u64, (Vec<u8>, Vec<u8>)>,
+    anchor: Option<&'a anchor::Point>,
+    checkpoints: &'a Checkpoints,
     entries: u64,
-    expected: u64,
-    prev: &'a [u8],
+    walk: &'a Walk,
 }
 
 impl Link<'_> {
-    /// What is wrong with `e` as the next entry, if anything.
+    /// A report that entry `e` of its lane is where the chain breaks.
+    fn broken_at(&self, e: &Entry, what: &str) -> Option<Report> {
+        let prev = self.walk.prev.clone();
+        Some(bad(self.entries, e.seq, prev, in_lane(e.lane, what)))
+    }
+
+    /// What is wrong with `e` as the next entry of its lane, if anything.
     fn check(&self, e: &Entry) -> Option<Report> {
-        let (entries, expected, prev) = (self.entries, self.expected, self.prev.to_vec());
-        if e.seq != expected {
+        if e.seq <= self.walk.base {
+            let what = format!("entry {} is older than the lane's pruning base", e.seq);
+            return self.broken_at(e, &what);
+        }
+        // Lane 0 is numbered without gaps (one writer); other lanes take
+        // numbers from a sequence they share.
+        let expected = self.walk.last + 1;
+        if e.lane == 0 && e.seq != expected {
             return Some(bad(
-                entries,
+                self.entries,
                 expected,
-                prev,
+                self.walk.prev.clone(),
                 format!(
                     "entry {expected} is missing (the sequence jumps to {})",
                     e.seq
                 ),
             ));
         }
-        let mac = crypto::hmac_sha256(self.key, &[&e.canonical(self.prev)]);
+        let mac = crypto::hmac_sha256(self.key, &[&e.canonical(&self.walk.prev)]);
         if !crypto::ct_eq(&mac, &e.mac) {
-            return Some(bad(
-                entries,
-                e.seq,
-                prev,
-                format!(
+            let what = match e.lane {
+                0 => format!(
                     "entry {}'s MAC does not match: it was edited, reordered or replaced, or entry {} was",
                     e.seq,
                     e.seq - 1
                 ),
-            ));
+                _ => format!(
+                    "entry {}'s MAC does not match: it was edited, reordered or replaced, or the lane's entry before it (entry {}) was, or is missing",
+                    e.seq, self.walk.last
+                ),
+            };
+            return self.broken_at(e, &what);
         }
-        if let Some((aseq, ahead)) = self.anchor
-            && aseq == e.seq
-            && !crypto::ct_eq(ahead, &e.mac)
+        if let Some(a) = self.anchor
+            && a.seq == e.seq
+            && !crypto::ct_eq(&a.head, &e.mac)
         {
-            return Some(bad(entries, e.seq, prev, anchor_mismatch(aseq)));
+            return self.broken_at(e, &anchor_mismatch(a.seq));
         }
-        if let Some((head, cmac)) = self.checkpoints.get(&e.seq) {
-            let ok = crypto::ct_eq(head, &e.mac)
-                && crypto::ct_eq(cmac, &head_mac(self.key, CHECKPOINT_LABEL, e.seq, head));
+        if let Some((lane, head, cmac)) = self.checkpoints.get(&e.seq) {
+            let label = lane_label(CHECKPOINT_LABEL, e.lane);
+            let ok = *lane == e.lane
+                && crypto::ct_eq(head, &e.mac)
+                && crypto::ct_eq(cmac, &head_mac(self.key, &label, e.seq, head));
             if !ok {
-                return Some(bad(
-                    entries,
-                    e.seq,
-                    prev,
-                    format!("checkpoint {} does not match the chain", e.seq),
-                ));
+                return self
+                    .broken_at(e, &format!("checkpoint {} does not match the chain", e.seq));
             }
         }
         None

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::store::prelude::*;
 
-use super::Vault;
+use super::{Store, Vault};
 use crate::audit::anchor::{Anchor, Kind, Point};
 use crate::audit::{self, Call, Outcome};
 use crate::authz::{Action, Permit};
@@ -29,51 +29,77 @@ fn append_key(keys: &Keyring, conn: &dyn Tx) -> Result<Arc<SecretKey>> {
 }
 
 /// Checks the database's chain against the anchor file at start-up, and
-/// opens it: the head row must be genuine and the last entry, and the
-/// chain must reach the newest anchored point and pass through it. The
-/// first start with anchoring records the current head.
-pub(super) fn open_anchor(conn: &dyn Tx, keys: &Keyring, path: &std::path::Path) -> Result<Anchor> {
-    let key = keys.audit_key(conn)?;
-    let (seq, head) = audit::checked_head(conn, &key)?;
-    let anchored = conn.meta_get(ANCHORED_META)?.is_some();
+/// opens it: every lane's head row must be genuine and its last entry,
+/// and every lane must reach its newest anchored point and pass through
+/// it. The first start with anchoring records lane 0's head (SQLite).
+/// The anchor file is read before the database snapshot that is checked
+/// against it: on PostgreSQL other servers anchor meanwhile, and a point
+/// anchored after the snapshot would look like a cut.
+pub(super) async fn open_anchor(
+    store: &Store,
+    keys: &Arc<Keyring>,
+    path: std::path::PathBuf,
+    lane: audit::Lane,
+) -> Result<Anchor> {
+    let k = keys.clone();
+    let (key, anchored) = store
+        .read(move |c| Ok((k.audit_key(c)?, c.meta_get(ANCHORED_META)?.is_some())))
+        .await?;
     if anchored && !path.exists() {
         return Err(Error::Corrupt(format!(
             "audit: this vault's chain is anchored in {}, which is missing: put the anchor file back, or, if it is lost, run `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)",
             path.display()
         )));
     }
-    let anchor = Anchor::open(path, &key)?;
-    if let Some(a) = anchor.newest() {
-        let report = audit::verify_anchored(conn, &key, Some((a.seq, &a.head)))?;
-        if let Some((_, problem)) = report.problem {
-            return Err(Error::Corrupt(format!(
-                "audit: {problem}; every call is refused until an operator runs `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)"
-            )));
-        }
-    }
+    let (anchor, points) = {
+        let key = key.clone();
+        crate::blocking(move || {
+            let anchor = Anchor::open(&path, &key)?;
+            let points = anchor.points(&key)?;
+            Ok((anchor, points))
+        })
+        .await?
+    };
+    let k = key.clone();
+    let head = store
+        .read(move |c| {
+            let head = audit::checked_head(c, &k, lane)?;
+            if !points.is_empty() {
+                let report = audit::verify_anchored(c, &k, &points)?;
+                if let Some((_, problem)) = report.problem {
+                    return Err(Error::Corrupt(format!(
+                        "audit: {problem}; every call is refused until an operator runs `strongbox audit accept-loss` (docs/runbooks/audit-verification.md)"
+                    )));
+                }
+            }
+            Ok(head)
+        })
+        .await?;
     if !anchored {
-        conn.meta_put(ANCHORED_META, b"1")?;
+        store.write(|c| c.meta_put(ANCHORED_META, b"1")).await?;
     }
-    anchor.record(&key, Kind::Head, Point { seq, head })?;
+    let (seq, head) = head;
+    if seq > 0 || lane == 0 {
+        let anchor = crate::blocking(move || {
+            anchor.record(&key, Kind::Head, lane, Point { seq, head })?;
+            Ok(anchor)
+        });
+        return anchor.await;
+    }
     Ok(anchor)
 }
 
 /// Opens the anchor file for `strongbox audit accept-loss`, which repairs
 /// a broken chain: no check against the database. An anchor file that is
 /// itself broken is moved aside (kept, as evidence) and a new one begun.
-pub(super) fn open_anchor_for_repair(
-    conn: &dyn Tx,
-    keys: &Keyring,
-    path: &std::path::Path,
-) -> Result<Anchor> {
-    let key = keys.audit_key(conn)?;
-    match Anchor::open(path, &key) {
+pub(super) fn open_anchor_for_repair(key: &SecretKey, path: &std::path::Path) -> Result<Anchor> {
+    match Anchor::open(path, key) {
         Err(Error::Corrupt(why)) => {
             let aside = path.with_extension(format!("broken-{}", crate::now_ms()));
             std::fs::rename(path, &aside)
                 .map_err(|e| Error::Unavailable(format!("audit anchor {}: {e}", path.display())))?;
             tracing::warn!(%why, aside = %aside.display(), "moved a broken audit anchor file aside");
-            Anchor::open(path, &key)
+            Anchor::open(path, key)
         }
         other => other,
     }
@@ -83,12 +109,12 @@ impl Vault {
     /// The newest anchored sequence number: no append may extend an older
     /// head.
     fn audit_floor(&self) -> u64 {
-        self.anchor.as_ref().map_or(0, |a| a.floor())
+        self.anchor.as_ref().map_or(0, |a| a.floor(self.lane))
     }
 
     /// After an append: asks for an anchor at every checkpoint.
-    fn appended(&self, seq: u64) {
-        if seq.is_multiple_of(audit::CHECKPOINT_EVERY) {
+    fn appended(&self, (_, checkpoint): (u64, bool)) {
+        if checkpoint {
             self.anchor_wanted.notify_one();
         }
     }
@@ -108,7 +134,12 @@ impl Vault {
         T: Send + 'static,
         F: Fn(&dyn Tx) -> Result<T> + Send + 'static,
     {
-        let (keys, c, floor) = (self.keys.clone(), call.clone(), self.audit_floor());
+        let (keys, c, floor, lane) = (
+            self.keys.clone(),
+            call.clone(),
+            self.audit_floor(),
+            self.lane,
+        );
         let (seq, result) = self
             .store
             .write(move |conn| {
@@ -122,7 +153,7 @@ impl Vault {
                 let r = r.ok_or_else(|| Error::Internal("a mutation did not run".into()))?;
                 let (outcome, code) = Outcome::of(&r);
                 let key = append_key(&keys, conn)?;
-                let seq = audit::append_above(conn, &key, c.entry(outcome, code), floor)?;
+                let seq = audit::append_above(conn, &key, c.entry(outcome, code), lane, floor)?;
                 Ok((seq, r))
             })
             .await
@@ -143,12 +174,12 @@ impl Vault {
             return Ok(());
         }
         let entry = call.entry(outcome, code);
-        let (keys, floor) = (self.keys.clone(), self.audit_floor());
+        let (keys, floor, lane) = (self.keys.clone(), self.audit_floor(), self.lane);
         let seq = self
             .store
             .write(move |conn| {
                 let key = append_key(&keys, conn)?;
-                audit::append_above(conn, &key, entry.clone(), floor)
+                audit::append_above(conn, &key, entry.clone(), lane, floor)
             })
             .await
             .inspect_err(|_| {
@@ -200,8 +231,60 @@ impl Vault {
     /// Writes the committed head to the anchor file if it moved on. A head
     /// older than the anchor is tampering (`Corrupt`), logged as such.
     /// Returns the anchored sequence number.
+    /// On PostgreSQL it also witnesses the other lanes first (see
+    /// `witness_lanes`).
     pub async fn anchor_audit(&self) -> Result<u64> {
+        if self.store.is_postgres() {
+            self.witness_lanes().await?;
+        }
         self.anchor_as(Kind::Head).await
+    }
+
+    /// Appends to this server's lane an `audit.witness` entry naming how
+    /// far every other lane has come, when any moved since the last one:
+    /// a lane later found to end before that was cut (its server's tail
+    /// lost or removed), which its own head row, put back from an older
+    /// copy, would not show. Read in its own snapshot, so it takes no lock
+    /// the other servers' appends wait for.
+    async fn witness_lanes(&self) -> Result<()> {
+        let me = self.lane;
+        let heads = self
+            .store
+            .read(move |c| {
+                let mut heads = Vec::new();
+                for lane in audit::lanes(c)? {
+                    if lane != me
+                        && let Some((seq, _)) = c.audit_last_entry(lane)?
+                    {
+                        heads.push((lane, seq));
+                    }
+                }
+                Ok(heads)
+            })
+            .await?;
+        let moved: Vec<(audit::Lane, u64)> = {
+            let mut seen = self.witnessed.lock().unwrap_or_else(|p| p.into_inner());
+            let moved: Vec<_> = heads
+                .into_iter()
+                .filter(|(lane, seq)| seen.get(lane) != Some(seq))
+                .collect();
+            seen.extend(moved.iter().copied());
+            moved
+        };
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let call = Arc::new(Call::system(audit::WITNESS_ACTION));
+        call.set_resource(audit::witness_resource(&moved));
+        let recorded = self.record(&call, (Outcome::Ok, 0)).await;
+        if recorded.is_err() {
+            // Witnessed again next time.
+            self.witnessed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        recorded
     }
 
     /// Anchors the head as a `reset` line: the trail before it is not the
@@ -214,18 +297,21 @@ impl Vault {
         let Some(anchor) = self.anchor.clone() else {
             return Ok(0);
         };
-        let keys = self.keys.clone();
+        let (keys, lane) = (self.keys.clone(), self.lane);
         let (key, (seq, head)) = self
             .store
             .read(move |c| {
                 let key = keys.audit_key(c)?;
-                let head = audit::checked_head(c, &key)?;
+                let head = audit::checked_head(c, &key, lane)?;
                 Ok((key, head))
             })
             .await?;
+        if seq == 0 && lane != 0 {
+            return Ok(0); // a lane with no entry yet
+        }
         crate::blocking(move || {
             anchor
-                .record(&key, kind, Point { seq, head })
+                .record(&key, kind, lane, Point { seq, head })
                 .inspect_err(audit::log_tampering)
                 .map(|()| seq)
         })
@@ -241,7 +327,7 @@ impl Vault {
             .anchor
             .clone()
             .ok_or_else(|| Error::Internal("accept-loss needs the anchor file".into()))?;
-        let lost_through = anchor.floor();
+        let lost_through = anchor.floor(0);
         let (keys, entry) = (self.keys.clone(), call.entry(Outcome::Ok, 0));
         let (key, done) = self
             .store
@@ -257,7 +343,7 @@ impl Vault {
             seq: done.head_seq,
             head: done.head.clone(),
         };
-        crate::blocking(move || anchor.record(&key, Kind::Reset, point)).await?;
+        crate::blocking(move || anchor.record(&key, Kind::Reset, 0, point)).await?;
         Ok(done)
     }
 }

@@ -105,6 +105,11 @@ pub struct Vault {
     /// for library use such as the benches).
     anchor: Option<Arc<audit::anchor::Anchor>>,
     anchor_wanted: Notify,
+    /// The audit lane this server appends to (0 on SQLite; a new one per
+    /// run on PostgreSQL).
+    lane: audit::Lane,
+    /// The other lanes' last entries this server's last witness named.
+    witnessed: std::sync::Mutex<std::collections::HashMap<audit::Lane, u64>>,
     /// Set when the server shuts down: background passes stop between
     /// batches (their progress is in the rows) instead of holding it up.
     stopping: std::sync::atomic::AtomicBool,
@@ -170,7 +175,7 @@ impl Vault {
         let k = keys.clone();
         let jobs = Arc::new(jobs::lease::JobLease::new());
         let j = jobs.clone();
-        let anchor = store
+        let lane = store
             .write(move |conn| {
                 k.check_root(conn)?;
                 if shared {
@@ -178,15 +183,22 @@ impl Vault {
                 }
                 k.ensure_vault_keys(conn)?;
                 integrity::seal_unsealed(conn, &k)?;
-                match &anchor {
-                    AuditAnchor::None => Ok(None),
-                    AuditAnchor::Check(path) => audit_trail::open_anchor(conn, &k, path).map(Some),
-                    AuditAnchor::Accept(path) => {
-                        audit_trail::open_anchor_for_repair(conn, &k, path).map(Some)
-                    }
-                }
+                conn.audit_open_lane(now_ms())
             })
             .await?;
+        let anchor = match anchor {
+            AuditAnchor::None => None,
+            AuditAnchor::Check(path) => {
+                Some(audit_trail::open_anchor(&store, &keys, path, lane).await?)
+            }
+            AuditAnchor::Accept(path) => {
+                let k = keys.clone();
+                let key = store.read(move |c| k.audit_key(c)).await?;
+                let opened =
+                    crate::blocking(move || audit_trail::open_anchor_for_repair(&key, &path));
+                Some(opened.await?)
+            }
+        };
         Ok(Arc::new(Vault {
             store,
             keys,
@@ -196,6 +208,8 @@ impl Vault {
             root_rotation: tokio::sync::Mutex::new(()),
             anchor: anchor.map(Arc::new),
             anchor_wanted: Notify::new(),
+            lane,
+            witnessed: std::sync::Mutex::new(std::collections::HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             held_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             ledger: std::sync::OnceLock::new(),

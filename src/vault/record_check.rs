@@ -143,15 +143,22 @@ impl Vault {
     ) -> Result<(audit::Report, RecordCheck)> {
         permit.require(Action::AuditVerify)?;
         let keys = self.keys.clone();
-        let anchor = self.anchor.as_ref().and_then(|a| a.newest());
+        // Read before the snapshot: every point in it is then committed.
+        let anchor = match self.anchor.clone() {
+            Some(a) => {
+                let k = self.keys.clone();
+                let key = self.store.read(move |c| k.audit_key(c)).await?;
+                crate::blocking(move || a.points(&key)).await?
+            }
+            None => Default::default(),
+        };
         let home = permit.home_tenant().map(|t| t.as_str().to_owned());
         self.store
             // One read transaction: the chain and the records are scanned
             // at the same moment.
             .read(move |c| {
                 let key = keys.audit_key(c)?;
-                let report =
-                    audit::verify_anchored(c, &key, anchor.as_ref().map(|a| (a.seq, &a.head[..])))?;
+                let report = audit::verify_anchored(c, &key, &anchor)?;
                 let mut check = RecordCheck::default();
                 if records && report.problem.is_none() {
                     let mut trail = Trail::new();

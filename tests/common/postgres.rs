@@ -348,3 +348,50 @@ fn start_cluster_in(
     }
     (port, dir, restart)
 }
+
+/// A server's configuration in `dir`, on the database at `url`.
+pub fn pg_config(dir: &tempfile::TempDir, url: &str) -> strongbox::config::ServerConfig {
+    strongbox::config::ServerConfig {
+        database_url: Some(strongbox::config::DatabaseUrl::parse(url.to_owned()).unwrap()),
+        ..super::config_for(dir)
+    }
+}
+
+/// A test server on a fresh database; and the database's URL.
+pub async fn pg_server() -> (super::TestServer, String) {
+    let url = database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = pg_config(&dir, &url);
+    (super::TestServer::start_with(dir, config).await, url)
+}
+
+/// A second server on the same database, sharing the first's root key,
+/// erasure keys, audit anchor and shred ledger, as servers of one
+/// deployment share them (a secret store and a shared volume).
+pub async fn second_server(
+    first: &super::TestServer,
+    url: &str,
+) -> (tempfile::TempDir, strongbox::server::RunningServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = second_config(first, &dir, url);
+    let server = strongbox::server::start(config)
+        .await
+        .expect("the second server starts");
+    (dir, server)
+}
+
+/// [`second_server`]'s configuration, in `dir`.
+pub fn second_config(
+    first: &super::TestServer,
+    dir: &tempfile::TempDir,
+    url: &str,
+) -> strongbox::config::ServerConfig {
+    strongbox::config::ServerConfig {
+        root_key_file: Some(first.config.root_key_path()),
+        erasure_keys: Some(first.config.erasure().unwrap().keys_file),
+        audit_anchor: Some(first.config.audit_anchor_path()),
+        shred_ledger: Some(first.config.shred_ledger_path()),
+        housekeeping_interval: first.config.housekeeping_interval,
+        ..pg_config(dir, url)
+    }
+}

@@ -206,6 +206,22 @@ CREATE TABLE job_leases (
     expires_at  BIGINT NOT NULL
 );
 "#,
+    r#"
+-- Audit lanes: one chain per server run, so that servers append without
+-- waiting for each other; sequence numbers from one sequence (gaps
+-- allowed), ordering entries across lanes.
+ALTER TABLE audit_log ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE audit_checkpoints ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE audit_quarantine ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX audit_by_lane ON audit_log (lane, seq);
+CREATE TABLE audit_lanes (
+    lane        BIGINT PRIMARY KEY,
+    opened_at   BIGINT NOT NULL
+);
+CREATE SEQUENCE audit_lane_ids START 1;
+CREATE SEQUENCE audit_seq START 1;
+SELECT setval('audit_seq', (SELECT coalesce(max(seq), 0) + 1 FROM audit_log), false);
+"#,
 ];
 
 /// Brings the database to the newest schema, once, whichever server

@@ -34,9 +34,9 @@ pub struct AccessRow {
 /// A point in the chain: a sequence number and the entry's MAC there.
 pub type ChainPoint = (u64, Vec<u8>);
 
-/// Checkpoints by sequence number: (the chain's head there, the
+/// Checkpoints by sequence number: (the lane, the lane's head there, the
 /// checkpoint's own MAC).
-pub type Checkpoints = HashMap<u64, (Vec<u8>, Vec<u8>)>;
+pub type Checkpoints = HashMap<u64, (i64, Vec<u8>, Vec<u8>)>;
 
 /// Where pruning may cut: (seq, the checkpoint's head, its MAC, the MAC of
 /// the entry there).
@@ -74,17 +74,39 @@ pub trait AuditRows {
         limit: usize,
     ) -> Result<Vec<AccessRow>>;
 
-    /// The last stored entry: its sequence number and MAC.
-    fn audit_last_entry(&self) -> Result<Option<ChainPoint>>;
+    /// The last stored entry of `lane`: its sequence number and MAC.
+    fn audit_last_entry(&self, lane: i64) -> Result<Option<ChainPoint>>;
 
-    /// Stores `e` (its seq and MAC already set).
+    /// The sequence number of an entry appended after `after`: the next
+    /// one on SQLite (one writer, one lane), the next of a sequence shared
+    /// by every server on PostgreSQL (gaps allowed; taking one locks no
+    /// row, so appends to different lanes never wait for each other).
+    fn audit_next_seq(&self, after: u64) -> Result<u64>;
+
+    /// Opens a new lane for this server's appends (stamped `now`) and
+    /// returns it: a new one per server run on PostgreSQL, always 0 (and no
+    /// row) on SQLite.
+    fn audit_open_lane(&self, now: i64) -> Result<i64>;
+
+    /// Every lane opened on PostgreSQL (lane 0 is not listed: it always
+    /// exists).
+    fn audit_lanes(&self) -> Result<Vec<i64>>;
+
+    /// Stores `e` (its lane, seq and MAC already set).
     fn audit_insert(&self, e: &Entry) -> Result<()>;
 
-    /// Stores the checkpoint at `seq`: the chain's `head` there and the
-    /// checkpoint's own MAC.
-    fn audit_checkpoint_insert(&self, seq: u64, head: &[u8], time: i64, mac: &[u8]) -> Result<()>;
+    /// Stores the checkpoint at `seq` of `lane`: the lane's `head` there
+    /// and the checkpoint's own MAC.
+    fn audit_checkpoint_insert(
+        &self,
+        lane: i64,
+        seq: u64,
+        head: &[u8],
+        time: i64,
+        mac: &[u8],
+    ) -> Result<()>;
 
-    /// Every checkpoint: seq → (head, MAC).
+    /// Every checkpoint: seq → (lane, head, MAC).
     fn audit_checkpoints(&self) -> Result<Checkpoints>;
 
     /// Calls `each` on every entry from sequence number `from` on, in order,
@@ -97,13 +119,14 @@ pub trait AuditRows {
     /// Up to `limit` entries matching `f` with sequence numbers above `after`.
     fn audit_list(&self, f: &Filter, after: u64, limit: usize) -> Result<Vec<Entry>>;
 
-    /// Where pruning entries older than `before` may cut: the newest
-    /// checkpoint with no entry at or before it as new as `before`, as
-    /// (seq, checkpoint's head, checkpoint's MAC, the entry's MAC there).
-    fn audit_prune_cut(&self, before: i64) -> Result<Option<PruneCut>>;
+    /// Where pruning `lane`'s entries older than `before` may cut: the
+    /// lane's newest checkpoint with no entry of the lane at or before it
+    /// as new as `before`, as (seq, checkpoint's head, checkpoint's MAC,
+    /// the entry's MAC there).
+    fn audit_prune_cut(&self, lane: i64, before: i64) -> Result<Option<PruneCut>>;
 
-    /// Deletes the entries up to and including `seq`; returns how many.
-    fn audit_delete_through(&self, seq: u64) -> Result<u64>;
+    /// Deletes `lane`'s entries up to and including `seq`; returns how many.
+    fn audit_delete_through(&self, lane: i64, seq: u64) -> Result<u64>;
 
     /// The highest sequence number any entry or checkpoint has (0: none).
     fn audit_highest_seq(&self) -> Result<u64>;

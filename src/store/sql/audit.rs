@@ -10,8 +10,7 @@ use crate::store::seam::*;
 /// Entries read per query by a walk of the chain.
 const AUDIT_PAGE: usize = 10_000;
 
-const ENTRY_COLS: &str =
-    "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac";
+const ENTRY_COLS: &str = "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac, lane";
 
 fn entry_row(r: &Row<'_>) -> Result<Entry> {
     Ok(Entry {
@@ -27,6 +26,7 @@ fn entry_row(r: &Row<'_>) -> Result<Entry> {
         purpose: r.get(9)?,
         peer: r.get(10)?,
         mac: r.get(11)?,
+        lane: r.get(12)?,
     })
 }
 
@@ -149,16 +149,52 @@ impl AuditRows for Db {
         rows.collect::<Result<_>>()
     }
 
-    fn audit_last_entry(&self) -> Result<Option<ChainPoint>> {
-        self.prepare_cached("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")?
-            .query_row((), |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-            .optional()
+    fn audit_last_entry(&self, lane: i64) -> Result<Option<ChainPoint>> {
+        self.prepare_cached(
+            "SELECT seq, mac FROM audit_log WHERE lane = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([lane], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .optional()
+    }
+
+    fn audit_next_seq(&self, after: u64) -> Result<u64> {
+        match self {
+            Db::Sqlite(_) => Ok(after + 1),
+            Db::Postgres(_) => {
+                let next: i64 = self
+                    .prepare_cached("SELECT nextval('audit_seq')")?
+                    .query_row((), |r| r.get(0))?;
+                Ok(next as u64)
+            }
+        }
+    }
+
+    fn audit_open_lane(&self, now: i64) -> Result<i64> {
+        match self {
+            Db::Sqlite(_) => Ok(0),
+            Db::Postgres(_) => {
+                let lane: i64 = self
+                    .prepare_cached("SELECT nextval('audit_lane_ids')")?
+                    .query_row((), |r| r.get(0))?;
+                self.prepare_cached("INSERT INTO audit_lanes (lane, opened_at) VALUES (?1, ?2)")?
+                    .execute(params![lane, now])?;
+                Ok(lane)
+            }
+        }
+    }
+
+    fn audit_lanes(&self) -> Result<Vec<i64>> {
+        let lanes = self
+            .prepare_cached("SELECT lane FROM audit_lanes ORDER BY lane")?
+            .query_map((), |r| r.get(0))?
+            .collect::<Result<_>>()?;
+        Ok(lanes)
     }
 
     fn audit_insert(&self, e: &Entry) -> Result<()> {
         self.prepare_cached(
-            "INSERT INTO audit_log (seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO audit_log (seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac, lane)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?
         .execute(params![
             e.seq as i64,
@@ -172,24 +208,35 @@ impl AuditRows for Db {
             e.code,
             e.purpose,
             e.peer,
-            e.mac
+            e.mac,
+            e.lane
         ])?;
         Ok(())
     }
 
-    fn audit_checkpoint_insert(&self, seq: u64, head: &[u8], time: i64, mac: &[u8]) -> Result<()> {
+    fn audit_checkpoint_insert(
+        &self,
+        lane: i64,
+        seq: u64,
+        head: &[u8],
+        time: i64,
+        mac: &[u8],
+    ) -> Result<()> {
         self.prepare_cached(
-            "INSERT INTO audit_checkpoints (seq, head, time, mac) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO audit_checkpoints (seq, head, time, mac, lane) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![seq as i64, head, time, mac])?;
+        .execute(params![seq as i64, head, time, mac, lane])?;
         Ok(())
     }
 
     fn audit_checkpoints(&self) -> Result<Checkpoints> {
         let rows = self
-            .prepare("SELECT seq, head, mac FROM audit_checkpoints")?
+            .prepare("SELECT seq, lane, head, mac FROM audit_checkpoints")?
             .query_map((), |r| {
-                Ok((r.get::<_, i64>(0)? as u64, (r.get(1)?, r.get(2)?)))
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    (r.get(1)?, r.get(2)?, r.get(3)?),
+                ))
             })?
             .collect::<Result<_>>()?;
         Ok(rows)
@@ -260,20 +307,24 @@ impl AuditRows for Db {
         rows.collect::<Result<_>>()
     }
 
-    fn audit_prune_cut(&self, before: i64) -> Result<Option<PruneCut>> {
+    fn audit_prune_cut(&self, lane: i64, before: i64) -> Result<Option<PruneCut>> {
         self.query_row(
             "SELECT c.seq, c.head, c.mac, l.mac FROM audit_checkpoints c
-                   JOIN audit_log l ON l.seq = c.seq
-                 WHERE NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.seq <= c.seq AND o.time >= ?1)
+                   JOIN audit_log l ON l.seq = c.seq AND l.lane = c.lane
+                 WHERE c.lane = ?2
+                   AND NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.lane = ?2 AND o.seq <= c.seq AND o.time >= ?1)
                  ORDER BY c.seq DESC LIMIT 1",
-            [before],
+            params![before, lane],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
     }
 
-    fn audit_delete_through(&self, seq: u64) -> Result<u64> {
-        Ok(self.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq as i64])? as u64)
+    fn audit_delete_through(&self, lane: i64, seq: u64) -> Result<u64> {
+        Ok(self.execute(
+            "DELETE FROM audit_log WHERE lane = ?2 AND seq <= ?1",
+            params![seq as i64, lane],
+        )? as u64)
     }
 
     fn audit_highest_seq(&self) -> Result<u64> {

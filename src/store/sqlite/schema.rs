@@ -289,6 +289,18 @@ CREATE TABLE job_leases (
     expires_at  INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Audit lanes: one chain per writer. SQLite has one writer, so one lane
+-- (0); the table lists the lanes PostgreSQL servers open.
+ALTER TABLE audit_log ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE audit_checkpoints ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE audit_quarantine ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX audit_by_lane ON audit_log (lane, seq);
+CREATE TABLE audit_lanes (
+    lane        INTEGER PRIMARY KEY,
+    opened_at   INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.
