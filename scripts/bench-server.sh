@@ -60,5 +60,6 @@ import sys, json
 r = json.loads(sys.stdin.read())
 line = '$OP on $N server(s): %.0f ops/s, p99 %s ms, server CPU %.1f us/op' % (r['ops_per_sec'], r.get('p99_ms'), r['server_cpu_us_per_op'])
 if r.get('database_cpu_us_per_op') is not None: line += ', PostgreSQL CPU %.1f us/op' % r['database_cpu_us_per_op']
+if r.get('errors'): line += ', %d errors (first: %s)' % (r['errors'], r.get('first_error'))
 print(line)
 "

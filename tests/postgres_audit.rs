@@ -104,13 +104,12 @@ async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness()
     let [lane_a] = lanes_with_puts(&url)[..] else {
         panic!("only the first server has written records")
     };
-    let head_name = format!("audit_head.{lane_a}");
     let (old_head, anchored_seq) = {
-        let (url, name) = (url.clone(), head_name.clone());
+        let url = url.clone();
         off_runtime(move || {
             let mut db = connect(&url);
             let head: Vec<u8> = db
-                .query_one("SELECT value FROM meta WHERE name = $1", &[&name])
+                .query_one("SELECT head FROM audit_lanes WHERE lane = $1", &[&lane_a])
                 .unwrap()
                 .get(0);
             let last: i64 = db
@@ -149,8 +148,8 @@ async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness()
                 )
                 .unwrap();
             db.execute(
-                "UPDATE meta SET value = $1 WHERE name = $2",
-                &[&old_head, &head_name],
+                "UPDATE audit_lanes SET head = $1 WHERE lane = $2",
+                &[&old_head, &lane_a],
             )
             .unwrap();
             (cut, reached)

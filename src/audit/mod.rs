@@ -54,14 +54,6 @@ const CHECKPOINT_LABEL: &[u8] = b"strongbox/v1/audit-checkpoint";
 /// come; its resource is `lanes <lane>:<seq>,...`.
 pub const WITNESS_ACTION: &str = "audit.witness";
 
-/// The meta row of `lane`'s head or base pointer.
-fn lane_name(name: &str, lane: Lane) -> String {
-    match lane {
-        0 => name.to_owned(),
-        _ => format!("{name}.{lane}"),
-    }
-}
-
 /// The MAC label of `lane`'s pointers and checkpoints: a row of one lane
 /// does not verify as another's.
 fn lane_label(label: &[u8], lane: Lane) -> Vec<u8> {
@@ -200,8 +192,8 @@ struct Pointer {
     mac: Vec<u8>,
 }
 
-fn read_pointer(conn: &dyn Tx, name: &str) -> Result<Option<Pointer>> {
-    let Some(raw) = conn.meta_get(name)? else {
+fn read_pointer(conn: &dyn Tx, lane: Lane, name: &str) -> Result<Option<Pointer>> {
+    let Some(raw) = conn.audit_pointer(lane, name)? else {
         return Ok(None);
     };
     if raw.len() != 8 + 32 + 32 {
@@ -224,15 +216,15 @@ fn read_pointer(conn: &dyn Tx, name: &str) -> Result<Option<Pointer>> {
 fn write_pointer(
     conn: &dyn Tx,
     key: &SecretKey,
-    name: &str,
-    label: &[u8],
+    (lane, name, label): (Lane, &str, &[u8]),
     seq: u64,
     head: &[u8],
 ) -> Result<()> {
+    let label = lane_label(label, lane);
     let mut raw = seq.to_be_bytes().to_vec();
     raw.extend_from_slice(head);
-    raw.extend_from_slice(&head_mac(key, label, seq, head));
-    conn.meta_put(name, &raw)
+    raw.extend_from_slice(&head_mac(key, &label, seq, head));
+    conn.audit_pointer_put(lane, name, &raw)
 }
 
 /// Why the stored chain cannot be extended: its pointers were tampered
@@ -245,7 +237,7 @@ fn tampered(what: impl std::fmt::Display) -> Error {
 
 /// `lane`'s base row, its MAC checked.
 fn checked_base(conn: &dyn Tx, key: &SecretKey, lane: Lane) -> Result<Option<Pointer>> {
-    let base = read_pointer(conn, &lane_name(BASE_META, lane))?;
+    let base = read_pointer(conn, lane, BASE_META)?;
     if let Some(b) = &base
         && !crypto::ct_eq(
             &b.mac,
@@ -269,14 +261,27 @@ fn in_lane(lane: Lane, what: &str) -> String {
 }
 
 /// The head of `lane` the next entry chains onto, after checking that the
-/// head row is genuine (its MAC) and is the lane's last stored entry (no
-/// entry cut off behind it, none beyond it). An append never extends a
-/// head it has not checked: otherwise the next call would launder a
-/// rewound head with a fresh, valid MAC.
+/// head row is genuine (its MAC) and, on lane 0, that it is the lane's
+/// last stored entry (no entry cut off behind it, none beyond it). An
+/// append never extends a head it has not checked: otherwise the next call
+/// would launder a rewound head with a fresh, valid MAC.
+///
+/// Another lane's append (PostgreSQL) checks the row's MAC but does not
+/// read the lane's entries: under serializable isolation that read would
+/// make every server's appends conflict with every other's (they share
+/// index pages). A lane whose tail was cut and whose head row was put back
+/// from an older copy is then extended, but not laundered: the anchor's
+/// floor refuses a head below the newest anchored point, and `verify`
+/// finds the cut through the other lanes' witnesses (see the module
+/// docs); a cut without the head row put back breaks the chain at the
+/// next entry.
 pub fn checked_head(conn: &dyn Tx, key: &SecretKey, lane: Lane) -> Result<(u64, Vec<u8>)> {
     let base = checked_base(conn, key, lane)?;
-    let last = conn.audit_last_entry(lane)?;
-    let Some(head) = read_pointer(conn, &lane_name(HEAD_META, lane))? else {
+    let last = match lane {
+        0 => conn.audit_last_entry(0)?,
+        _ => None,
+    };
+    let Some(head) = read_pointer(conn, lane, HEAD_META)? else {
         if last.is_some() || base.is_some() {
             return Err(tampered(in_lane(
                 lane,
@@ -290,6 +295,7 @@ pub fn checked_head(conn: &dyn Tx, key: &SecretKey, lane: Lane) -> Result<(u64, 
         return Err(tampered(in_lane(lane, "the head row's MAC does not match")));
     }
     let consistent = match (&last, &base) {
+        _ if lane != 0 => true,
         (Some((seq, mac)), _) => *seq == head.seq && crypto::ct_eq(mac, &head.head),
         // Every entry pruned: the head is the base.
         (None, Some(b)) => b.seq == head.seq && crypto::ct_eq(&b.head, &head.head),
@@ -299,9 +305,9 @@ pub fn checked_head(conn: &dyn Tx, key: &SecretKey, lane: Lane) -> Result<(u64, 
         let end = last.map_or("the log is empty".to_owned(), |(s, _)| {
             format!("the log ends at entry {s}")
         });
-        return Err(tampered(in_lane(
-            lane,
-            &format!("the head row names entry {} but {end}", head.seq),
+        return Err(tampered(format!(
+            "the head row names entry {} but {end}",
+            head.seq
         )));
     }
     Ok((head.seq, head.head))
@@ -352,8 +358,7 @@ pub fn append_above(
         write_pointer(
             conn,
             key,
-            &lane_name(HEAD_META, lane),
-            &lane_label(HEAD_LABEL, lane),
+            (lane, HEAD_META, HEAD_LABEL),
             entry.seq,
             &entry.mac,
         )?;
@@ -438,8 +443,7 @@ pub fn prune(conn: &dyn Tx, key: &SecretKey, before: i64) -> Result<u64> {
             return Err(e);
         }
         deleted += conn.audit_delete_through(lane, seq)?;
-        let (name, label) = (lane_name(BASE_META, lane), lane_label(BASE_LABEL, lane));
-        write_pointer(conn, key, &name, &label, seq, &head)?;
+        write_pointer(conn, key, (lane, BASE_META, BASE_LABEL), seq, &head)?;
     }
     Ok(deleted)
 }

@@ -64,13 +64,13 @@ pub fn accept_loss(
     let (kept, head, restart) = match verified_prefix(conn, key)? {
         Some((seq, mac)) => (seq, mac, false),
         None => {
-            write_pointer(conn, key, BASE_META, BASE_LABEL, highest, &GENESIS)?;
+            write_pointer(conn, key, (0, BASE_META, BASE_LABEL), highest, &GENESIS)?;
             (highest, GENESIS.to_vec(), true)
         }
     };
     let now = crate::now_ms();
     let quarantined = conn.audit_quarantine_after(kept, restart, now)?;
-    write_pointer(conn, key, HEAD_META, HEAD_LABEL, kept, &head)?;
+    write_pointer(conn, key, (0, HEAD_META, HEAD_LABEL), kept, &head)?;
     entry.resource = format!(
         "audit:entries {}..{} lost or altered; {quarantined} quarantined",
         kept + 1,

@@ -41,7 +41,7 @@ struct Walk {
 pub fn verify_anchored(conn: &dyn Tx, key: &SecretKey, anchor: &anchor::Points) -> Result<Report> {
     let mut walks = std::collections::BTreeMap::new();
     for lane in lanes(conn)? {
-        let walk = match read_pointer(conn, &lane_name(BASE_META, lane))? {
+        let walk = match read_pointer(conn, lane, BASE_META)? {
             Some(Pointer { seq, head, mac }) => {
                 let label = lane_label(BASE_LABEL, lane);
                 if !crypto::ct_eq(&mac, &head_mac(key, &label, seq, &head)) {
@@ -188,7 +188,7 @@ fn lane_end(
             "the log is truncated: a checkpoint exists at {beyond} but the last entry is {last}"
         ));
     }
-    match read_pointer(conn, &lane_name(HEAD_META, lane))? {
+    match read_pointer(conn, lane, HEAD_META)? {
         None if walk.entries == 0 && walk.base == 0 => {}
         None => {
             return Ok(Some(bad(

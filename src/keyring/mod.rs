@@ -55,6 +55,11 @@ struct Cache {
     /// (tenant, KEK version) -> when a call last used data under it, not
     /// yet written to the database (housekeeping flushes it).
     kek_use: HashMap<(String, u32), i64>,
+    /// (tenant, KEK version) -> data keys wrapped under it not yet counted
+    /// in the database (housekeeping adds them): a counter row every new
+    /// subject of a tenant would update is a row every server's writes
+    /// would fight over.
+    kek_wraps: HashMap<(String, u32), u64>,
 }
 
 impl Default for Cache {
@@ -70,6 +75,7 @@ impl Default for Cache {
             state: None,
             min_versions: HashMap::new(),
             kek_use: HashMap::new(),
+            kek_wraps: HashMap::new(),
         }
     }
 }
@@ -197,6 +203,11 @@ impl Keyring {
         let kek = self.kek(conn, tenant, kek_version)?;
         let (row, dek) = self.new_dek_under(tenant, owner, kek_version, &kek);
         self.note_kek_use(tenant.as_str(), kek_version);
+        *self
+            .cache()
+            .kek_wraps
+            .entry((tenant.as_str().to_owned(), kek_version))
+            .or_default() += 1;
         Ok((row, Arc::new(dek)))
     }
 
@@ -334,6 +345,42 @@ impl Keyring {
             .iter()
             .map(|((t, v), at)| (t.clone(), *v, *at))
             .collect()
+    }
+
+    /// Wraps under `tenant`'s KEK versions not yet counted in the
+    /// database: version -> count. A wrap in a unit of work that then
+    /// failed, or ran again, is counted too (the KEK did the work).
+    pub fn pending_kek_wraps(&self, tenant: &str) -> HashMap<u32, u64> {
+        self.cache()
+            .kek_wraps
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, v), n)| (*v, *n))
+            .collect()
+    }
+
+    /// Every wrap count not yet written, for housekeeping to add.
+    pub fn unwritten_kek_wraps(&self) -> Vec<(String, u32, u64)> {
+        self.cache()
+            .kek_wraps
+            .iter()
+            .map(|((t, v), n)| (t.clone(), *v, *n))
+            .collect()
+    }
+
+    /// Takes the counts `written` added off the pending ones (wraps made
+    /// meanwhile stay pending).
+    pub fn kek_wraps_written(&self, written: &[(String, u32, u64)]) {
+        let mut cache = self.cache();
+        for (t, v, n) in written {
+            let key = (t.clone(), *v);
+            if let Some(left) = cache.kek_wraps.get_mut(&key) {
+                *left = left.saturating_sub(*n);
+                if *left == 0 {
+                    cache.kek_wraps.remove(&key);
+                }
+            }
+        }
     }
 
     /// Forgets the uses `written` recorded, unless a later use replaced

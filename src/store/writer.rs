@@ -42,13 +42,17 @@ pub(crate) trait WriteConn: Send + 'static {
     fn take_conflict(&mut self) -> bool {
         false
     }
+    /// The most units one batch takes.
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
 }
 
 const MAX_BATCH: usize = 256;
 const QUEUE_DEPTH: usize = 4096;
-/// How many times a batch runs before its conflicts are reported as an
-/// outage (`UNAVAILABLE`, which clients retry).
-const MAX_ATTEMPTS: u32 = 12;
+/// How long a batch keeps being run again before its conflicts are
+/// reported as an outage (`UNAVAILABLE`, which clients retry).
+const RETRY_BUDGET: Duration = Duration::from_secs(5);
 
 /// One caller's unit of work, as the writer holds it until the commit.
 trait Unit: Send {
@@ -169,7 +173,7 @@ fn run<C: WriteConn>(mut conn: C, mut rx: mpsc::Receiver<Job>) {
                 #[cfg(test)]
                 Job::Stop => return,
             }
-            if batch.len() < MAX_BATCH {
+            if batch.len() < conn.max_batch() {
                 next = rx.try_recv().ok();
             }
         }
@@ -191,12 +195,13 @@ enum Ended {
 fn run_batch<C: WriteConn>(conn: &mut C, mut batch: Vec<TxnJob>) {
     let metrics = crate::metrics::get();
     metrics.commit_jobs.observe(batch.len() as f64);
-    let mut attempt = 1;
+    let started = std::time::Instant::now();
+    let mut attempt = 1u32;
     let outcome = loop {
         match run_once(conn, &mut batch) {
             Attempt::Committed => break Ok(()),
             Attempt::Failed(e) => break Err(e),
-            Attempt::Conflicted if attempt == MAX_ATTEMPTS => {
+            Attempt::Conflicted if started.elapsed() >= RETRY_BUDGET => {
                 tracing::warn!(
                     attempts = attempt,
                     "a batch kept conflicting with other servers' transactions"

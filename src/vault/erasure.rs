@@ -33,6 +33,10 @@ pub struct ErasureSettings {
     pub window: Duration,
 }
 
+/// The cross-server exclusion of units that read and write the shared
+/// erasure keys file.
+const EPOCH_FILE_LOCK: &str = "erasure-keys-file";
+
 /// What a roll did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EpochRoll {
@@ -89,13 +93,15 @@ impl Vault {
         let epoch_ms = settings.epoch.as_millis() as i64;
         let window_ms = settings.window.as_millis() as i64;
         let mut roll = EpochRoll::default();
-        // Deciding and making a new epoch key happen in a write unit: on
-        // storage shared by several servers, under the write lock, so one
-        // server at a time reads the shared file, decides and writes it.
+        // Deciding and making a new epoch key happen in a write unit made
+        // exclusive across servers: one server at a time reads the shared
+        // file, decides and writes it (a write a retried transaction could
+        // not take back).
         let keys = self.keys.clone();
         let (target, began) = self
             .store
             .write(move |c| {
+                c.exclusive(EPOCH_FILE_LOCK)?;
                 keys.reload_epochs(c)?;
                 match keys.epochs().last() {
                     Some(&(n, created)) if now_ms() - created < epoch_ms => Ok((n, false)),
@@ -152,6 +158,7 @@ impl Vault {
             let (keys, doomed) = (self.keys.clone(), roll.destroyed.clone());
             self.store
                 .write(move |c| {
+                    c.exclusive(EPOCH_FILE_LOCK)?;
                     keys.reload_epochs(c)?;
                     keys.with_epochs(|e| e.destroy(&doomed))
                 })

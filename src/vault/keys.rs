@@ -121,10 +121,12 @@ impl Vault {
                 };
                 let mut versions = versions;
                 let pending = keys.pending_kek_use(tenant.as_str());
+                let wraps = keys.pending_kek_wraps(tenant.as_str());
                 for v in &mut versions {
                     if let Some(at) = pending.get(&v.version) {
                         v.last_used_at = Some(v.last_used_at.unwrap_or(0).max(*at));
                     }
+                    v.wraps += wraps.get(&v.version).copied().unwrap_or(0);
                 }
                 let to_rewrap = versions
                     .iter()

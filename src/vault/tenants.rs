@@ -127,6 +127,8 @@ impl Vault {
             conn.kek_insert(t, keys.kek_version, (&keys.wrapped_kek, keys.epoch), now)?;
             conn.set_tenant_key_wrap(t, None, &keys.wrapped_index_key, keys.epoch)?;
             conn.dek_insert(&keys.dek, now)?;
+            // The tenant data key's wrap: the tenant's own new row.
+            conn.kek_count_wraps(t, keys.kek_version, 1)?;
             Ok(row.into())
         })
         .await

@@ -214,10 +214,15 @@ ALTER TABLE audit_log ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE audit_checkpoints ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE audit_quarantine ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX audit_by_lane ON audit_log (lane, seq);
+-- A lane's MAC'd head and base pointers live in its row: each server
+-- updates only its own, in place (HOT: no indexed column changes, room
+-- left on the page), so no server's append reads a page another writes.
 CREATE TABLE audit_lanes (
     lane        BIGINT PRIMARY KEY,
-    opened_at   BIGINT NOT NULL
-);
+    opened_at   BIGINT NOT NULL,
+    head        BYTEA,
+    base        BYTEA
+) WITH (fillfactor = 50);
 CREATE SEQUENCE audit_lane_ids START 1;
 CREATE SEQUENCE audit_seq START 1;
 SELECT setval('audit_seq', (SELECT coalesce(max(seq), 0) + 1 FROM audit_log), false);

@@ -92,6 +92,14 @@ pub trait AuditRows {
     /// exists).
     fn audit_lanes(&self) -> Result<Vec<i64>>;
 
+    /// `lane`'s stored pointer `which` (`audit_head` or `audit_base`), as
+    /// `crate::audit` encodes it: lane 0's in `meta`, another lane's in its
+    /// own `audit_lanes` row.
+    fn audit_pointer(&self, lane: i64, which: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Stores `lane`'s pointer `which`.
+    fn audit_pointer_put(&self, lane: i64, which: &str, raw: &[u8]) -> Result<()>;
+
     /// Stores `e` (its lane, seq and MAC already set).
     fn audit_insert(&self, e: &Entry) -> Result<()>;
 

@@ -59,9 +59,6 @@ pub trait KeyRows {
 
     fn set_min_decrypt_version(&self, tenant: &str, version: u32) -> Result<()>;
 
-    /// Counts one more encryption (a data key wrapped) under a KEK version.
-    fn kek_count_wrap(&self, tenant: &str, version: u32) -> Result<()>;
-
     /// Counts `n` more encryptions under a KEK version.
     fn kek_count_wraps(&self, tenant: &str, version: u32, n: u64) -> Result<()>;
 
@@ -83,7 +80,8 @@ pub trait KeyRows {
     /// (secure_delete) by an empty blob; the row stays for `key status`.
     fn kek_retire(&self, tenant: &str, version: u32, now: i64) -> Result<()>;
 
-    /// Stores a new data key and counts its wrap under its KEK version.
+    /// Stores a new data key (its wrap is counted by the keyring, and
+    /// written by housekeeping: `kek_count_wraps`).
     fn dek_insert(&self, d: &DekRow, now: i64) -> Result<()>;
 
     fn dek_get(&self, id: &str) -> Result<Option<DekRow>>;

@@ -16,4 +16,12 @@ pub trait LeaseRows {
     /// The holders of the leases whose names start with `prefix` and that
     /// have not expired at `now_ms`.
     fn leases_live(&self, prefix: &str, now_ms: i64) -> Result<Vec<String>>;
+
+    /// Makes the rest of this transaction exclusive across servers for the
+    /// work named `name`: waits until no other server's transaction holds
+    /// it, and holds it until this one ends (a PostgreSQL advisory
+    /// transaction lock). For units whose effect outside the database (a
+    /// shared file) a retried transaction cannot undo. Nothing on SQLite,
+    /// whose one writer runs every unit alone.
+    fn exclusive(&self, name: &str) -> Result<()>;
 }

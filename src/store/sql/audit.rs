@@ -4,11 +4,20 @@
 use super::{Db, OptionalExtension, Row, params};
 
 use crate::audit::{Entry, Filter};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::seam::*;
 
 /// Entries read per query by a walk of the chain.
 const AUDIT_PAGE: usize = 10_000;
+
+/// The `audit_lanes` column of pointer `which`.
+fn pointer_column(which: &str) -> Result<&'static str> {
+    match which {
+        "audit_head" => Ok("head"),
+        "audit_base" => Ok("base"),
+        _ => Err(Error::Internal(format!("no audit pointer {which}"))),
+    }
+}
 
 const ENTRY_COLS: &str = "seq, time, request_id, principal, tenant, action, resource, outcome, code, purpose, peer, mac, lane";
 
@@ -181,6 +190,38 @@ impl AuditRows for Db {
                 Ok(lane)
             }
         }
+    }
+
+    fn audit_pointer(&self, lane: i64, which: &str) -> Result<Option<Vec<u8>>> {
+        if lane == 0 {
+            return self.meta_get(which);
+        }
+        let raw: Option<Option<Vec<u8>>> = self
+            .prepare_cached(&format!(
+                "SELECT {} FROM audit_lanes WHERE lane = ?1",
+                pointer_column(which)?
+            ))?
+            .query_row([lane], |r| r.get(0))
+            .optional()?;
+        Ok(raw.flatten())
+    }
+
+    fn audit_pointer_put(&self, lane: i64, which: &str, raw: &[u8]) -> Result<()> {
+        if lane == 0 {
+            return self.meta_put(which, raw);
+        }
+        let n = self
+            .prepare_cached(&format!(
+                "UPDATE audit_lanes SET {} = ?2 WHERE lane = ?1",
+                pointer_column(which)?
+            ))?
+            .execute(params![lane, raw])?;
+        if n != 1 {
+            return Err(Error::Corrupt(format!(
+                "audit: lane {lane}'s row is missing"
+            )));
+        }
+        Ok(())
     }
 
     fn audit_lanes(&self) -> Result<Vec<i64>> {

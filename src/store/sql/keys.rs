@@ -92,10 +92,6 @@ impl KeyRows for Db {
         Ok(())
     }
 
-    fn kek_count_wrap(&self, tenant: &str, version: u32) -> Result<()> {
-        self.kek_count_wraps(tenant, version, 1)
-    }
-
     fn kek_count_wraps(&self, tenant: &str, version: u32, n: u64) -> Result<()> {
         self.prepare_cached(
             "UPDATE tenant_keks SET wraps = wraps + ?3 WHERE tenant_id = ?1 AND version = ?2",
@@ -157,7 +153,7 @@ impl KeyRows for Db {
             "INSERT INTO data_keys (id, tenant_id, owner, kek_version, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![d.id, d.tenant_id, d.owner, d.kek_version, d.wrapped, now],
         )?;
-        self.kek_count_wrap(&d.tenant_id, d.kek_version)
+        Ok(())
     }
 
     fn dek_get(&self, id: &str) -> Result<Option<DekRow>> {

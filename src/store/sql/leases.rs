@@ -8,8 +8,8 @@ use crate::store::seam::*;
 impl LeaseRows for Db {
     fn lease_claim(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
         // One statement, so the check and the take are one step on both
-        // backends (and writes are serial on both: the writer thread, or
-        // the write lock on PostgreSQL).
+        // backends (two servers' claims at once conflict on PostgreSQL,
+        // and the writer runs the loser's batch again).
         let n = self.execute(
             "INSERT INTO job_leases (name, holder, expires_at) VALUES (?1, ?2, ?4)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -35,6 +35,20 @@ impl LeaseRows for Db {
         )?;
         let rows = stmt.query_map(params![pattern, now_ms], |r| r.get(0))?;
         rows.collect()
+    }
+    fn exclusive(&self, name: &str) -> Result<()> {
+        match self {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(_) => {
+                // The lock's key: the name's first 8 bytes of SHA-256.
+                let digest = crate::crypto::sha256(name.as_bytes());
+                let mut key = [0u8; 8];
+                key.copy_from_slice(&digest[..8]);
+                self.prepare_cached("SELECT pg_advisory_xact_lock(?1)")?
+                    .query_row([i64::from_be_bytes(key)], |_| Ok(()))?;
+                Ok(())
+            }
+        }
     }
 }
 

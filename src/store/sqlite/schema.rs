@@ -298,7 +298,9 @@ ALTER TABLE audit_quarantine ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX audit_by_lane ON audit_log (lane, seq);
 CREATE TABLE audit_lanes (
     lane        INTEGER PRIMARY KEY,
-    opened_at   INTEGER NOT NULL
+    opened_at   INTEGER NOT NULL,
+    head        BLOB,
+    base        BLOB
 );
 "#,
 ];

@@ -15,24 +15,30 @@ use crate::now_ms;
 use crate::store::{self};
 
 impl Vault {
-    /// Writes down when each KEK version was last used (kept in memory
-    /// between housekeeping runs); returns how many versions it updated.
+    /// Writes down when each KEK version was last used, and adds the data
+    /// keys wrapped under each to its count (both kept in memory between
+    /// housekeeping runs); returns how many versions it updated.
     pub async fn flush_kek_use(&self) -> Result<usize> {
         let uses = Arc::new(self.keys.unwritten_kek_use());
-        if uses.is_empty() {
+        let wraps = Arc::new(self.keys.unwritten_kek_wraps());
+        if uses.is_empty() && wraps.is_empty() {
             return Ok(0);
         }
-        let written = uses.clone();
+        let (used, wrapped) = (uses.clone(), wraps.clone());
         let n = self
             .store
             .write(move |conn| {
-                for (tenant, version, at) in written.iter() {
+                for (tenant, version, at) in used.iter() {
                     conn.kek_note_use(tenant, *version, *at)?;
                 }
-                Ok(written.len())
+                for (tenant, version, n) in wrapped.iter() {
+                    conn.kek_count_wraps(tenant, *version, *n)?;
+                }
+                Ok(used.len().max(wrapped.len()))
             })
             .await?;
         self.keys.kek_use_written(&uses);
+        self.keys.kek_wraps_written(&wraps);
         Ok(n)
     }
 
