@@ -99,6 +99,10 @@ impl Vault {
     pub(super) async fn key_status_of(&self, tenant: TenantId) -> Result<TenantKeyStatus> {
         let limits = self.limits.clone();
         let keys = self.keys.clone();
+        // The rows and the notes still in memory are read with no flush in
+        // between: one moving a note from memory to the rows between the
+        // two reads would make it missing from both, or counted in both.
+        let _no_flush = self.key_notes_flush.lock().await;
         self.store
             .read(move |conn| {
                 let row = integrity::tenant(conn, &keys, tenant.as_str())?

@@ -101,6 +101,9 @@ pub struct Vault {
     purge_wanted: Notify,
     auth_cache: std::sync::Mutex<AuthCache>,
     root_rotation: tokio::sync::Mutex<()>,
+    /// Held while key-use notes move from memory to the database, and
+    /// while `key status` reads both.
+    key_notes_flush: tokio::sync::Mutex<()>,
     /// The audit chain's anchor outside the database (none: not anchored,
     /// for library use such as the benches).
     anchor: Option<Arc<audit::anchor::Anchor>>,
@@ -206,6 +209,7 @@ impl Vault {
             purge_wanted: Notify::new(),
             auth_cache: std::sync::Mutex::new(AuthCache::default()),
             root_rotation: tokio::sync::Mutex::new(()),
+            key_notes_flush: tokio::sync::Mutex::new(()),
             anchor: anchor.map(Arc::new),
             anchor_wanted: Notify::new(),
             lane,

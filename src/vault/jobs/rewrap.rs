@@ -19,6 +19,8 @@ impl Vault {
     /// keys wrapped under each to its count (both kept in memory between
     /// housekeeping runs); returns how many versions it updated.
     pub async fn flush_kek_use(&self) -> Result<usize> {
+        // Held until the notes written are taken out of memory.
+        let _flushing = self.key_notes_flush.lock().await;
         let uses = Arc::new(self.keys.unwritten_kek_use());
         let wraps = Arc::new(self.keys.unwritten_kek_wraps());
         if uses.is_empty() && wraps.is_empty() {
