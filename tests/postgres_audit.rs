@@ -165,3 +165,49 @@ async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness()
     assert!(report.problem.contains(&expected), "{}", report.problem);
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_empties_a_stopped_servers_lane_and_the_chain_still_verifies() {
+    let (mut a, b, url) = two_quiet_servers().await;
+    let (_admin, key) = a.tenant_with_user_key("acme").await;
+    let on_a = a.client(&key).await;
+    for n in 0..5 {
+        put_ok(&on_a, "acme", &format!("s{n}"), "c", "k", b"v").await;
+    }
+    let [lane_a] = lanes_with_puts(&url)[..] else {
+        panic!("only the first server has written records")
+    };
+    // A's run ends: its lane will never reach a checkpoint, and pruning
+    // must still be able to empty it once all of it is old enough.
+    a.stop().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = strongbox::now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let on_b = Client::connect(&format!("http://{}", b.addr), Some(&key))
+        .await
+        .unwrap();
+    put_ok(&on_b, "acme", "after-cutoff", "c", "k", b"v").await;
+    let deleted = b.vault.prune_audit(cutoff).await.unwrap();
+    assert!(deleted >= 5, "{deleted} entries pruned");
+    let left: i64 = {
+        let url = url.clone();
+        off_runtime(move || {
+            connect(&url)
+                .query_one("SELECT count(*) FROM audit_log WHERE lane = $1", &[&lane_a])
+                .unwrap()
+                .get(0)
+        })
+    };
+    assert_eq!(left, 0, "the stopped server's lane was emptied");
+    // B's own lane, with an entry newer than the cutoff, is not cut at
+    // its head; the chain verifies, and B goes on appending.
+    let op_b = Client::connect(&format!("http://{}", b.addr), Some(&a.operator_key))
+        .await
+        .unwrap();
+    let report = verify_audit(&op_b).await;
+    assert!(report.ok, "{}", report.problem);
+    put_ok(&on_b, "acme", "later", "c", "k", b"v").await;
+    let report = verify_audit(&op_b).await;
+    assert!(report.ok, "{}", report.problem);
+    b.shutdown().await.unwrap();
+}

@@ -420,28 +420,51 @@ pub fn list(conn: &dyn Tx, f: &Filter, after: u64, limit: usize) -> Result<Vec<E
 
 /// Deletes entries older than `before` (Unix ms), cutting each lane only
 /// at its newest checkpoint that is entirely older, which becomes the base
-/// that verification of the lane starts from. Returns the entries deleted.
-/// Like an append, it rewrites a MAC'd pointer, so it first checks the
-/// head and base rows and the checkpoint it cuts at: a forged pointer is
-/// never re-MAC'd.
+/// that verification of the lane starts from; a lane other than 0 whose
+/// every entry is older is cut at its head (a server run's lane stops
+/// at its last entry, which no later checkpoint may follow; it would
+/// otherwise be kept for good). Returns the entries deleted. Like an
+/// append, it rewrites a MAC'd pointer, so it first checks the head and
+/// base rows and the point it cuts at: a forged pointer is never re-MAC'd.
 pub fn prune(conn: &dyn Tx, key: &SecretKey, before: i64) -> Result<u64> {
     let mut deleted = 0;
     for lane in lanes(conn)? {
-        checked_head(conn, key, lane)?;
-        let Some((seq, head, cmac, entry_mac)) = conn.audit_prune_cut(lane, before)? else {
-            continue;
+        let (head_seq, head_mac_) = checked_head(conn, key, lane)?;
+        let whole = lane != 0
+            && head_seq > 0
+            && conn
+                .audit_lane_newest_time(lane)?
+                .is_some_and(|t| t < before);
+        let (seq, head) = if whole {
+            // The head row must name the lane's last entry, or the cut
+            // would hide a tampered tail.
+            let last = conn.audit_last_entry(lane)?;
+            if !last.is_some_and(|(s, m)| s == head_seq && crypto::ct_eq(&m, &head_mac_)) {
+                let e = tampered(in_lane(
+                    lane,
+                    "the head row does not name the lane's last entry",
+                ));
+                log_tampering(&e);
+                return Err(e);
+            }
+            (head_seq, head_mac_)
+        } else {
+            let Some((seq, head, cmac, entry_mac)) = conn.audit_prune_cut(lane, before)? else {
+                continue;
+            };
+            let label = lane_label(CHECKPOINT_LABEL, lane);
+            let genuine = crypto::ct_eq(&cmac, &head_mac(key, &label, seq, &head))
+                && crypto::ct_eq(&head, &entry_mac);
+            if !genuine {
+                let e = tampered(in_lane(
+                    lane,
+                    &format!("checkpoint {seq} does not match the chain"),
+                ));
+                log_tampering(&e);
+                return Err(e);
+            }
+            (seq, head)
         };
-        let label = lane_label(CHECKPOINT_LABEL, lane);
-        let genuine = crypto::ct_eq(&cmac, &head_mac(key, &label, seq, &head))
-            && crypto::ct_eq(&head, &entry_mac);
-        if !genuine {
-            let e = tampered(in_lane(
-                lane,
-                &format!("checkpoint {seq} does not match the chain"),
-            ));
-            log_tampering(&e);
-            return Err(e);
-        }
         deleted += conn.audit_delete_through(lane, seq)?;
         write_pointer(conn, key, (lane, BASE_META, BASE_LABEL), seq, &head)?;
     }

@@ -133,6 +133,9 @@ pub trait AuditRows {
     /// the entry's MAC there).
     fn audit_prune_cut(&self, lane: i64, before: i64) -> Result<Option<PruneCut>>;
 
+    /// When `lane`'s newest entry was written (Unix ms; `None`: it has none).
+    fn audit_lane_newest_time(&self, lane: i64) -> Result<Option<i64>>;
+
     /// Deletes `lane`'s entries up to and including `seq`; returns how many.
     fn audit_delete_through(&self, lane: i64, seq: u64) -> Result<u64>;
 

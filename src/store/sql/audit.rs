@@ -361,6 +361,12 @@ impl AuditRows for Db {
         .optional()
     }
 
+    fn audit_lane_newest_time(&self, lane: i64) -> Result<Option<i64>> {
+        Ok(self
+            .prepare_cached("SELECT max(time) FROM audit_log WHERE lane = ?1")?
+            .query_row([lane], |r| r.get(0))?)
+    }
+
     fn audit_delete_through(&self, lane: i64, seq: u64) -> Result<u64> {
         Ok(self.execute(
             "DELETE FROM audit_log WHERE lane = ?2 AND seq <= ?1",
