@@ -128,7 +128,15 @@ async fn restore(args: cli::RestoreArgs, json: bool) -> anyhow::Result<()> {
     let without = matches!(ledger, Ledger::Without);
     let cfg = server_config(args.server)?;
     init_logging(cfg.log_format);
-    let done = server::restore::restore(&cfg, &args.from, ledger).await?;
+    let Some(from) = args.from else {
+        let Ledger::Apply(path) = ledger else {
+            anyhow::bail!("restore: give --from, or --apply-ledger with --ledger");
+        };
+        let a = server::restore::apply_ledger_in_place(&cfg, &path).await?;
+        print_applied(&a, json);
+        return Ok(());
+    };
+    let done = server::restore::restore(&cfg, &from, ledger).await?;
     let taken = strongbox::vault::fmt_time(done.backup_time);
     if without {
         eprintln!(
@@ -137,20 +145,11 @@ async fn restore(args: cli::RestoreArgs, json: bool) -> anyhow::Result<()> {
     }
     if json {
         let a = done.applied.unwrap_or_default();
-        println!(
-            "{}",
-            serde_json::json!({
-                "backup_time": taken,
-                "restarted": done.restarted,
-                "ledger_applied": !without,
-                "ledger_entries": a.entries,
-                "subjects_erased": a.subjects,
-                "tenants_shredded": a.tenants,
-                "data_keys_destroyed": a.data_keys,
-                "keks_retired": a.keks,
-                "records_expired": a.expired,
-            })
-        );
+        let mut report = applied_json(&a);
+        report["backup_time"] = taken.into();
+        report["restarted"] = done.restarted.into();
+        report["ledger_applied"] = (!without).into();
+        println!("{report}");
         return Ok(());
     }
     if done.restarted {
@@ -161,12 +160,34 @@ async fn restore(args: cli::RestoreArgs, json: bool) -> anyhow::Result<()> {
         cfg.data_dir.display()
     );
     if let Some(a) = done.applied {
-        println!(
-            "shred ledger applied: {} entries; {} subjects erased, {} tenants shredded, {} data keys destroyed, {} KEK versions retired, {} records expired",
-            a.entries, a.subjects, a.tenants, a.data_keys, a.keks, a.expired
-        );
+        print_applied(&a, false);
     }
     Ok(())
+}
+
+/// What a ledger replay did, as JSON.
+fn applied_json(a: &strongbox::vault::RestoreApplied) -> serde_json::Value {
+    serde_json::json!({
+        "ledger_applied": true,
+        "ledger_entries": a.entries,
+        "subjects_erased": a.subjects,
+        "tenants_shredded": a.tenants,
+        "data_keys_destroyed": a.data_keys,
+        "keks_retired": a.keks,
+        "records_expired": a.expired,
+    })
+}
+
+/// What a ledger replay did.
+fn print_applied(a: &strongbox::vault::RestoreApplied, json: bool) {
+    if json {
+        println!("{}", applied_json(a));
+        return;
+    }
+    println!(
+        "shred ledger applied: {} entries; {} subjects erased, {} tenants shredded, {} data keys destroyed, {} KEK versions retired, {} records expired",
+        a.entries, a.subjects, a.tenants, a.data_keys, a.keks, a.expired
+    );
 }
 
 /// Prints the shell's completions; a closed pipe (`| head`) ends quietly.

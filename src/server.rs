@@ -128,7 +128,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         Some(url) => {
             let ca = cfg.database_ca.clone();
             tracing::info!(database = %url.describe(), tls = ca.is_some(), "storage: PostgreSQL");
-            blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), readers)).await?
+            let store =
+                blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), readers))
+                    .await?;
+            if store.holds_vault().await? == Some(true) {
+                return Err(Error::FailedPrecondition(
+                    "database_url: this database is in the middle of a restore: nothing is served until the shred ledger has been applied; run the same `strongbox restore` command again to finish it (docs/runbooks/backup-and-restore.md)".into(),
+                ));
+            }
+            store
         }
         None => {
             let db = cfg.data_dir.join(DB_FILE);

@@ -46,7 +46,8 @@ use crate::error::{Error, Result};
 pub const CHECKPOINT_EVERY: u64 = 1000;
 const HEAD_META: &str = "audit_head";
 const BASE_META: &str = "audit_base";
-const GENESIS: [u8; 32] = [0; 32];
+/// The MAC an empty lane's first entry chains onto.
+pub const GENESIS: [u8; 32] = [0; 32];
 const HEAD_LABEL: &[u8] = b"strongbox/v1/audit-head";
 const BASE_LABEL: &[u8] = b"strongbox/v1/audit-base";
 const CHECKPOINT_LABEL: &[u8] = b"strongbox/v1/audit-checkpoint";

@@ -289,8 +289,14 @@ pub struct AcceptLossArgs {
 #[derive(Args)]
 pub struct RestoreArgs {
     /// The backup file (`strongbox backup --out`).
-    #[arg(long)]
-    pub from: PathBuf,
+    #[arg(long, required_unless_present = "apply_ledger")]
+    pub from: Option<PathBuf>,
+    /// Restore nothing: replay --ledger on the database as it is, after it
+    /// was brought back by other means (a PostgreSQL point-in-time
+    /// recovery or base backup, a file-system snapshot). Run before any
+    /// server serves it.
+    #[arg(long, conflicts_with_all = ["from", "without_ledger"], requires = "ledger")]
+    pub apply_ledger: bool,
     /// The shred ledger of the vault the backup came from (its server's
     /// --shred-ledger): every key destroyed since is destroyed again.
     #[arg(long, required_unless_present = "without_ledger")]

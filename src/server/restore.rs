@@ -93,25 +93,18 @@ fn wal_of(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Restores backup `from` into `cfg.data_dir` (see the module docs).
-pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<Restored> {
-    let dir = cfg.data_dir.clone();
+/// The data directory, made (0700) if missing, and its lock.
+fn made_and_locked(dir: &Path) -> Result<std::fs::File> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
-        .map_err(io(&dir))?;
-    let _lock = lock_data_dir(&dir)?;
-    let db = dir.join(DB_FILE);
-    let marker = dir.join(RESTORE_MARKER);
-    let restarted = marker.exists();
-    if !restarted && (db.exists() || wal_of(&db, "-wal").exists()) {
-        return Err(Error::FailedPrecondition(format!(
-            "data_dir: {} already holds a vault ({DB_FILE}); restore never overwrites a database: restore into an empty directory, or move the old database away first",
-            dir.display()
-        )));
-    }
-    if let Ledger::Apply(path) = &ledger
+        .create(dir)
+        .map_err(io(dir))?;
+    lock_data_dir(dir)
+}
+
+fn check_ledger(ledger: &Ledger) -> Result<()> {
+    if let Ledger::Apply(path) = ledger
         && !path.exists()
     {
         return Err(Error::invalid(
@@ -122,6 +115,27 @@ pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<
             ),
         ));
     }
+    Ok(())
+}
+
+/// Restores backup `from` into `cfg.data_dir`, or with `database_url`
+/// into that PostgreSQL database (see the module docs).
+pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<Restored> {
+    if cfg.database_url.is_some() {
+        return restore_postgres(cfg, from, ledger).await;
+    }
+    let dir = cfg.data_dir.clone();
+    let _lock = made_and_locked(&dir)?;
+    let db = dir.join(DB_FILE);
+    let marker = dir.join(RESTORE_MARKER);
+    let restarted = marker.exists();
+    if !restarted && (db.exists() || wal_of(&db, "-wal").exists()) {
+        return Err(Error::FailedPrecondition(format!(
+            "data_dir: {} already holds a vault ({DB_FILE}); restore never overwrites a database: restore into an empty directory, or move the old database away first",
+            dir.display()
+        )));
+    }
+    check_ledger(&ledger)?;
     // 1. The marker, before any database is in place.
     let mut m = std::fs::OpenOptions::new()
         .write(true)
@@ -172,10 +186,74 @@ pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<
         std::fs::remove_file(&marker).map_err(io(&marker))?;
         return Err(e);
     }
+    let applied = finish(&vault, backup_label(backup_time), &ledger).await?;
+    drop(vault);
+
+    // 4. Done: the directory serves again.
+    std::fs::remove_file(&marker).map_err(io(&marker))?;
+    sync_dir(&dir)?;
+    Ok(Restored {
+        backup_time,
+        restarted,
+        applied,
+    })
+}
+
+fn backup_label(time: i64) -> String {
+    format!("backup:{}", crate::vault::fmt_time(time))
+}
+
+/// `strongbox restore --apply-ledger`: the database was brought back by
+/// other means (a PostgreSQL point-in-time recovery or base backup, a
+/// file-system snapshot of the data directory), so keys destroyed since
+/// that point are back in it. Replays the shred ledger on the database as
+/// it is, resets the audit anchor to its trail, and records the replay
+/// in the audit trail. Run it before any server serves the database.
+pub async fn apply_ledger_in_place(cfg: &ServerConfig, ledger: &Path) -> Result<RestoreApplied> {
+    let ledger = Ledger::Apply(ledger.to_owned());
+    check_ledger(&ledger)?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    refuse_if_restoring(&cfg.data_dir)?;
+    let store = match cfg.database_url.clone() {
+        Some(url) => {
+            let ca = cfg.database_ca.clone();
+            let store =
+                blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), 1)).await?;
+            if store.holds_vault().await?.is_none() {
+                return Err(Error::NotFound(
+                    "database_url: the database holds no vault to replay the ledger on".into(),
+                ));
+            }
+            store
+        }
+        None => {
+            let db = cfg.data_dir.join(DB_FILE);
+            if !db.exists() {
+                return Err(Error::NotFound(format!(
+                    "data_dir: no vault at {} (no {DB_FILE})",
+                    cfg.data_dir.display()
+                )));
+            }
+            blocking(move || Store::open(&db, 1)).await?
+        }
+    };
+    let root = open_root(cfg, &store).await?;
+    let keys = Arc::new(Keyring::new(root));
+    let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
+    let vault = Vault::open(store, keys, cfg.limits.clone(), anchor).await?;
+    vault.anchor_unpacked_backup().await?;
+    vault.open_erasure(cfg.erasure()?, None).await?;
+    let applied = finish(&vault, "in-place".into(), &ledger).await?;
+    applied.ok_or_else(|| Error::Internal("the ledger was not applied".into()))
+}
+
+/// The last steps on the restored vault: the ledger replayed, the
+/// restore audited and anchored as a reset, background work stopped.
+async fn finish(vault: &Vault, from: String, ledger: &Ledger) -> Result<Option<RestoreApplied>> {
     let call = Arc::new(crate::audit::Call::system("backup.restore"));
     call.set_principal("offline: strongbox restore");
-    let mut resource = format!("backup:{}", crate::vault::fmt_time(backup_time));
-    let applied = match &ledger {
+    let mut resource = from;
+    let applied = match ledger {
         Ledger::Apply(path) => {
             let a = vault.apply_ledger(path).await?;
             resource.push_str(&format!(
@@ -192,11 +270,70 @@ pub async fn restore(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<
     call.set_resource(resource);
     vault.record_restore(&call).await?;
     vault.stop_background();
-    drop(vault);
+    Ok(applied)
+}
 
-    // 4. Done: the directory serves again.
-    std::fs::remove_file(&marker).map_err(io(&marker))?;
-    sync_dir(&dir)?;
+/// Restores backup `from` into the PostgreSQL database of
+/// `cfg.database_url`, which must be empty (a new database) or hold a
+/// restore cut short: restore never overwrites a vault. The backup's
+/// SQLite snapshot is unpacked beside the data directory's lock and
+/// checked as on SQLite, then loaded in one transaction that sets the
+/// database's restore marker (no server serves it meanwhile); the ledger
+/// and the audit entry follow, and the marker is cleared last. A crash
+/// anywhere leaves the marker: the same command starts over.
+async fn restore_postgres(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Result<Restored> {
+    let dir = cfg.data_dir.clone();
+    let _lock = made_and_locked(&dir)?;
+    check_ledger(&ledger)?;
+    let url = cfg
+        .database_url
+        .clone()
+        .ok_or_else(|| Error::Internal("no database".into()))?;
+    let ca = cfg.database_ca.clone();
+    let store = blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), 1)).await?;
+    let restarted = match store.holds_vault().await? {
+        Some(false) => {
+            return Err(Error::FailedPrecondition(
+                "database_url: the database already holds a vault; restore never overwrites one: restore into a new, empty database (createdb), then point the servers at it".into(),
+            ));
+        }
+        Some(true) => true,
+        None => false,
+    };
+    let snap = dir.join("restore-snapshot.db");
+    remove_database(&snap)?;
+    let (src, dest) = (from.to_owned(), snap.clone());
+    let unpacked = blocking(move || backup::unpack(&src, &dest)).await;
+    let checked = match unpacked {
+        Ok(time) => {
+            let path = snap.clone();
+            match blocking(move || Store::open(&path, 1)).await {
+                Ok(s) => check_backup(cfg, &s, from).await.map(|root| (time, root)),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let loaded = match checked {
+        Ok((time, root)) => store
+            .load_snapshot(snap.clone())
+            .await
+            .map(|()| (time, root)),
+        Err(e) => Err(e),
+    };
+    remove_database(&snap)?;
+    let (backup_time, root) = loaded?;
+
+    let keys = Arc::new(Keyring::new(root));
+    let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
+    let vault = Vault::open(store.clone(), keys, cfg.limits.clone(), anchor).await?;
+    vault.anchor_unpacked_backup().await?;
+    vault
+        .open_erasure(cfg.erasure()?, Some(backup_time))
+        .await?;
+    let applied = finish(&vault, backup_label(backup_time), &ledger).await?;
+    drop(vault);
+    store.restore_finished().await?;
     Ok(Restored {
         backup_time,
         restarted,

@@ -164,7 +164,7 @@ impl Store {
     pub fn scratch_file(&self) -> Result<PathBuf> {
         match &*self.backend {
             Backend::Sqlite(files) => files.scratch_file(),
-            Backend::Postgres(_) => Err(postgres::no_snapshots()),
+            Backend::Postgres(_) => postgres::scratch_file(),
         }
     }
 
@@ -175,7 +175,37 @@ impl Store {
     pub async fn snapshot_to(&self, dest: PathBuf) -> Result<()> {
         match &*self.backend {
             Backend::Sqlite(files) => files.snapshot_to(dest).await,
-            Backend::Postgres(_) => Err(postgres::no_snapshots()),
+            Backend::Postgres(readers) => readers.dump(dest).await,
+        }
+    }
+
+    /// PostgreSQL: replaces everything in the database by the SQLite
+    /// snapshot at `src` (a backup's), in one transaction that also sets
+    /// the restore marker ([`Store::holds_vault`]). SQLite restores copy
+    /// the file instead.
+    pub async fn load_snapshot(&self, src: PathBuf) -> Result<()> {
+        match &*self.backend {
+            Backend::Sqlite(_) => Err(crate::error::Error::Internal(
+                "a SQLite vault is restored by its file".into(),
+            )),
+            Backend::Postgres(readers) => readers.load(src).await,
+        }
+    }
+
+    /// PostgreSQL: clears the restore marker [`Store::load_snapshot`] set,
+    /// once the restore has finished: the database may serve.
+    pub async fn restore_finished(&self) -> Result<()> {
+        self.write(|c| c.meta_put(postgres::RESTORING, b"")).await
+    }
+
+    /// PostgreSQL: whether the database holds a vault (`Some(false)`), one
+    /// a restore has not finished with (`Some(true)`), or none yet.
+    pub async fn holds_vault(&self) -> Result<Option<bool>> {
+        match &*self.backend {
+            Backend::Sqlite(_) => Err(crate::error::Error::Internal(
+                "a SQLite vault is its file".into(),
+            )),
+            Backend::Postgres(readers) => readers.holds_vault().await,
         }
     }
 }

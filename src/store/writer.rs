@@ -7,8 +7,9 @@
 //! only after the commit is durable; a failed job rolls back its savepoint
 //! alone, a failed commit fails the whole batch. A batch that another
 //! server's transaction conflicted with (PostgreSQL, SERIALIZABLE) is rolled
-//! back and run again whole, each job from the start: jobs are `Fn` and
-//! have no effect outside the transaction.
+//! back and its jobs run again, each from the start and in a transaction
+//! of its own (jobs are `Fn` and have no effect outside the transaction):
+//! under contention a job waits for no other job's rows.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread;
@@ -53,6 +54,9 @@ const QUEUE_DEPTH: usize = 4096;
 /// How long a batch keeps being run again before its conflicts are
 /// reported as an outage (`UNAVAILABLE`, which clients retry).
 const RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// How many times a conflicted batch runs again whole before each of its
+/// jobs runs in a transaction of its own.
+const WHOLE_BATCH_RETRIES: u32 = 2;
 
 /// One caller's unit of work, as the writer holds it until the commit.
 trait Unit: Send {
@@ -195,33 +199,84 @@ enum Ended {
 fn run_batch<C: WriteConn>(conn: &mut C, mut batch: Vec<TxnJob>) {
     let metrics = crate::metrics::get();
     metrics.commit_jobs.observe(batch.len() as f64);
-    let started = std::time::Instant::now();
-    let mut attempt = 1u32;
+    let mut attempt = 0;
     let outcome = loop {
         match run_once(conn, &mut batch) {
             Attempt::Committed => break Ok(()),
             Attempt::Failed(e) => break Err(e),
+            Attempt::Conflicted if batch.len() == 1 => {
+                metrics.commit_retries.inc();
+                break retried(conn, &mut batch);
+            }
+            Attempt::Conflicted if attempt < WHOLE_BATCH_RETRIES => {
+                metrics.commit_retries.inc();
+                attempt += 1;
+                pause(attempt);
+            }
+            Attempt::Conflicted => {
+                // Still contended: each job in a transaction of its own, so
+                // that two batches taking the same rows in different orders
+                // cannot deadlock each other again and again.
+                metrics.commit_retries.inc();
+                for job in batch {
+                    run_alone(conn, job);
+                }
+                return;
+            }
+        }
+    };
+    answer(batch, &outcome);
+}
+
+/// A short pause before attempt `n` runs again: growing, jittered.
+fn pause(n: u32) {
+    let ceiling = 1u64 << n.min(6);
+    thread::sleep(Duration::from_micros(rand::random_range(0..=ceiling * 500)));
+}
+
+/// Runs one job in transactions of its own until one commits, or
+/// conflicts go on for `RETRY_BUDGET`; answers it.
+fn run_alone<C: WriteConn>(conn: &mut C, job: TxnJob) {
+    let mut one = vec![job];
+    let outcome = match run_once(conn, &mut one) {
+        Attempt::Committed => Ok(()),
+        Attempt::Failed(e) => Err(e),
+        Attempt::Conflicted => retried(conn, &mut one),
+    };
+    answer(one, &outcome);
+}
+
+/// Runs `batch` again after a conflict: after a short, growing, jittered
+/// pause, on what the winner committed, until it commits or conflicts go
+/// on for `RETRY_BUDGET`.
+fn retried<C: WriteConn>(conn: &mut C, batch: &mut Vec<TxnJob>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut attempt = 1u32;
+    loop {
+        pause(attempt);
+        match run_once(conn, batch) {
+            Attempt::Committed => return Ok(()),
+            Attempt::Failed(e) => return Err(e),
             Attempt::Conflicted if started.elapsed() >= RETRY_BUDGET => {
                 tracing::warn!(
-                    attempts = attempt,
-                    "a batch kept conflicting with other servers' transactions"
+                    attempts = attempt + 1,
+                    "a write kept conflicting with other servers' transactions"
                 );
-                break Err(Error::Unavailable(
+                return Err(Error::Unavailable(
                     "storage: concurrent transactions kept conflicting; retry with backoff".into(),
                 ));
             }
             Attempt::Conflicted => {
-                // Another server's transaction won: after a short, growing,
-                // jittered pause every job runs again, on what it committed.
-                metrics.commit_retries.inc();
-                let ceiling = 1u64 << attempt.min(6);
-                thread::sleep(Duration::from_micros(rand::random_range(0..=ceiling * 500)));
+                crate::metrics::get().commit_retries.inc();
                 attempt += 1;
             }
         }
-    };
+    }
+}
+
+fn answer(batch: Vec<TxnJob>, outcome: &Result<()>) {
     for job in batch {
-        job.answer(match &outcome {
+        job.answer(match outcome {
             Ok(()) => Ok(()),
             Err(e) => Err(Error::Unavailable(e.to_string())),
         });

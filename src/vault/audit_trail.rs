@@ -289,8 +289,38 @@ impl Vault {
 
     /// Anchors the head as a `reset` line: the trail before it is not the
     /// one the anchor saw (a restore from a backup).
+    /// Every lane is reset, those the anchor knows and those the database
+    /// holds: each to its head in the database (a lane the database does
+    /// not hold, to nothing).
     pub(super) async fn anchor_reset(&self) -> Result<()> {
-        self.anchor_as(Kind::Reset).await.map(drop)
+        let Some(anchor) = self.anchor.clone() else {
+            return Ok(());
+        };
+        let keys = self.keys.clone();
+        let (key, heads) = self
+            .store
+            .read(move |c| {
+                let key = keys.audit_key(c)?;
+                let mut heads = std::collections::BTreeMap::new();
+                for lane in audit::lanes(c)? {
+                    heads.insert(lane, audit::checked_head(c, &key, lane)?);
+                }
+                Ok((key, heads))
+            })
+            .await?;
+        crate::blocking(move || {
+            let mut heads = heads;
+            for lane in anchor.points(&key)?.into_keys() {
+                heads
+                    .entry(lane)
+                    .or_insert_with(|| (0, audit::GENESIS.to_vec()));
+            }
+            for (lane, (seq, head)) in heads {
+                anchor.record(&key, Kind::Reset, lane, Point { seq, head })?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn anchor_as(&self, kind: Kind) -> Result<u64> {

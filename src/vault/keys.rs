@@ -66,8 +66,11 @@ pub(super) fn rotate_kek(keys: &Keyring, conn: &dyn Tx, tenant: &TenantId) -> Re
     let row = active_tenant(conn, keys, tenant)?;
     let version = row.kek_version + 1;
     let (wrapped, epoch) = keys.new_kek(tenant, version)?;
-    conn.kek_insert(tenant.as_str(), version, (&wrapped, epoch), now_ms())?;
+    // The tenant row first: a rotation racing this one on another server
+    // then waits on that row and loses with a serialization failure (run
+    // again), not with the new version's key already existing.
     conn.tenant_set_kek_version(tenant.as_str(), version)?;
+    conn.kek_insert(tenant.as_str(), version, (&wrapped, epoch), now_ms())?;
     integrity::seal_tenant(conn, keys, tenant.as_str())?;
     Ok(version)
 }

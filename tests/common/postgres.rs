@@ -41,6 +41,22 @@ fn create_database() -> String {
     format!("{}/{name}", server())
 }
 
+/// A copy of the database at `url` (no one may be connected to it), as a
+/// base backup or a point-in-time recovery would bring it back: its URL.
+pub fn copy_database(url: &str) -> String {
+    let (server, source) = url.rsplit_once('/').expect("a database URL");
+    let (server, source) = (server.to_owned(), source.to_owned());
+    off_runtime(move || {
+        let name = format!("sb_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let mut admin = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
+            .expect("connect to the test PostgreSQL server");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {source}"))
+            .expect("copy a test database");
+        format!("{server}/{name}")
+    })
+}
+
 /// A connection to `url`, for looking at what the vault stored.
 pub fn connect(url: &str) -> postgres::Client {
     postgres::Client::connect(url, postgres::NoTls).expect("connect to the test database")

@@ -57,6 +57,14 @@ impl Pg {
         Ok(())
     }
 
+    /// The client itself, for work the statement wrappers do not cover
+    /// (snapshots); a connection that went away is dropped on its next
+    /// wrapped use.
+    pub(super) fn client(&self) -> Result<std::cell::RefMut<'_, Client>> {
+        std::cell::RefMut::filter_map(self.client.borrow_mut(), Option::as_mut)
+            .map_err(|_| Error::Unavailable("storage: not connected".into()))
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,

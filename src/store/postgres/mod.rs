@@ -18,8 +18,10 @@
 
 mod conn;
 mod schema;
+mod snapshot;
 mod tls;
 
+pub(crate) use snapshot::RESTORING;
 pub(crate) use tls::Target;
 
 use std::sync::Arc;
@@ -136,11 +138,56 @@ impl Readers {
     }
 }
 
-/// Backups of a PostgreSQL-backed vault are the database's own.
-pub(crate) fn no_snapshots() -> Error {
-    Error::FailedPrecondition(
-        "backup: this vault's storage is PostgreSQL; back it up with pg_basebackup or pg_dump and keep the shred ledger beside it (docs/runbooks/backup-and-restore.md)".into(),
-    )
+impl Readers {
+    /// Runs `f` on a read connection's `Pg`, outside any transaction of
+    /// the read path (snapshots take their own).
+    async fn on_pg<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Pg) -> Result<T> + Send + 'static,
+    {
+        self.0
+            .run(move |db| match &*db {
+                Db::Postgres(pg) => {
+                    pg.ensure_open()?;
+                    f(pg)
+                }
+                Db::Sqlite(_) => Err(Error::Internal("a PostgreSQL step on SQLite".into())),
+            })
+            .await
+    }
+
+    /// See [`Store::snapshot_to`].
+    pub(crate) async fn dump(&self, dest: std::path::PathBuf) -> Result<()> {
+        self.on_pg(move |pg| snapshot::dump(pg, &dest)).await
+    }
+
+    /// See [`Store::load_snapshot`].
+    pub(crate) async fn load(&self, src: std::path::PathBuf) -> Result<()> {
+        self.on_pg(move |pg| snapshot::load(pg, &src)).await
+    }
+
+    /// See [`Store::holds_vault`].
+    pub(crate) async fn holds_vault(&self) -> Result<Option<bool>> {
+        self.on_pg(snapshot::restoring).await
+    }
+}
+
+/// A new, empty, private (0600) file for a snapshot of a PostgreSQL vault,
+/// in the system's temporary directory.
+pub(crate) fn scratch_file() -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!(
+        "strongbox-snapshot-{}.db",
+        hex::encode(crate::crypto::random_bytes::<8>())
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::Unavailable(format!("snapshot {}: {e}", path.display())))?;
+    Ok(path)
 }
 
 impl Store {
