@@ -67,8 +67,6 @@ struct State {
     newest: Points,
     /// The MAC of the last line, which the next line's MAC covers.
     link: [u8; 32],
-    /// When each lane's last line was written (Unix ms).
-    written_at: BTreeMap<Lane, i64>,
     /// Bytes of the file read and checked so far.
     read_to: u64,
     /// Lines read so far (for messages).
@@ -161,7 +159,6 @@ impl State {
                 return Err(broken(path, n, "goes backwards"));
             }
             self.link = expected;
-            self.written_at.insert(lane, time);
             self.newest.insert(lane, Point { seq, head });
             self.read_to += line.len() as u64 + 1;
         }
@@ -195,7 +192,6 @@ impl Anchor {
         let mut state = State {
             newest: Points::new(),
             link: [0; 32],
-            written_at: BTreeMap::new(),
             read_to: 0,
             lines: 0,
         };
@@ -231,11 +227,6 @@ impl Anchor {
     /// lane's head may never be older.
     pub fn floor(&self, lane: Lane) -> u64 {
         self.newest(lane).map_or(0, |p| p.seq)
-    }
-
-    /// When `lane`'s last line was written (Unix ms; 0: never).
-    pub fn written_at(&self, lane: Lane) -> i64 {
-        self.state().written_at.get(&lane).copied().unwrap_or(0)
     }
 
     /// The newest point of every lane, after reading what other servers
@@ -284,7 +275,6 @@ impl Anchor {
         state.link = mac;
         state.lines += 1;
         state.read_to += line.len() as u64;
-        state.written_at.insert(lane, time);
         state.newest.insert(lane, point);
         Ok(())
     }

@@ -72,7 +72,7 @@ pub fn lanes(conn: &dyn Tx) -> Result<Vec<Lane>> {
 }
 
 /// Whether a checkpoint falls between a lane's entries `prev` and `seq`.
-pub fn crosses_checkpoint(prev: u64, seq: u64) -> bool {
+fn crosses_checkpoint(prev: u64, seq: u64) -> bool {
     seq / CHECKPOINT_EVERY > prev / CHECKPOINT_EVERY
 }
 

@@ -202,12 +202,12 @@ impl Keyring {
     ) -> Result<(DekRow, Arc<SecretKey>)> {
         let kek = self.kek(conn, tenant, kek_version)?;
         let (row, dek) = self.new_dek_under(tenant, owner, kek_version, &kek);
-        self.note_kek_use(tenant.as_str(), kek_version);
-        *self
-            .cache()
-            .kek_wraps
-            .entry((tenant.as_str().to_owned(), kek_version))
-            .or_default() += 1;
+        // The use and the wrap, noted under one lock.
+        let key = (tenant.as_str().to_owned(), kek_version);
+        let mut cache = self.cache();
+        cache.kek_use.insert(key.clone(), crate::now_ms());
+        *cache.kek_wraps.entry(key).or_default() += 1;
+        drop(cache);
         Ok((row, Arc::new(dek)))
     }
 

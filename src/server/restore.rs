@@ -302,25 +302,17 @@ async fn restore_postgres(cfg: &ServerConfig, from: &Path, ledger: Ledger) -> Re
     };
     let snap = dir.join("restore-snapshot.db");
     remove_database(&snap)?;
-    let (src, dest) = (from.to_owned(), snap.clone());
-    let unpacked = blocking(move || backup::unpack(&src, &dest)).await;
-    let checked = match unpacked {
-        Ok(time) => {
-            let path = snap.clone();
-            match blocking(move || Store::open(&path, 1)).await {
-                Ok(s) => check_backup(cfg, &s, from).await.map(|root| (time, root)),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    let loaded = match checked {
-        Ok((time, root)) => store
-            .load_snapshot(snap.clone())
-            .await
-            .map(|()| (time, root)),
-        Err(e) => Err(e),
-    };
+    let loaded = async {
+        let (src, dest) = (from.to_owned(), snap.clone());
+        let time = blocking(move || backup::unpack(&src, &dest)).await?;
+        let path = snap.clone();
+        let unpacked = blocking(move || Store::open(&path, 1)).await?;
+        let root = check_backup(cfg, &unpacked, from).await?;
+        drop(unpacked);
+        store.load_snapshot(snap.clone()).await?;
+        Ok::<_, Error>((time, root))
+    }
+    .await;
     remove_database(&snap)?;
     let (backup_time, root) = loaded?;
 

@@ -199,33 +199,26 @@ enum Ended {
 fn run_batch<C: WriteConn>(conn: &mut C, mut batch: Vec<TxnJob>) {
     let metrics = crate::metrics::get();
     metrics.commit_jobs.observe(batch.len() as f64);
-    let mut attempt = 0;
-    let outcome = loop {
-        match run_once(conn, &mut batch) {
-            Attempt::Committed => break Ok(()),
-            Attempt::Failed(e) => break Err(e),
-            Attempt::Conflicted if batch.len() == 1 => {
-                metrics.commit_retries.inc();
-                break retried(conn, &mut batch);
-            }
-            Attempt::Conflicted if attempt < WHOLE_BATCH_RETRIES => {
-                metrics.commit_retries.inc();
-                attempt += 1;
-                pause(attempt);
-            }
-            Attempt::Conflicted => {
-                // Still contended: each job in a transaction of its own, so
-                // that two batches taking the same rows in different orders
-                // cannot deadlock each other again and again.
-                metrics.commit_retries.inc();
-                for job in batch {
-                    run_alone(conn, job);
-                }
-                return;
-            }
+    for attempt in 0..=WHOLE_BATCH_RETRIES {
+        if attempt > 0 {
+            metrics.commit_retries.inc();
+            pause(attempt);
         }
-    };
-    answer(batch, &outcome);
+        match run_once(conn, &mut batch) {
+            Attempt::Committed => return answer(batch, &Ok(())),
+            Attempt::Failed(e) => return answer(batch, &Err(e)),
+            Attempt::Conflicted => {}
+        }
+    }
+    // Still contended: each job in a transaction of its own, so that two
+    // batches taking the same rows in different orders cannot deadlock
+    // each other again and again.
+    for job in batch {
+        metrics.commit_retries.inc();
+        let mut one = vec![job];
+        let outcome = until_settled(conn, &mut one);
+        answer(one, &outcome);
+    }
 }
 
 /// A short pause before attempt `n` runs again: growing, jittered.
@@ -234,44 +227,31 @@ fn pause(n: u32) {
     thread::sleep(Duration::from_micros(rand::random_range(0..=ceiling * 500)));
 }
 
-/// Runs one job in transactions of its own until one commits, or
-/// conflicts go on for `RETRY_BUDGET`; answers it.
-fn run_alone<C: WriteConn>(conn: &mut C, job: TxnJob) {
-    let mut one = vec![job];
-    let outcome = match run_once(conn, &mut one) {
-        Attempt::Committed => Ok(()),
-        Attempt::Failed(e) => Err(e),
-        Attempt::Conflicted => retried(conn, &mut one),
-    };
-    answer(one, &outcome);
-}
-
-/// Runs `batch` again after a conflict: after a short, growing, jittered
-/// pause, on what the winner committed, until it commits or conflicts go
-/// on for `RETRY_BUDGET`.
-fn retried<C: WriteConn>(conn: &mut C, batch: &mut Vec<TxnJob>) -> Result<()> {
+/// Runs `batch` until it commits or fails, after a pause before each run
+/// again, on what the conflicting transaction committed; conflicts that go
+/// on for `RETRY_BUDGET` are an outage.
+fn until_settled<C: WriteConn>(conn: &mut C, batch: &mut Vec<TxnJob>) -> Result<()> {
     let started = std::time::Instant::now();
-    let mut attempt = 1u32;
-    loop {
+    for attempt in 1.. {
         pause(attempt);
         match run_once(conn, batch) {
             Attempt::Committed => return Ok(()),
             Attempt::Failed(e) => return Err(e),
-            Attempt::Conflicted if started.elapsed() >= RETRY_BUDGET => {
-                tracing::warn!(
-                    attempts = attempt + 1,
-                    "a write kept conflicting with other servers' transactions"
-                );
-                return Err(Error::Unavailable(
-                    "storage: concurrent transactions kept conflicting; retry with backoff".into(),
-                ));
+            Attempt::Conflicted if started.elapsed() < RETRY_BUDGET => {
+                crate::metrics::get().commit_retries.inc();
             }
             Attempt::Conflicted => {
-                crate::metrics::get().commit_retries.inc();
-                attempt += 1;
+                tracing::warn!(
+                    attempts = attempt,
+                    "a write kept conflicting with other servers' transactions"
+                );
+                break;
             }
         }
     }
+    Err(Error::Unavailable(
+        "storage: concurrent transactions kept conflicting; retry with backoff".into(),
+    ))
 }
 
 fn answer(batch: Vec<TxnJob>, outcome: &Result<()>) {

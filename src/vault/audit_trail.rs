@@ -237,7 +237,7 @@ impl Vault {
         if self.store.is_postgres() {
             self.witness_lanes().await?;
         }
-        self.anchor_as(Kind::Head).await
+        self.anchor_own_head().await
     }
 
     /// Appends to this server's lane an `audit.witness` entry naming how
@@ -287,11 +287,10 @@ impl Vault {
         recorded
     }
 
-    /// Anchors the head as a `reset` line: the trail before it is not the
-    /// one the anchor saw (a restore from a backup).
-    /// Every lane is reset, those the anchor knows and those the database
-    /// holds: each to its head in the database (a lane the database does
-    /// not hold, to nothing).
+    /// Anchors `reset` lines: the trail before them is not the one the
+    /// anchor saw (a restore from a backup). Every lane is reset, those the
+    /// anchor knows and those the database holds: each to its head in the
+    /// database (a lane the database does not hold, to nothing).
     pub(super) async fn anchor_reset(&self) -> Result<()> {
         let Some(anchor) = self.anchor.clone() else {
             return Ok(());
@@ -323,7 +322,8 @@ impl Vault {
         .await
     }
 
-    async fn anchor_as(&self, kind: Kind) -> Result<u64> {
+    /// Writes this server's lane's committed head to the anchor file.
+    async fn anchor_own_head(&self) -> Result<u64> {
         let Some(anchor) = self.anchor.clone() else {
             return Ok(0);
         };
@@ -341,7 +341,7 @@ impl Vault {
         }
         crate::blocking(move || {
             anchor
-                .record(&key, kind, lane, Point { seq, head })
+                .record(&key, Kind::Head, lane, Point { seq, head })
                 .inspect_err(audit::log_tampering)
                 .map(|()| seq)
         })
