@@ -427,6 +427,37 @@ async fn cleanup(client: &Client, tenant: &str) {
         .await;
 }
 
+/// Puts under load (as `--op put`) for `duration`: the figures a
+/// background job's load is compared with.
+async fn puts_for(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+    duration: std::time::Duration,
+) -> anyhow::Result<LoadResult> {
+    let stop = Stop::at(Instant::now() + duration);
+    load(pool, tenant, args, value, BenchOp::Put, stop).await
+}
+
+/// Puts without a background job (`before`) and during one (`during`):
+/// the JSON fields, and the sentence.
+fn puts_beside(before: &LoadResult, during: &LoadResult) -> (serde_json::Value, String) {
+    let errors = before.errors + during.errors;
+    let fields = serde_json::json!({
+        "put_p99_ms_without": before.p99_ms,
+        "put_p99_ms_during": during.p99_ms,
+        "put_ops_per_sec_without": before.ops_per_sec,
+        "put_ops_per_sec_during": during.ops_per_sec,
+        "errors": errors,
+    });
+    let text = format!(
+        "puts p99 {:.2} ms without, {:.2} ms during ({:.0} vs {:.0} ops/s), {errors} errors",
+        before.p99_ms, during.p99_ms, before.ops_per_sec, during.ops_per_sec
+    );
+    (fields, text)
+}
+
 /// Puts under load (as `--op put`) until `done`, polled every 50 ms while
 /// a background job runs, answers `Some`: the load's figures and that
 /// answer.

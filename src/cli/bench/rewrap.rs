@@ -3,9 +3,7 @@
 
 use std::time::Instant;
 
-use serde_json::json;
-
-use super::{BenchArgs, BenchOp, Stop, load, prefill, puts_until};
+use super::{BenchArgs, prefill, puts_beside, puts_for, puts_until};
 use crate::api::pb;
 use crate::client::Client;
 
@@ -20,15 +18,7 @@ pub(super) async fn run(
     json_out: bool,
 ) -> anyhow::Result<()> {
     prefill(pool, tenant, args, value, |i| format!("rewrap-subject-{i}")).await?;
-    let before = load(
-        pool,
-        tenant,
-        args,
-        value,
-        BenchOp::Put,
-        Stop::at(Instant::now() + duration),
-    )
-    .await?;
+    let before = puts_for(pool, tenant, args, value, duration).await?;
     let mut keys = pool[0].keys();
     let started = Instant::now();
     keys.rotate_tenant_key(pb::RotateTenantKeyRequest {
@@ -52,32 +42,19 @@ pub(super) async fn run(
     // The data keys: the prefilled subjects, the tenant's own, and those the
     // first load's puts created.
     let rewrapped = args.records as f64;
+    let (mut report, puts) = puts_beside(&before, &during);
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "op": "rewrap",
-                "data_keys": args.records,
-                "rewrap_s": took.as_secs_f64(),
-                "rewrap_deks_per_sec": rewrapped / took.as_secs_f64(),
-                "put_p99_ms_without": before.p99_ms,
-                "put_p99_ms_during": during.p99_ms,
-                "put_ops_per_sec_without": before.ops_per_sec,
-                "put_ops_per_sec_during": during.ops_per_sec,
-                "errors": before.errors + during.errors,
-            })
-        );
+        report["op"] = "rewrap".into();
+        report["data_keys"] = args.records.into();
+        report["rewrap_s"] = took.as_secs_f64().into();
+        report["rewrap_deks_per_sec"] = (rewrapped / took.as_secs_f64()).into();
+        println!("{report}");
     } else {
         println!(
-            "rewrap: {} data keys in {:.2} s ({:.0}/s); puts p99 {:.2} ms without, {:.2} ms during ({:.0} vs {:.0} ops/s), {} errors",
+            "rewrap: {} data keys in {:.2} s ({:.0}/s); {puts}",
             args.records,
             took.as_secs_f64(),
             rewrapped / took.as_secs_f64(),
-            before.p99_ms,
-            during.p99_ms,
-            before.ops_per_sec,
-            during.ops_per_sec,
-            before.errors + during.errors
         );
     }
     Ok(())

@@ -9,9 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use super::{BenchArgs, BenchOp, Stop, load, prefill_in, puts_until};
+use super::{BenchArgs, prefill_in, puts_beside, puts_for, puts_until};
 use crate::api::pb;
 use crate::client::Client;
 
@@ -27,15 +25,7 @@ pub(super) async fn run(
         format!("sweep-subject-{i}")
     })
     .await?;
-    let before = load(
-        pool,
-        tenant,
-        args,
-        value,
-        BenchOp::Put,
-        Stop::at(Instant::now() + duration),
-    )
-    .await?;
+    let before = puts_for(pool, tenant, args, value, duration).await?;
     let mut retention = pool[0].retention();
     retention
         .set_retention_policy(pb::SetRetentionPolicyRequest {
@@ -66,30 +56,17 @@ pub(super) async fn run(
     .await?;
     let took = started.elapsed();
     let rate = expired as f64 / took.as_secs_f64();
+    let (mut report, puts) = puts_beside(&before, &during);
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "op": "sweep",
-                "records_expired": expired,
-                "sweep_s": took.as_secs_f64(),
-                "expired_per_sec": rate,
-                "put_p99_ms_without": before.p99_ms,
-                "put_p99_ms_during": during.p99_ms,
-                "put_ops_per_sec_without": before.ops_per_sec,
-                "put_ops_per_sec_during": during.ops_per_sec,
-                "errors": before.errors + during.errors,
-            })
-        );
+        report["op"] = "sweep".into();
+        report["records_expired"] = expired.into();
+        report["sweep_s"] = took.as_secs_f64().into();
+        report["expired_per_sec"] = rate.into();
+        println!("{report}");
     } else {
         println!(
-            "sweep: {expired} records expired in {:.2} s ({rate:.0}/s, from the policy to the last; includes the wait for the next housekeeping pass); puts p99 {:.2} ms without, {:.2} ms during ({:.0} vs {:.0} ops/s), {} errors",
+            "sweep: {expired} records expired in {:.2} s ({rate:.0}/s, from the policy to the last; includes the wait for the next housekeeping pass); {puts}",
             took.as_secs_f64(),
-            before.p99_ms,
-            during.p99_ms,
-            before.ops_per_sec,
-            during.ops_per_sec,
-            before.errors + during.errors
         );
     }
     Ok(())
