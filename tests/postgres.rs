@@ -435,35 +435,124 @@ async fn the_bench_drives_two_servers_and_times_a_shred_seen_on_the_other() {
     b.shutdown().await.unwrap();
 }
 
+/// The names of the root-generation acknowledgements live in `url`'s
+/// `job_leases` for generation `n`.
+fn root_acks(url: &str, n: u64) -> usize {
+    let url = url.to_owned();
+    common::postgres::off_runtime(move || {
+        common::postgres::connect(&url)
+            .query(
+                "SELECT name FROM job_leases WHERE name LIKE $1",
+                &[&format!("root-generation/{n}/%")],
+            )
+            .unwrap()
+            .len()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_root_rotation_is_refused_while_another_server_is_live() {
+async fn a_root_rotation_on_one_server_reaches_the_others_at_their_next_call() {
     let (a, url) = pg_server().await;
     let (_dir_b, b) = second_server(&a, &url).await;
     let op = a.operator().await;
     let (_, key) = a.tenant_with_user_key("acme").await;
     put_ok(&a.client(&key).await, "acme", "alice", "c", "k", b"v").await;
+    put_ok(&a.client(&key).await, "acme", "bob", "c", "k", b"w").await;
     let on_b = strongbox::client::Client::connect(&format!("http://{}", b.addr), Some(&key))
         .await
         .unwrap();
-    // B would go on wrapping under the old root: refused, nothing changed.
-    assert_status(
-        op.keys().rotate_root_key(pb::RotateRootKeyRequest {}).await,
-        Code::FailedPrecondition,
-        "1 other server(s) serve this database",
-    );
     assert_eq!(
         get_value(&on_b, "acme", "alice", "c", "k").await.unwrap(),
         b"v"
     );
-    // B stops cleanly (its presence goes with it): the rotation runs, and
-    // the data reads back under the new root.
-    b.shutdown().await.unwrap();
     let rotated = rotate_root(&op).await;
     assert!(rotated.keys_rewrapped > 0, "{rotated:?}");
+    // B's very next call that unwraps under the root (a shred's receipt
+    // key) finds the new root generation and moves to the new key; with
+    // the old one it would answer DATA_LOSS.
+    let receipt = shred_ok(&on_b, "acme", "alice").await;
+    assert!(!receipt.destroyed_key_ids.is_empty(), "{receipt:?}");
+    assert_eq!(
+        get_value(&on_b, "acme", "bob", "c", "k").await.unwrap(),
+        b"w"
+    );
+    // A tenant made on B: its keys, and the tenant row's seal, under the
+    // vault's keys as moved; A reads what B writes.
+    let op_b =
+        strongbox::client::Client::connect(&format!("http://{}", b.addr), Some(&a.operator_key))
+            .await
+            .unwrap();
+    op_b.tenants()
+        .create_tenant(pb::CreateTenantRequest {
+            tenant: "globex".into(),
+            name: "Globex".into(),
+        })
+        .await
+        .unwrap();
+    // Both servers acknowledge generation 1 at their next housekeeping
+    // pass, which lets A retire the old root.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while root_acks(&url, 1) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both servers acknowledge root generation 1 (acks: {})",
+            root_acks(&url, 1)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    verify_audit(&op).await;
+    b.shutdown().await.unwrap();
+    // A server started afterwards opens the vault under the new root.
+    let (_dir_c, c) = second_server(&a, &url).await;
+    let on_c = strongbox::client::Client::connect(&format!("http://{}", c.addr), Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        get_value(&on_c, "acme", "bob", "c", "k").await.unwrap(),
+        b"w"
+    );
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_left_with_the_old_root_key_fails_closed_and_says_why() {
+    let (a, url) = pg_server().await;
+    // B has its own copy of the root key file, which the rotation on A
+    // does not reach.
+    let dir_b = tempfile::tempdir().unwrap();
+    let copy = dir_b.path().join("root.key.copy");
+    std::fs::copy(a.config.root_key_path(), &copy).unwrap();
+    let config = ServerConfig {
+        root_key_file: Some(copy),
+        ..common::postgres::second_config(&a, &dir_b, &url)
+    };
+    let b = server::start(config).await.unwrap();
+    let op = a.operator().await;
+    let (_, key) = a.tenant_with_user_key("acme").await;
+    put_ok(&a.client(&key).await, "acme", "alice", "c", "k", b"v").await;
+    rotate_root(&op).await;
+    let on_b = strongbox::client::Client::connect(&format!("http://{}", b.addr), Some(&key))
+        .await
+        .unwrap();
+    assert_status(
+        on_b.subjects()
+            .shred_subject(pb::ShredSubjectRequest {
+                tenant: "acme".into(),
+                subject: "alice".into(),
+            })
+            .await,
+        Code::Unavailable,
+        "does not hold the new root key",
+    );
+    // Nothing was erased: A still reads alice's record, and B never
+    // acknowledges the new generation.
     assert_eq!(
         get_value(&a.client(&key).await, "acme", "alice", "c", "k")
             .await
             .unwrap(),
         b"v"
     );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(root_acks(&url, 1), 1, "only A has moved to generation 1");
+    b.shutdown().await.unwrap();
 }

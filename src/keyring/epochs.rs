@@ -54,6 +54,7 @@ impl Keyring {
     /// under the current erasure epoch, or the root key without epochs.
     pub(super) fn wrap_tenant_key(
         &self,
+        conn: &dyn Tx,
         label: &str,
         base: &[u8],
         key: &SecretKey,
@@ -69,7 +70,7 @@ impl Keyring {
                 crypto::wrap_key(&epoch_key, label, &erasure::wrapped_aad(base, n), key),
                 Some(n),
             )),
-            _ => Ok((self.root().wrap(label, base, key)?, None)),
+            _ => Ok((self.root_wrap(conn, label, base, key)?, None)),
         }
     }
 
@@ -85,7 +86,7 @@ impl Keyring {
         what: impl FnOnce() -> String,
     ) -> Result<SecretKey> {
         let Some(n) = epoch else {
-            return self.root_unwrap(label, base, wrapped, what);
+            return self.root_unwrap(conn, label, base, wrapped, what);
         };
         let held = |keys: &Self| {
             keys.epochs

@@ -26,7 +26,7 @@ mod epochs;
 mod roots;
 
 use roots::Roots;
-pub use roots::{has_root_check, recorded_root_provider, root_matches};
+pub use roots::{has_root_check, recorded_root_provider, root_generation, root_matches};
 
 /// Unwrapped data keys kept in memory at most; past it, an arbitrary entry
 /// is dropped (and zeroized) to make room.
@@ -117,10 +117,7 @@ pub fn new_id(prefix: &str) -> String {
 impl Keyring {
     pub fn new(root: Arc<dyn RootKeyProvider>) -> Self {
         Keyring {
-            roots: std::sync::RwLock::new(Roots {
-                current: root,
-                previous: None,
-            }),
+            roots: std::sync::RwLock::new(Roots::new(root)),
             cache: Mutex::new(Cache::default()),
             epochs: std::sync::RwLock::new(None),
             shared: std::sync::atomic::AtomicBool::new(false),
@@ -144,14 +141,14 @@ impl Keyring {
     }
 
     /// Generates a tenant's index key, KEK v1 and tenant-level data key.
-    pub fn new_tenant_keys(&self, tenant: &TenantId) -> Result<NewTenantKeys> {
+    pub fn new_tenant_keys(&self, conn: &dyn Tx, tenant: &TenantId) -> Result<NewTenantKeys> {
         let t = tenant.as_str();
         let index_key = SecretKey::generate();
         let kek = SecretKey::generate();
         let (wrapped_index_key, epoch) =
-            self.wrap_tenant_key(label::WRAP_INDEX_KEY, &aad::index_key(t), &index_key)?;
+            self.wrap_tenant_key(conn, label::WRAP_INDEX_KEY, &aad::index_key(t), &index_key)?;
         let (wrapped_kek, kek_epoch) =
-            self.wrap_tenant_key(label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
+            self.wrap_tenant_key(conn, label::WRAP_KEK, &aad::kek(t, 1), &kek)?;
         if kek_epoch != epoch {
             return Err(Error::Unavailable(
                 "an erasure epoch began while a tenant was made; retry".into(),
@@ -463,8 +460,14 @@ impl Keyring {
 
     /// A new KEK for `tenant` at `version`, wrapped under the current
     /// erasure epoch (or the root key, without epochs), and that epoch.
-    pub fn new_kek(&self, tenant: &TenantId, version: u32) -> Result<(Vec<u8>, Option<u64>)> {
+    pub fn new_kek(
+        &self,
+        conn: &dyn Tx,
+        tenant: &TenantId,
+        version: u32,
+    ) -> Result<(Vec<u8>, Option<u64>)> {
         self.wrap_tenant_key(
+            conn,
             label::WRAP_KEK,
             &aad::kek(tenant.as_str(), version),
             &SecretKey::generate(),

@@ -71,6 +71,14 @@ pub trait RootKeyProvider: Send + Sync {
     fn retire(&self) -> Result<()> {
         Ok(())
     }
+    /// The root keys this provider's source holds now, read afresh: the
+    /// one in use and a staged successor, if any. A server that finds the
+    /// vault's root rotated by another server picks the one that opens
+    /// the vault (`Keyring::follow_root`). None where the source cannot
+    /// change under a running server (an environment variable).
+    fn candidates(&self) -> Result<Vec<Arc<dyn RootKeyProvider>>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The default provider: a 256-bit key in a file (hex, mode 0600).
@@ -196,6 +204,17 @@ impl RootKeyProvider for KeyFileProvider {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Unavailable(format!("root key successor: {e}"))),
         }
+    }
+
+    /// The file as it is now, and `<path>.new` if a rotation staged one
+    /// (a server sharing the file with the rotating one may look between
+    /// the commit and the rename).
+    fn candidates(&self) -> Result<Vec<Arc<dyn RootKeyProvider>>> {
+        let mut found: Vec<Arc<dyn RootKeyProvider>> = vec![Arc::new(Self::open(&self.path)?)];
+        if let Some(staged) = Self::open_staged(&self.path)? {
+            found.push(Arc::new(staged));
+        }
+        Ok(found)
     }
 }
 

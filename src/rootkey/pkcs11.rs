@@ -426,6 +426,21 @@ impl RootKeyProvider for HsmProvider {
     fn retire(&self) -> Result<()> {
         self.hsm.destroy(self.key)
     }
+
+    /// The key labelled `<label>` on the token now, and `<label>.next` if
+    /// a rotation staged one (another server's rotation, seen before or
+    /// after its relabelling).
+    fn candidates(&self) -> Result<Vec<Arc<dyn RootKeyProvider>>> {
+        let found = [
+            Self::find(&self.hsm, &self.label)?,
+            Self::find_staged(&self.hsm, &self.label)?,
+        ];
+        Ok(found
+            .into_iter()
+            .flatten()
+            .map(|p| Arc::new(p) as Arc<dyn RootKeyProvider>)
+            .collect())
+    }
 }
 
 /// The AAD given to the token: the purpose label, length-prefixed, then the

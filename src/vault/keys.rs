@@ -65,7 +65,7 @@ impl RotationPolicy {
 pub(super) fn rotate_kek(keys: &Keyring, conn: &dyn Tx, tenant: &TenantId) -> Result<u32> {
     let row = active_tenant(conn, keys, tenant)?;
     let version = row.kek_version + 1;
-    let (wrapped, epoch) = keys.new_kek(tenant, version)?;
+    let (wrapped, epoch) = keys.new_kek(conn, tenant, version)?;
     // The tenant row first: a rotation racing this one on another server
     // then waits on that row and loses with a serialization failure (run
     // again), not with the new version's key already existing.
@@ -323,33 +323,24 @@ impl Vault {
     ) -> Result<usize> {
         crate::crash_point(&format!("{crash_points}:staged"));
         let current = self.keys.root();
+        let generation = self.keys.root_generation();
         let from = current.describe();
         let (keys, old, new) = (self.keys.clone(), current.clone(), next.clone());
-        let (jobs, shared) = (self.jobs.clone(), self.store.is_postgres());
         let result = self
             .mutate(call, move |conn| {
-                // Another live server would go on wrapping under the old
-                // root, which is destroyed: refused, in the unit that
-                // rotates (a server's open registers it in one too).
-                if shared {
-                    let others = jobs.others_live(conn)?;
-                    if !others.is_empty() {
-                        return Err(Error::FailedPrecondition(format!(
-                            "root rotation: {} other server(s) serve this database ({}), and each would go on wrapping keys under the old root key, which the rotation destroys; stop them (a clean stop, or wait for their presence to expire: twice housekeeping_interval and a second), rotate on one server, then start the others with the new root key (docs/runbooks/postgresql.md)",
-                            others.len(),
-                            others.join(", ")
-                        )));
-                    }
-                }
-                let n = keys.rewrap_root_keys(conn, &*old, &*new)?;
-                keys.swap_root(new.clone());
-                Ok(n)
+                // Another server moves to the new root at its next wrap or
+                // unwrap under it, or its next housekeeping pass: each
+                // reads the root generation raised here in its own
+                // transaction (`Keyring::follow_root`).
+                let (n, generation) = keys.rewrap_root_keys(conn, &*old, &*new)?;
+                keys.install_root(old.clone(), new.clone(), generation);
+                Ok((n, generation))
             })
             .await;
-        let n = match result {
-            Ok(n) => n,
+        let (n, generation) = match result {
+            Ok(done) => done,
             Err(e) => {
-                self.keys.restore_root(current);
+                self.keys.restore_root(current, generation);
                 let staged = next.clone();
                 crate::blocking(move || staged.discard_successor()).await?;
                 return Err(e);
@@ -360,17 +351,36 @@ impl Vault {
         crate::blocking(move || staged.promote_successor()).await?;
         crate::crash_point(&format!("{crash_points}:promoted"));
         self.store.checkpoint().await?;
-        // Readers whose snapshot predates the commit may still unwrap under
-        // the old root for a moment; then it is dropped from memory.
-        let keys = self.keys.clone();
+        // The old root is retired (an HSM destroys it) once every live
+        // server has acknowledged the new generation, and readers whose
+        // snapshot predates the commit are done with it.
+        let (keys, store, jobs) = (self.keys.clone(), self.store.clone(), self.jobs.clone());
         tokio::spawn(async move {
+            let mut waited = 0u64;
+            loop {
+                let j = jobs.clone();
+                match store.read(move |c| j.behind_root(c, generation)).await {
+                    Ok(behind) if behind.is_empty() => break,
+                    Ok(behind) if waited.is_multiple_of(60) => tracing::warn!(
+                        generation,
+                        servers = %behind.join(", "),
+                        "the replaced root key is kept until every live server has moved to the new one"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checking which servers moved to the new root key")
+                    }
+                }
+                waited += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             tokio::time::sleep(Duration::from_secs(5)).await;
             let retired = tokio::task::spawn_blocking(move || keys.forget_previous_root()).await;
             if let Ok(Err(e)) = retired {
                 tracing::warn!(error = %e, "the replaced root key was not destroyed now; it is at the next start");
             }
         });
-        tracing::info!(keys = n, %from, root = %next.describe(), "root key replaced");
+        tracing::info!(keys = n, generation, %from, root = %next.describe(), "root key replaced");
         Ok(n)
     }
 }

@@ -182,7 +182,7 @@ impl Vault {
             .write(move |conn| {
                 k.check_root(conn)?;
                 if shared {
-                    j.register(conn)?;
+                    j.register(conn, k.root_generation())?;
                 }
                 k.ensure_vault_keys(conn)?;
                 integrity::seal_unsealed(conn, &k)?;
@@ -250,10 +250,13 @@ impl Vault {
         tokio::time::timeout(Duration::from_secs(5), probe)
             .await
             .map_err(|_| Error::Unavailable("storage: a commit took over 5 s".into()))??;
-        let root = self.keys.root();
+        let keys = self.keys.clone();
         match self
             .store
-            .read(move |c| keyring::root_matches(c, &*root))
+            .read(move |c| {
+                keys.follow_root(c)?;
+                keyring::root_matches(c, &*keys.root())
+            })
             .await?
         {
             true => Ok(()),

@@ -104,7 +104,7 @@ impl Vault {
             if conn.tenant_get(t)?.is_some() {
                 return Err(Error::AlreadyExists(format!("tenant '{t}' already exists")));
             }
-            let keys = keyring.new_tenant_keys(&tenant)?;
+            let keys = keyring.new_tenant_keys(conn, &tenant)?;
             let now = now_ms();
             let mut row = TenantRow {
                 id: t.to_owned(),

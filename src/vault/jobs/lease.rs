@@ -19,6 +19,7 @@ use std::time::Duration;
 use super::super::Vault;
 use crate::error::Result;
 use crate::now_ms;
+use crate::store::Tx;
 
 /// The lease's name in `job_leases`.
 const JOBS: &str = "background-jobs";
@@ -28,8 +29,18 @@ const JOBS: &str = "background-jobs";
 /// jobs lease, so a root rotation can see which servers are live.
 const PRESENCE: &str = "server/";
 
+/// Each server's acknowledgement of the root generation it wraps and
+/// unwraps under: a lease `root-generation/<n>/<holder>`, renewed with its
+/// presence. A root rotation retires the replaced root key only once every
+/// live server acknowledges the new generation.
+const ROOT_ACK: &str = "root-generation/";
+
 /// How long a presence written at open lasts before the first renewal.
 const PRESENCE_AT_OPEN_MS: i64 = 60_000;
+
+/// How long a server keeps the root key it replaced by following another
+/// server's rotation, for reads whose snapshot predates it.
+const FOLLOWED_ROOT_KEPT: Duration = Duration::from_secs(5);
 
 /// Before the first claim: the vault runs its passes without a lease
 /// (library use, as in the benches and unit tests).
@@ -66,21 +77,51 @@ impl JobLease {
 impl JobLease {
     /// Registers this server as live on shared storage, in the unit of
     /// work that opens the vault (before it serves).
-    pub(in crate::vault) fn register(&self, conn: &dyn crate::store::Tx) -> Result<()> {
-        let now = now_ms();
-        let name = format!("{PRESENCE}{}", self.holder);
-        conn.lease_claim(&name, &self.holder, now, now + PRESENCE_AT_OPEN_MS)?;
+    pub(in crate::vault) fn register(&self, conn: &dyn Tx, generation: u64) -> Result<()> {
+        self.renew_presence(conn, generation, now_ms(), now_ms() + PRESENCE_AT_OPEN_MS)
+    }
+
+    /// Claims this server's presence, and its acknowledgement of the root
+    /// generation it has moved to, until `until`.
+    fn renew_presence(&self, conn: &dyn Tx, generation: u64, now: i64, until: i64) -> Result<()> {
+        let presence = format!("{PRESENCE}{}", self.holder);
+        conn.lease_claim(&presence, &self.holder, now, until)?;
+        conn.lease_claim(
+            &ack_name(generation, &self.holder),
+            &self.holder,
+            now,
+            until,
+        )?;
         Ok(())
     }
 
     /// The other servers live on shared storage now (their holder ids).
-    pub(in crate::vault) fn others_live(&self, conn: &dyn crate::store::Tx) -> Result<Vec<String>> {
+    pub(in crate::vault) fn others_live(&self, conn: &dyn Tx) -> Result<Vec<String>> {
         Ok(conn
             .leases_live(PRESENCE, now_ms())?
             .into_iter()
             .filter(|h| *h != self.holder)
             .collect())
     }
+
+    /// The other live servers that have not acknowledged root generation
+    /// `generation` yet.
+    pub(in crate::vault) fn behind_root(
+        &self,
+        conn: &dyn Tx,
+        generation: u64,
+    ) -> Result<Vec<String>> {
+        let moved = conn.leases_live(&format!("{ROOT_ACK}{generation}/"), now_ms())?;
+        Ok(self
+            .others_live(conn)?
+            .into_iter()
+            .filter(|h| !moved.contains(h))
+            .collect())
+    }
+}
+
+fn ack_name(generation: u64, holder: &str) -> String {
+    format!("{ROOT_ACK}{generation}/{holder}")
 }
 
 impl Vault {
@@ -110,16 +151,26 @@ impl Vault {
         }
         let now = now_ms();
         let until = now.saturating_add(self.jobs.ttl_ms.load(Ordering::Relaxed));
-        let holder = self.jobs.holder.clone();
+        let (jobs, keys) = (self.jobs.clone(), self.keys.clone());
+        keys.forget_followed_root(FOLLOWED_ROOT_KEPT);
         let held = self
             .store
             .write(move |c| {
-                c.lease_claim(&format!("{PRESENCE}{holder}"), &holder, now, until)?;
-                c.lease_claim(JOBS, &holder, now, until)
+                // A root rotation on another server: move to it, and say
+                // so. A server that cannot goes on being live but does not
+                // acknowledge, so the old root is kept.
+                let followed = keys.follow_root(c).err().map(|e| e.to_string());
+                jobs.renew_presence(c, keys.root_generation(), now, until)?;
+                Ok((c.lease_claim(JOBS, &jobs.holder, now, until)?, followed))
             })
             .await;
         let held = match held {
-            Ok(held) => held,
+            Ok((held, followed)) => {
+                if let Some(e) = followed {
+                    tracing::warn!(error = %e, "cannot move to the vault's new root key");
+                }
+                held
+            }
             Err(e) => {
                 // Unknown whether the renewal landed: stop as if lost.
                 self.jobs.held_until.store(NOT_HELD, Ordering::Release);
@@ -148,9 +199,11 @@ impl Vault {
             return Ok(());
         }
         let holder = self.jobs.holder.clone();
+        let generation = self.keys.root_generation();
         self.store
             .write(move |c| {
                 c.lease_release(&format!("{PRESENCE}{holder}"), &holder)?;
+                c.lease_release(&ack_name(generation, &holder), &holder)?;
                 if held {
                     c.lease_release(JOBS, &holder)?;
                 }
