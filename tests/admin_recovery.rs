@@ -222,13 +222,11 @@ async fn fail_a_recovery_brought_forward_in_the_database() {
     tenant_with_admin(&op, "t").await;
     recover(&op, "t").await.unwrap();
     s.stop().await;
-    rusqlite::Connection::open(s.db_path())
-        .unwrap()
-        .execute(
-            "UPDATE tenants SET admin_recovery_at = 1 WHERE id = 't'",
-            [],
-        )
-        .unwrap();
+    let changed = s.stored().execute(
+        "UPDATE tenants SET admin_recovery_at = 1 WHERE id = 't'",
+        &[],
+    );
+    assert_eq!(changed, 1);
     s.restart().await;
     let op = s.operator().await;
     assert_status(

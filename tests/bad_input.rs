@@ -498,21 +498,17 @@ async fn a_flood_of_undecodable_requests_is_coalesced() {
         raw_get_tenant(&s, WrongWireType { tenant: 7 }).await;
     }
     s.stop().await;
-    let c = rusqlite::Connection::open(s.db_path()).unwrap();
-    let (single, coalesced): (i64, String) = (
-        c.query_row(
-            "SELECT count(*) FROM audit_log WHERE action = 'rpc.refused'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap(),
-        c.query_row(
-            "SELECT resource FROM audit_log WHERE action = 'calls.failures-coalesced'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap(),
+    let stored = s.stored();
+    let single = stored.count(
+        "SELECT count(*) FROM audit_log WHERE action = 'rpc.refused'",
+        &[],
     );
+    let coalesced = stored
+        .one(
+            "SELECT resource FROM audit_log WHERE action = 'calls.failures-coalesced'",
+            &[],
+        )
+        .text();
     assert_eq!(single, 20, "the burst, one entry each");
     assert!(
         coalesced.contains("count:180") && coalesced.contains("reasons:undecodable"),

@@ -44,8 +44,9 @@ fn kek_epochs(db: &Path) -> Vec<i64> {
 /// How many of tenant `t`'s records in database `db` an attacker with the
 /// root key and `erasure_keys` decrypts.
 fn decryptable(db: &Path, root_key: &Path, erasure_keys: &Path) -> usize {
-    let keys = recover_data_keys(db, root_key, erasure_keys, "t");
-    steal_records(db, "t")
+    let db = common::stored::Stored::Sqlite(db.to_path_buf());
+    let keys = recover_data_keys(&db, root_key, erasure_keys, "t");
+    steal_records(&db, "t")
         .iter()
         .filter(|r| try_decrypt("t", r, &keys).is_some())
         .count()

@@ -215,14 +215,10 @@ async fn a_reencrypted_key_is_destroyed_only_after_release() {
         .await
         .unwrap();
     let destroyed = || {
-        rusqlite::Connection::open(s.db_path())
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM data_keys WHERE destroyed_at IS NOT NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
+        s.stored().count(
+            "SELECT count(*) FROM data_keys WHERE destroyed_at IS NOT NULL",
+            &[],
+        )
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(destroyed(), 0, "the old key waits for the hold");
@@ -299,10 +295,7 @@ async fn fail_a_hold_deleted_in_the_database() {
     put_ok(&user, "t", "frank", "c", "k", b"v").await;
     hold_subject(&user, "frank", "LIT-1").await;
     s.stop().await;
-    rusqlite::Connection::open(s.db_path())
-        .unwrap()
-        .execute("DELETE FROM legal_holds", [])
-        .unwrap();
+    assert_eq!(s.stored().execute("DELETE FROM legal_holds", &[]), 1);
     s.restart().await;
     let user = s.client(&key).await;
     assert_status(shred(&user, "frank").await, Code::DataLoss, "legal holds");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-use rusqlite::Connection;
+use common::stored::Stored;
 use strongbox::api::pb;
 use strongbox::client::Client;
 use tonic::Code;
@@ -28,10 +28,35 @@ async fn until_retired(admin: &Client, tenant: &str, version: u32) -> pb::Tenant
     }
 }
 
+/// The bytes of the SQLite vault's files (the WAL among them); none on
+/// PostgreSQL, whose files are the database server's.
 fn db_bytes(s: &TestServer) -> Vec<Vec<u8>> {
+    if s.stored().file().is_none() {
+        return Vec::new();
+    }
     data_dir_bytes(&s.data_dir())
         .into_iter()
         .map(|(_, b)| b)
+        .collect()
+}
+
+/// Every live record's data key id and ciphertext, by (owner, category,
+/// key).
+type Sealed = std::collections::BTreeMap<(Vec<u8>, String, String), (String, Vec<u8>)>;
+
+fn sealed_records(stored: &Stored) -> Sealed {
+    stored
+        .rows(
+            "SELECT owner, category, key, dek_id, ciphertext FROM records WHERE deleted_at IS NULL",
+            &[],
+        )
+        .into_iter()
+        .map(|r| {
+            (
+                (r[0].bytes(), r[1].text(), r[2].text()),
+                (r[3].text(), r[4].bytes()),
+            )
+        })
         .collect()
 }
 
@@ -51,21 +76,14 @@ async fn rotate_rewrap_retire() {
         .await;
     }
     put_ok(&u, "t", "", "infra", "cfg", b"tenant-level").await;
-    let c = Connection::open(s.db_path()).unwrap();
-    let v1: Vec<u8> = c
-        .query_row(
+    let stored = s.stored();
+    let v1 = stored
+        .one(
             "SELECT wrapped FROM tenant_keks WHERE tenant_id = 't' AND version = 1",
-            [],
-            |r| r.get(0),
+            &[],
         )
-        .unwrap();
-    let ciphertexts: Vec<Vec<u8>> = c
-        .prepare("SELECT ciphertext FROM records ORDER BY rowid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .bytes();
+    let sealed = sealed_records(&stored);
     let before = key_status(&admin, "t").await;
     assert_eq!(before.current_version, 1);
     assert_eq!(
@@ -82,13 +100,14 @@ async fn rotate_rewrap_retire() {
     assert_eq!(after.current_version, 2);
     // New data keys use v2 at once.
     put_ok(&u, "t", "newcomer", "c", "k", b"fresh").await;
-    let newcomer_version: u32 = c
-        .query_row(
-            "SELECT kek_version FROM data_keys ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
+    let (_, (newcomer_dek, _)) = sealed_records(&stored)
+        .into_iter()
+        .find(|(at, _)| !sealed.contains_key(at))
         .unwrap();
+    let newcomer_version = stored.count(
+        "SELECT kek_version FROM data_keys WHERE id = $1",
+        &[&newcomer_dek],
+    );
     assert_eq!(newcomer_version, 2);
 
     let st = until_retired(&admin, "t", 1).await;
@@ -109,19 +128,15 @@ async fn rotate_rewrap_retire() {
         get_value(&u, "t", "", "infra", "cfg").await.unwrap(),
         b"tenant-level"
     );
-    let now: Vec<Vec<u8>> = c
-        .prepare("SELECT ciphertext FROM records ORDER BY rowid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .take(ciphertexts.len())
-        .collect();
-    assert_eq!(
-        now, ciphertexts,
+    let now = sealed_records(&stored);
+    assert!(
+        sealed.iter().all(|(at, was)| now.get(at) == Some(was)),
         "rotation rewraps keys, never record ciphertext"
     );
-    // The retired version's bytes are gone from every file.
+    // The retired version's bytes are gone from every row, and on SQLite
+    // from every file.
+    let keks = stored.column("SELECT wrapped FROM tenant_keks", &[]);
+    assert!(keks.iter().all(|k| k.bytes() != v1), "retired KEK v1 kept");
     for bytes in db_bytes(&s) {
         assert!(!contains(&bytes, &v1), "retired KEK v1 still on disk");
     }
@@ -150,14 +165,10 @@ async fn rewrap_resumes_after_a_restart() {
     // Stop at once: the job has at most begun. The test means something
     // only if the restart cuts the job short, so that is checked.
     s.stop().await;
-    let left: i64 = Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM data_keys WHERE tenant_id = 't' AND kek_version = 1 AND wrapped IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left = s.stored().count(
+        "SELECT count(*) FROM data_keys WHERE tenant_id = 't' AND kek_version = 1 AND wrapped IS NOT NULL",
+        &[],
+    );
     assert!(left > 0, "the rewrap finished before the restart");
     s.restart().await;
     let admin = s.client(&admin_key).await;
@@ -289,14 +300,10 @@ async fn policy_rotates_by_age_and_by_count() {
         );
     }
     // The rotations are on record, by the system.
-    let auto: i64 = Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM audit_log WHERE action = 'key.rotate.auto' AND principal = 'system' AND outcome = 'ok'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let auto = s.stored().count(
+        "SELECT count(*) FROM audit_log WHERE action = 'key.rotate.auto' AND principal = 'system' AND outcome = 'ok'",
+        &[],
+    );
     assert!(auto >= 2, "{auto}");
     assert_status(
         set_policy(&admin, Some(0), None).await,
@@ -332,12 +339,14 @@ async fn until_no_reencrypt_jobs(admin: &Client) {
 }
 
 /// The data key id each record of the tenant is sealed under, by key.
-fn deks_by_record(c: &Connection) -> std::collections::HashMap<String, String> {
-    c.prepare("SELECT key, dek_id FROM records WHERE deleted_at IS NULL")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
+fn deks_by_record(stored: &Stored) -> std::collections::HashMap<String, String> {
+    stored
+        .rows(
+            "SELECT key, dek_id FROM records WHERE deleted_at IS NULL",
+            &[],
+        )
+        .into_iter()
+        .map(|r| (r[0].text(), r[1].text()))
         .collect()
 }
 
@@ -358,16 +367,12 @@ async fn reencrypt_moves_records_to_fresh_keys_and_destroys_the_old() {
     }
     put_ok(&u, "t", "bob", "c", "b0", b"bob").await;
     put_ok(&u, "t", "", "infra", "cfg", b"tenant").await;
-    let c = Connection::open(s.db_path()).unwrap();
+    let c = s.stored();
     let before = deks_by_record(&c);
     let alice_old = before["a0"].clone();
-    let alice_wrapped: Vec<u8> = c
-        .query_row(
-            "SELECT wrapped FROM data_keys WHERE id = ?1",
-            [&alice_old],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let alice_wrapped = c
+        .one("SELECT wrapped FROM data_keys WHERE id = $1", &[&alice_old])
+        .bytes();
 
     assert_eq!(reencrypt(&admin, "alice").await, 1);
     // Writes go on meanwhile: a new record, and a compare-and-set update of
@@ -387,15 +392,9 @@ async fn reencrypt_moves_records_to_fresh_keys_and_destroys_the_old() {
         "every alice record moved"
     );
     assert_eq!(after["b0"], before["b0"], "bob was not in scope");
-    let live: Option<Vec<u8>> = c
-        .query_row(
-            "SELECT wrapped FROM data_keys WHERE id = ?1",
-            [&alice_old],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(live, None, "the old data key is destroyed");
-    for (_, bytes) in data_dir_bytes(&s.data_dir()) {
+    let live = c.one("SELECT wrapped FROM data_keys WHERE id = $1", &[&alice_old]);
+    assert!(live.is_null(), "the old data key is destroyed");
+    for bytes in db_bytes(&s) {
         assert!(
             !contains(&bytes, &alice_wrapped),
             "the old data key's bytes are still on disk"
@@ -459,15 +458,11 @@ async fn shred_during_reencrypt_destroys_every_key_of_the_subject() {
         .into_inner();
     assert!(!receipt.destroyed_key_ids.is_empty());
     assert_eq!(receipt.records_made_unreadable, 300);
-    let live: i64 = Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM data_keys d JOIN tenants t ON t.id = d.tenant_id
-             WHERE d.owner != X'' AND d.wrapped IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let live = s.stored().count(
+        "SELECT count(*) FROM data_keys d JOIN tenants t ON t.id = d.tenant_id
+         WHERE length(d.owner) > 0 AND d.wrapped IS NOT NULL",
+        &[],
+    );
     assert_eq!(live, 0, "a key of the shredded subject survived");
     assert_status(
         get_value(&u, "t", "carol", "c", "k0").await,
@@ -606,13 +601,15 @@ async fn reencrypt_skips_a_corrupt_record_and_finishes() {
     for i in 0..5 {
         put_ok(&u, "t", "dana", "c", &format!("d{i}"), b"dana").await;
     }
-    // One record's ciphertext is damaged before the job reaches it.
-    let c = Connection::open(s.db_path()).unwrap();
-    c.execute(
-        "UPDATE records SET ciphertext = CAST(zeroblob(length(ciphertext)) AS BLOB) WHERE key = 'd2'",
-        [],
-    )
-    .unwrap();
+    // One record's ciphertext is damaged before the job reaches it: d3's
+    // copied over it, which fails d2's authentication (another key in the
+    // AAD).
+    let c = s.stored();
+    let damaged = c.execute(
+        "UPDATE records SET ciphertext = (SELECT ciphertext FROM records WHERE key = 'd3') WHERE key = 'd2'",
+        &[],
+    );
+    assert_eq!(damaged, 1);
     assert_eq!(reencrypt(&admin, "dana").await, 1);
     // The job is not stuck on it: it finishes and destroys the old key.
     until_no_reencrypt_jobs(&admin).await;
@@ -625,11 +622,9 @@ async fn reencrypt_skips_a_corrupt_record_and_finishes() {
         );
     }
     let skipped: Vec<String> = c
-        .prepare("SELECT resource FROM audit_log WHERE action = 'key.reencrypt.skip-corrupt' AND outcome = 'failed' AND code = 15")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
+        .column("SELECT resource FROM audit_log WHERE action = 'key.reencrypt.skip-corrupt' AND outcome = 'failed' AND code = 15", &[])
+        .iter()
+        .map(|r| r.text())
         .collect();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert!(skipped[0].ends_with("/c/d2"), "{skipped:?}");

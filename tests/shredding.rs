@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::attacker::*;
+use common::stored::Stored;
 use common::*;
-use rusqlite::Connection;
 use strongbox::api::pb;
 use tonic::Code;
 
@@ -26,15 +26,29 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn wrapped_dek_of(db: &Path, dek_id: &str) -> Vec<u8> {
-    Connection::open(db)
-        .unwrap()
-        .query_row(
-            "SELECT wrapped FROM data_keys WHERE id = ?1",
-            [dek_id],
-            |r| r.get(0),
-        )
-        .unwrap()
+/// What an attacker takes away: a copy of the data directory (the root
+/// key and erasure keys files are there) and the rows: the copied SQLite
+/// file, or on PostgreSQL the database itself (a dump of it holds the same
+/// live rows; what dead tuples and WAL keep is tests/postgres.rs's).
+fn attackers_copy(s: &TestServer) -> (tempfile::TempDir, Stored) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&s.data_dir(), copy.path());
+    let db = match s.stored() {
+        Stored::Sqlite(_) => Stored::Sqlite(copy.path().join(strongbox::store::DB_FILE)),
+        live => live,
+    };
+    (copy, db)
+}
+
+/// Whether `what` occurs in any file of the SQLite vault's data directory
+/// (the WAL among them). On PostgreSQL, false: the files are the
+/// database server's.
+fn in_any_file(s: &TestServer, what: &[u8]) -> Option<std::path::PathBuf> {
+    s.stored().file()?;
+    data_dir_bytes(&s.data_dir())
+        .into_iter()
+        .find(|(_, bytes)| contains(bytes, what))
+        .map(|(path, _)| path)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,7 +69,8 @@ async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
     }
     put_ok(&u, "t", "bob", "contact", "email", b"bob-email").await;
     // The attacker's copy of every ciphertext, taken before the shred.
-    let stolen = steal_records(&s.db_path(), "t");
+    let stored = s.stored();
+    let stolen = steal_records(&stored, "t");
     assert_eq!(stolen.len(), 4);
     let alice_dek = stolen
         .iter()
@@ -63,7 +78,9 @@ async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
         .unwrap()
         .dek_id
         .clone();
-    let alice_wrapped = wrapped_dek_of(&s.db_path(), &alice_dek);
+    let alice_wrapped = stored
+        .one("SELECT wrapped FROM data_keys WHERE id = $1", &[&alice_dek])
+        .bytes();
     assert!(
         get_value(&u, "t", "alice", "contact", "email")
             .await
@@ -78,22 +95,27 @@ async fn shredded_subject_cannot_be_recovered_from_raw_files_and_root_key() {
     assert_eq!(receipt.destroyed_key_ids, vec![alice_dek.clone()]);
     assert_eq!(receipt.records_made_unreadable, 3);
 
-    // The moment the call returns: not in the cache, not on disk.
+    // The moment the call returns: not in the cache, not in any row, and
+    // on SQLite not in the file or the WAL (the shred checkpoints it
+    // before returning).
     assert!(!s.vault().keyring().caches_dek(&alice_dek));
-    // (The WAL is among the files: the shred checkpoints it before returning.)
-    for (path, bytes) in data_dir_bytes(&s.data_dir()) {
-        assert!(
-            !contains(&bytes, &alice_wrapped),
-            "{} still holds the wrapped key",
-            path.display()
-        );
-    }
+    assert_eq!(
+        stored.count(
+            "SELECT count(*) FROM data_keys WHERE id = $1 AND wrapped IS NOT NULL",
+            &[&alice_dek]
+        ),
+        0
+    );
+    assert_eq!(
+        in_any_file(&s, &alice_wrapped),
+        None,
+        "holds the wrapped key"
+    );
 
-    // The attacker: raw files plus the root key.
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&s.data_dir(), copy.path());
+    // The attacker: the database plus the root key.
+    let (copy, db) = attackers_copy(&s);
     let keys = recover_data_keys(
-        &copy.path().join("strongbox.db"),
+        &db,
         &copy.path().join("root.key"),
         &copy.path().join("erasure.keys"),
         "t",
@@ -145,35 +167,27 @@ async fn ciphertext_rows_are_purged_after_shred() {
         )
         .await;
     }
-    let stolen = steal_records(&s.db_path(), "t");
+    let stored = s.stored();
+    let stolen = steal_records(&stored, "t");
     shred_ok(&u, "t", "carol").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let left: i64 = Connection::open(s.db_path())
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM records WHERE tenant_id = 't'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let left = stored.count("SELECT count(*) FROM records WHERE tenant_id = 't'", &[]);
         if left == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "{left} rows still not purged");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The purge checkpoints too: no ciphertext bytes remain in any file.
+    // On SQLite the purge checkpoints too: no ciphertext bytes remain in
+    // any file.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let files = data_dir_bytes(&s.data_dir());
     for r in stolen.iter().take(50) {
-        for (path, bytes) in &files {
-            assert!(
-                !contains(bytes, &r.ciphertext[..40]),
-                "{} holds purged ciphertext",
-                path.display()
-            );
-        }
+        assert_eq!(
+            in_any_file(&s, &r.ciphertext[..40]),
+            None,
+            "holds purged ciphertext"
+        );
     }
 }
 
@@ -184,12 +198,10 @@ async fn no_read_succeeds_after_shred_returns_even_under_concurrent_reads() {
     for i in 0..20 {
         put_ok(&u, "t", "dana", "c", &format!("k{i}"), b"dana-data").await;
     }
-    let dek: String = Connection::open(s.db_path())
-        .unwrap()
-        .query_row("SELECT dek_id FROM records WHERE key = 'k0'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let dek = s
+        .stored()
+        .one("SELECT dek_id FROM records WHERE key = 'k0'", &[])
+        .text();
     let returned_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
     let mut readers = Vec::new();
     for w in 0..16 {
@@ -321,15 +333,11 @@ async fn tenant_shred_destroys_every_key() {
     put_ok(&u, "t", "", "infra", "cfg", b"tenant-data").await;
     put_ok(&other, "keep", "gina", "c", "k", b"kept").await;
     assert!(get_value(&u, "t", "gina", "c", "k").await.is_ok());
-    let stolen = steal_records(&s.db_path(), "t");
-    let kek: Vec<u8> = Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT wrapped FROM tenant_keks WHERE tenant_id = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = s.stored();
+    let stolen = steal_records(&stored, "t");
+    let kek = stored
+        .one("SELECT wrapped FROM tenant_keks WHERE tenant_id = 't'", &[])
+        .bytes();
     let tenant = strongbox::ids::TenantId::parse("t").unwrap();
     assert!(s.vault().keyring().cached_keys(&tenant) > 0);
 
@@ -347,23 +355,23 @@ async fn tenant_shred_destroys_every_key() {
     assert_eq!(t.state, pb::TenantState::Shredded as i32);
     assert_eq!(t.kek_version, 0);
     assert_eq!(s.vault().keyring().cached_keys(&tenant), 0);
-    for (path, bytes) in data_dir_bytes(&s.data_dir()) {
-        assert!(
-            !contains(&bytes, &kek),
-            "{} still holds the tenant KEK",
-            path.display()
-        );
-    }
+    assert_eq!(
+        stored.count(
+            "SELECT count(*) FROM tenant_keks WHERE tenant_id = 't'",
+            &[]
+        ),
+        0
+    );
+    assert_eq!(in_any_file(&s, &kek), None, "holds the tenant KEK");
     // The tenant's principals are gone with it.
     assert_status(
         get_value(&u, "t", "gina", "c", "k").await,
         Code::Unauthenticated,
         "invalid API key",
     );
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&s.data_dir(), copy.path());
+    let (copy, db) = attackers_copy(&s);
     let keys = recover_data_keys(
-        &copy.path().join("strongbox.db"),
+        &db,
         &copy.path().join("root.key"),
         &copy.path().join("erasure.keys"),
         "t",
@@ -419,14 +427,10 @@ async fn scheduled_tenant_shred_runs_when_grace_ends() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let left: i64 = Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM tenant_keks WHERE tenant_id = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left = s.stored().count(
+        "SELECT count(*) FROM tenant_keks WHERE tenant_id = 't'",
+        &[],
+    );
     assert_eq!(left, 0);
 }
 
@@ -445,14 +449,12 @@ async fn the_stored_row_wins_over_a_cached_data_key() {
             .unwrap(),
         b"cached"
     );
-    rusqlite::Connection::open(s.db_path())
-        .unwrap()
-        .execute(
-            "UPDATE data_keys SET wrapped = NULL, destroyed_at = 1
-             WHERE id = (SELECT dek_id FROM records WHERE tenant_id = 't' AND key = 'email')",
-            [],
-        )
-        .unwrap();
+    let changed = s.stored().execute(
+        "UPDATE data_keys SET wrapped = NULL, destroyed_at = 1
+         WHERE id = (SELECT dek_id FROM records WHERE tenant_id = 't' AND key = 'email')",
+        &[],
+    );
+    assert_eq!(changed, 1);
     let r = get_value(&u, "t", "alice", "contact", "email").await;
     assert!(r.is_err(), "a destroyed key was served from the cache");
 }

@@ -1,15 +1,17 @@
-//! An attacker with copies of the files: the database (a backup, a disk
-//! image), the root key file and the erasure keys file. What they can
+//! An attacker with copies of the database (a backup, a disk image, a
+//! dump of the PostgreSQL tables), the root key file and the erasure keys
+//! file. What they can
 //! decrypt is what erasure failed to make unreadable.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::Connection;
 use strongbox::crypto::{self, SecretKey, label};
 use strongbox::erasure::{EpochKeys, wrapped_aad};
 use strongbox::keyring::aad;
 use strongbox::rootkey::{KeyFileProvider, RootKeyProvider};
+
+use super::stored::Stored;
 
 /// A stored record as an attacker copies it out of the database.
 #[derive(Clone, Debug)]
@@ -23,44 +25,39 @@ pub struct StolenRecord {
     pub ciphertext: Vec<u8>,
 }
 
-pub fn steal_records(db: &Path, tenant: &str) -> Vec<StolenRecord> {
-    let c = Connection::open(db).unwrap();
-    c.prepare(
+pub fn steal_records(db: &Stored, tenant: &str) -> Vec<StolenRecord> {
+    db.rows(
         "SELECT owner, category, key, version, content_type, dek_id, ciphertext FROM records
-         WHERE tenant_id = ?1 AND deleted_at IS NULL",
+         WHERE tenant_id = $1 AND deleted_at IS NULL",
+        &[tenant],
     )
-    .unwrap()
-    .query_map([tenant], |r| {
-        Ok(StolenRecord {
-            owner: r.get(0)?,
-            category: r.get(1)?,
-            key: r.get(2)?,
-            version: r.get::<_, i64>(3)? as u64,
-            content_type: r.get(4)?,
-            dek_id: r.get(5)?,
-            ciphertext: r.get(6)?,
-        })
+    .into_iter()
+    .map(|r| StolenRecord {
+        owner: r[0].bytes(),
+        category: r[1].text(),
+        key: r[2].text(),
+        version: r[3].int() as u64,
+        content_type: r[4].text(),
+        dek_id: r[5].text(),
+        ciphertext: r[6].bytes(),
     })
-    .unwrap()
-    .map(Result::unwrap)
     .collect()
 }
 
 /// The erasure epoch keys an attacker opens from `erasure_keys` with the
 /// wrapping key in `db`, opened with `root` (none if anything fails).
 pub fn stolen_epoch_keys(
-    db: &Path,
+    db: &Stored,
     root: &dyn RootKeyProvider,
     erasure_keys: &Path,
 ) -> Option<EpochKeys> {
-    let c = Connection::open(db).unwrap();
-    let wrapped: Vec<u8> = c
-        .query_row(
+    let wrapped = db
+        .column(
             "SELECT value FROM meta WHERE name = 'erasure_wrap_key'",
-            [],
-            |r| r.get(0),
+            &[],
         )
-        .ok()?;
+        .pop()?
+        .bytes();
     let wrap = root
         .unwrap(label::WRAP_ERASURE_KEY, &aad::erasure_wrap_key(), &wrapped)
         .ok()?;
@@ -71,25 +68,19 @@ pub fn stolen_epoch_keys(
 /// holding the root key file and the erasure keys file: each KEK by the
 /// root key (before epochs) or by any epoch key in the file.
 pub fn recover_data_keys(
-    db: &Path,
+    db: &Stored,
     root_key: &Path,
     erasure_keys: &Path,
     tenant: &str,
 ) -> HashMap<String, SecretKey> {
     let root = KeyFileProvider::open(root_key).unwrap();
     let epochs = stolen_epoch_keys(db, &root, erasure_keys);
-    let c = Connection::open(db).unwrap();
     let mut keks = HashMap::new();
-    let mut stmt = c
-        .prepare("SELECT version, wrapped FROM tenant_keks WHERE tenant_id = ?1")
-        .unwrap();
-    for row in stmt
-        .query_map([tenant], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .unwrap()
-    {
-        let (v, wrapped) = row.unwrap();
+    for row in db.rows(
+        "SELECT version, wrapped FROM tenant_keks WHERE tenant_id = $1",
+        &[tenant],
+    ) {
+        let (v, wrapped) = (row[0].int() as u32, row[1].bytes());
         let base = aad::kek(tenant, v);
         let by_root = root.unwrap(label::WRAP_KEK, &base, &wrapped).ok();
         let by_epoch = || {
@@ -104,21 +95,17 @@ pub fn recover_data_keys(
         }
     }
     let mut deks = HashMap::new();
-    let mut stmt = c
-        .prepare("SELECT id, owner, kek_version, wrapped FROM data_keys WHERE tenant_id = ?1 AND wrapped IS NOT NULL")
-        .unwrap();
-    let rows = stmt
-        .query_map([tenant], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })
-        .unwrap();
+    let rows = db.rows(
+        "SELECT id, owner, kek_version, wrapped FROM data_keys WHERE tenant_id = $1 AND wrapped IS NOT NULL",
+        &[tenant],
+    );
     for row in rows {
-        let (id, owner, v, wrapped) = row.unwrap();
+        let (id, owner, v, wrapped) = (
+            row[0].text(),
+            row[1].bytes(),
+            row[2].int() as u32,
+            row[3].bytes(),
+        );
         if let Some(kek) = keks.get(&v) {
             let k = crypto::unwrap_key(
                 kek,

@@ -6,6 +6,7 @@
 pub mod attacker;
 pub mod postgres;
 pub mod rpcs;
+pub mod stored;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,6 +74,15 @@ impl TestServer {
 
     pub fn db_path(&self) -> PathBuf {
         self.config.data_dir.join(strongbox::store::DB_FILE)
+    }
+
+    /// Where this server's rows are: its SQLite file or its PostgreSQL
+    /// database.
+    pub fn stored(&self) -> stored::Stored {
+        match &self.config.database_url {
+            Some(url) => stored::Stored::Postgres(url.expose().to_owned()),
+            None => stored::Stored::Sqlite(self.db_path()),
+        }
     }
 
     /// Stops the server (the data directory stays).
