@@ -1,5 +1,6 @@
-//! At-rest properties, tested the way an attacker with the disk would: grep
-//! the data directory for plaintext, flip stored bytes, and move
+//! At-rest properties, tested the way an attacker with the disk (or write
+//! access to PostgreSQL's tables) would: grep the database for plaintext,
+//! flip stored bytes, and move
 //! ciphertexts and wrapped keys between records, subjects, tenants and
 //! versions. Every tampered read must fail cleanly (DATA_LOSS), never panic
 //! and never return wrong data.
@@ -7,22 +8,22 @@
 
 mod common;
 
+use common::stored::Stored;
 use common::*;
-use rusqlite::{Connection, params};
 use tonic::Code;
 
-fn db(s: &TestServer) -> Connection {
-    let c = Connection::open(s.db_path()).unwrap();
-    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    c
+fn db(s: &TestServer) -> Stored {
+    s.stored()
 }
 
-fn blob(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Vec<u8> {
-    c.query_row(sql, p, |r| r.get(0)).unwrap()
+/// Runs `update`, its `{}` replaced by `bytes` as a literal.
+fn set_bytes(c: &Stored, update: &str, bytes: &[u8]) {
+    let n = c.execute(&update.replace("{}", &c.blob(bytes)), &[]);
+    assert_eq!(n, 1, "{update}");
 }
 
 const RECORD_CT: &str =
-    "SELECT ciphertext FROM records WHERE tenant_id = ?1 AND category = ?2 AND key = ?3";
+    "SELECT ciphertext FROM records WHERE tenant_id = $1 AND category = $2 AND key = $3";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_plaintext_subject_or_value_on_disk() {
@@ -60,10 +61,17 @@ async fn no_plaintext_subject_or_value_on_disk() {
     );
 
     let data_dir = s.data_dir();
+    let stored = s.stored();
     let check = |when: &str| {
-        let files = data_dir_bytes(&data_dir);
-        assert!(files.iter().any(|(p, _)| p.ends_with("strongbox.db")));
-        for (path, bytes) in files {
+        // The data directory (the database and WAL on SQLite; the key
+        // files on either), and every stored value.
+        let mut places = data_dir_bytes(&data_dir);
+        places.push(("every stored value".into(), stored.everything()));
+        assert!(
+            stored.everything().len() > big.len(),
+            "the grep sees the rows"
+        );
+        for (path, bytes) in places {
             for needle in [canary.as_bytes(), subject.as_bytes(), b"alice"] {
                 assert!(
                     !contains(&bytes, needle),
@@ -85,15 +93,15 @@ async fn fail_every_flipped_byte_of_a_record_ciphertext() {
     let (_, u) = s.tenant_with_user("t").await;
     put_ok(&u, "t", "bob", "contact", "email", b"bob@example.com").await;
     let c = db(&s);
-    let original = blob(&c, RECORD_CT, params!["t", "contact", "email"]);
+    let original = c.one(RECORD_CT, &["t", "contact", "email"]).bytes();
     for i in 0..original.len() {
         let mut tampered = original.clone();
         tampered[i] ^= 0x80;
-        c.execute(
-            "UPDATE records SET ciphertext = ?1 WHERE tenant_id = 't' AND key = 'email'",
-            [&tampered],
-        )
-        .unwrap();
+        set_bytes(
+            &c,
+            "UPDATE records SET ciphertext = {} WHERE tenant_id = 't' AND key = 'email'",
+            &tampered,
+        );
         assert_status(
             get_value(&u, "t", "bob", "contact", "email").await,
             Code::DataLoss,
@@ -102,22 +110,22 @@ async fn fail_every_flipped_byte_of_a_record_ciphertext() {
     }
     // Truncated and emptied ciphertexts fail the same way.
     for tampered in [original[..original.len() - 1].to_vec(), Vec::new()] {
-        c.execute(
-            "UPDATE records SET ciphertext = ?1 WHERE key = 'email'",
-            [&tampered],
-        )
-        .unwrap();
+        set_bytes(
+            &c,
+            "UPDATE records SET ciphertext = {} WHERE key = 'email'",
+            &tampered,
+        );
         assert_status(
             get_value(&u, "t", "bob", "contact", "email").await,
             Code::DataLoss,
             "failed authentication",
         );
     }
-    c.execute(
-        "UPDATE records SET ciphertext = ?1 WHERE key = 'email'",
-        [&original],
-    )
-    .unwrap();
+    set_bytes(
+        &c,
+        "UPDATE records SET ciphertext = {} WHERE key = 'email'",
+        &original,
+    );
     assert_eq!(
         get_value(&u, "t", "bob", "contact", "email").await.unwrap(),
         b"bob@example.com"
@@ -135,28 +143,28 @@ async fn fail_flipped_bytes_of_wrapped_keys() {
     // (table query, update statement, expected message fragment)
     let targets = [
         (
-            "SELECT wrapped FROM data_keys WHERE owner != X''",
-            "UPDATE data_keys SET wrapped = ?1 WHERE owner != X''",
+            "SELECT wrapped FROM data_keys WHERE length(owner) > 0",
+            "UPDATE data_keys SET wrapped = {} WHERE length(owner) > 0",
             "data key",
         ),
         (
             "SELECT wrapped FROM tenant_keks WHERE tenant_id = 't'",
-            "UPDATE tenant_keks SET wrapped = ?1 WHERE tenant_id = 't'",
+            "UPDATE tenant_keks SET wrapped = {} WHERE tenant_id = 't'",
             "key-encryption key v1 of tenant 't'",
         ),
         (
             "SELECT wrapped_index_key FROM tenants WHERE id = 't'",
-            "UPDATE tenants SET wrapped_index_key = ?1 WHERE id = 't'",
+            "UPDATE tenants SET wrapped_index_key = {} WHERE id = 't'",
             "index key of tenant 't'",
         ),
     ];
     for (select, update, what) in targets {
-        let original = blob(&db(&s), select, []);
+        let original = db(&s).one(select, &[]).bytes();
         for i in [0, 1, 20, original.len() / 2, original.len() - 1] {
             s.stop().await; // a fresh server has nothing cached
             let mut tampered = original.clone();
             tampered[i] ^= 0x01;
-            db(&s).execute(update, [&tampered]).unwrap();
+            set_bytes(&db(&s), update, &tampered);
             s.restart().await;
             let u = s.client(&key).await;
             assert_status(
@@ -166,7 +174,7 @@ async fn fail_flipped_bytes_of_wrapped_keys() {
             );
         }
         s.stop().await;
-        db(&s).execute(update, [&original]).unwrap();
+        set_bytes(&db(&s), update, &original);
         s.restart().await;
     }
     let u = s.client(&key).await;
@@ -194,23 +202,25 @@ async fn fail_ciphertext_moved_to_another_record_subject_tenant_or_version() {
     )
     .await;
     let c = db(&s);
-    let ct = |tenant: &str, subject_key: &str| -> (Vec<u8>, Vec<u8>) {
-        c.query_row(
-            "SELECT r.ciphertext, r.owner FROM records r WHERE r.tenant_id = ?1 AND r.key = ?2 ORDER BY r.rowid",
-            params![tenant, subject_key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+    // Alice's rows in tenant ta: the owner of ta's only phone record.
+    const ALICE: &str =
+        "owner = (SELECT owner FROM records WHERE tenant_id = 'ta' AND key = 'phone')";
+    let ct = |tenant: &str, key: &str, whose: &str| -> Vec<u8> {
+        c.one(
+            &format!(
+                "SELECT ciphertext FROM records WHERE tenant_id = $1 AND key = $2 AND {whose}"
+            ),
+            &[tenant, key],
         )
-        .unwrap()
+        .bytes()
     };
-    let (alice_email, _) = ct("ta", "email");
-    let set = |sql: &str, v: &[u8]| {
-        c.execute(sql, [v]).unwrap();
-    };
+    let alice_email = ct("ta", "email", ALICE);
+    let set = |sql: &str, v: &[u8]| set_bytes(&c, sql, v);
 
     // Another record of the same subject.
-    let (phone_orig, _) = ct("ta", "phone");
+    let phone_orig = ct("ta", "phone", ALICE);
     set(
-        "UPDATE records SET ciphertext = ?1 WHERE tenant_id = 'ta' AND key = 'phone'",
+        "UPDATE records SET ciphertext = {} WHERE tenant_id = 'ta' AND key = 'phone'",
         &alice_email,
     );
     assert_status(
@@ -219,13 +229,15 @@ async fn fail_ciphertext_moved_to_another_record_subject_tenant_or_version() {
         "failed authentication",
     );
     set(
-        "UPDATE records SET ciphertext = ?1 WHERE tenant_id = 'ta' AND key = 'phone'",
+        "UPDATE records SET ciphertext = {} WHERE tenant_id = 'ta' AND key = 'phone'",
         &phone_orig,
     );
 
     // Another subject's record (its own data key).
-    let bob_row = "UPDATE records SET ciphertext = ?1 WHERE tenant_id = 'ta' AND key = 'email' AND owner = (SELECT owner FROM records WHERE tenant_id = 'ta' AND key = 'email' ORDER BY rowid DESC LIMIT 1)";
-    set(bob_row, &alice_email);
+    let bob_row = format!(
+        "UPDATE records SET ciphertext = {{}} WHERE tenant_id = 'ta' AND key = 'email' AND NOT {ALICE}"
+    );
+    set(&bob_row, &alice_email);
     assert_status(
         get_value(&a, "ta", "bob", "contact", "email").await,
         Code::DataLoss,
@@ -233,12 +245,14 @@ async fn fail_ciphertext_moved_to_another_record_subject_tenant_or_version() {
     );
 
     // Pointing bob's record at alice's data key too.
-    c.execute(
-        "UPDATE records SET dek_id = (SELECT dek_id FROM records WHERE tenant_id='ta' AND key='phone')
-         WHERE tenant_id = 'ta' AND key = 'email' AND rowid = (SELECT max(rowid) FROM records WHERE tenant_id='ta' AND key='email')",
-        [],
-    )
-    .unwrap();
+    let moved = c.execute(
+        &format!(
+            "UPDATE records SET dek_id = (SELECT dek_id FROM records WHERE tenant_id='ta' AND key='phone')
+             WHERE tenant_id = 'ta' AND key = 'email' AND NOT {ALICE}"
+        ),
+        &[],
+    );
+    assert_eq!(moved, 1);
     assert_status(
         get_value(&a, "ta", "bob", "contact", "email").await,
         Code::DataLoss,
@@ -247,7 +261,7 @@ async fn fail_ciphertext_moved_to_another_record_subject_tenant_or_version() {
 
     // Another tenant's record, same subject id and key.
     set(
-        "UPDATE records SET ciphertext = ?1 WHERE tenant_id = 'tb' AND key = 'email'",
+        "UPDATE records SET ciphertext = {} WHERE tenant_id = 'tb' AND key = 'email'",
         &alice_email,
     );
     assert_status(
@@ -267,11 +281,12 @@ async fn fail_ciphertext_moved_to_another_record_subject_tenant_or_version() {
         b"alice@new.example.com",
     )
     .await;
-    c.execute(
-        "UPDATE records SET ciphertext = ?1 WHERE tenant_id = 'ta' AND key = 'email' AND rowid = (SELECT min(rowid) FROM records WHERE tenant_id='ta' AND key='email')",
-        [&v1],
-    )
-    .unwrap();
+    set(
+        &format!(
+            "UPDATE records SET ciphertext = {{}} WHERE tenant_id = 'ta' AND key = 'email' AND {ALICE}"
+        ),
+        &v1,
+    );
     assert_status(
         get_value(&a, "ta", "alice", "contact", "email").await,
         Code::DataLoss,
@@ -280,11 +295,13 @@ async fn fail_ciphertext_moved_to_another_record_subject_tenant_or_version() {
 
     // A version number edited back to match the old ciphertext is caught
     // too: the content type and key are bound, and so is the version.
-    c.execute(
-        "UPDATE records SET version = 1 WHERE tenant_id = 'ta' AND key = 'email' AND rowid = (SELECT min(rowid) FROM records WHERE tenant_id='ta' AND key='email')",
-        [],
-    )
-    .unwrap();
+    let rolled = c.execute(
+        &format!(
+            "UPDATE records SET version = 1 WHERE tenant_id = 'ta' AND key = 'email' AND {ALICE}"
+        ),
+        &[],
+    );
+    assert_eq!(rolled, 1);
     let r = get_value(&a, "ta", "alice", "contact", "email").await;
     // With version and ciphertext both rolled back the record reads as v1:
     // that is the one rollback an attacker with write access can stage, and
@@ -303,21 +320,26 @@ async fn fail_wrapped_data_key_moved_between_subjects() {
     put_ok(&u, "t", "bob", "c", "k", b"bob-data").await;
     s.stop().await;
     let c = db(&s);
+    // Alice's and bob's data keys, told apart by their records' sizes
+    // ("alice-data" is the longer).
     let rows: Vec<(String, Vec<u8>)> = c
-        .prepare("SELECT id, wrapped FROM data_keys WHERE owner != X'' ORDER BY created_at")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
+        .rows(
+            "SELECT d.id, d.wrapped FROM data_keys d JOIN records r ON r.dek_id = d.id ORDER BY r.size DESC",
+            &[],
+        )
+        .into_iter()
+        .map(|r| (r[0].text(), r[1].bytes()))
         .collect();
     assert_eq!(rows.len(), 2);
     // Give bob's data key row alice's wrapped key.
-    c.execute(
-        "UPDATE data_keys SET wrapped = ?1 WHERE id = ?2",
-        params![rows[0].1, rows[1].0],
-    )
-    .unwrap();
-    drop(c);
+    set_bytes(
+        &c,
+        &format!(
+            "UPDATE data_keys SET wrapped = {{}} WHERE id = '{}'",
+            rows[1].0
+        ),
+        &rows[0].1,
+    );
     s.restart().await;
     let u = s.client(&key).await;
     assert_eq!(

@@ -65,23 +65,21 @@ async fn a_flood_of_bad_keys_adds_a_bounded_number_of_audit_rows() {
     assert_eq!(exhausted, sent - 20, "all but the burst refused at once");
     // Shutdown writes the pending coalesced entry.
     s.stop().await;
-    let c = rusqlite::Connection::open(s.db_path()).unwrap();
-    let denied: i64 = c
-        .query_row(
-            "SELECT count(*) FROM audit_log WHERE outcome = 'denied'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let c = s.stored();
+    let denied = c.count(
+        "SELECT count(*) FROM audit_log WHERE outcome = 'denied'",
+        &[],
+    );
     // The burst, one at a time, plus one coalesced entry per flush (every
     // 10 s, and at shutdown): at most 20 + 2 for a 3 s flood.
     assert!(denied <= 22, "{denied} denied rows for {sent} failed calls");
     let coalesced: Vec<String> = c
-        .prepare("SELECT resource FROM audit_log WHERE action = 'calls.failures-coalesced'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
+        .column(
+            "SELECT resource FROM audit_log WHERE action = 'calls.failures-coalesced'",
+            &[],
+        )
+        .iter()
+        .map(|r| r.text())
         .collect();
     let counted: u64 = coalesced
         .iter()

@@ -183,7 +183,8 @@ async fn a_key_file_vault_moves_into_the_hsm() {
     );
     // Nothing stored opens under the old key.
     let old = KeyFileProvider::open(&old_root).unwrap();
-    old_root_opens_nothing(&data(dir.path()).join("strongbox.db"), &old);
+    let db = common::stored::Stored::Sqlite(data(dir.path()).join("strongbox.db"));
+    old_root_opens_nothing(&db, &old);
 
     // The runbook's last step: destroy the key file; the HSM serves alone.
     std::fs::remove_file(&key_file).unwrap();

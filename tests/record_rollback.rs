@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use rusqlite::{Connection, params};
 use strongbox::api::pb;
 use strongbox::client::Client;
 
@@ -16,27 +15,29 @@ use strongbox::client::Client;
 type Row = (i64, Vec<u8>, String, i64);
 
 fn row_of(s: &TestServer, key: &str) -> Row {
-    Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT version, ciphertext, dek_id, size FROM records WHERE key = ?1",
-            [key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    let r = s
+        .stored()
+        .rows(
+            "SELECT version, ciphertext, dek_id, size FROM records WHERE key = $1",
+            &[key],
         )
-        .unwrap()
+        .pop()
+        .unwrap();
+    (r[0].int(), r[1].bytes(), r[2].text(), r[3].int())
 }
 
-/// Writes `row` back over record `key`, live (as an attacker with the file
-/// but not the keys can).
+/// Writes `row` back over record `key`, live (as an attacker with write
+/// access to the database but not the keys can).
 fn put_back(s: &TestServer, key: &str, row: &Row) {
-    let n = Connection::open(s.db_path())
-        .unwrap()
-        .execute(
-            "UPDATE records SET version = ?2, ciphertext = ?3, dek_id = ?4, size = ?5, deleted_at = NULL
-             WHERE key = ?1",
-            params![key, row.0, row.1, row.2, row.3],
-        )
-        .unwrap();
+    let stored = s.stored();
+    let (version, ciphertext, size) = (row.0, stored.blob(&row.1), row.3);
+    let n = stored.execute(
+        &format!(
+            "UPDATE records SET version = {version}, ciphertext = {ciphertext}, dek_id = $2,
+             size = {size}, deleted_at = NULL WHERE key = $1"
+        ),
+        &[key, &row.2],
+    );
     assert_eq!(n, 1);
 }
 

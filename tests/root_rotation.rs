@@ -55,7 +55,7 @@ async fn rotation_rewraps_everything_and_the_old_root_opens_nothing() {
 
     // The old root key unwraps none of the keys now stored.
     let old = KeyFileProvider::open(&old_root).unwrap();
-    old_root_opens_nothing(&s.db_path(), &old);
+    old_root_opens_nothing(&s.stored(), &old);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,11 +120,10 @@ async fn a_wrong_root_key_is_refused_with_a_clear_error() {
 
 /// Every `meta` row, by name.
 fn meta_rows(s: &TestServer) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let c = rusqlite::Connection::open(s.db_path()).unwrap();
-    let mut stmt = c.prepare("SELECT name, value FROM meta").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
+    s.stored()
+        .rows("SELECT name, value FROM meta", &[])
+        .into_iter()
+        .map(|r| (r[0].text(), r[1].bytes()))
         .collect()
 }
 

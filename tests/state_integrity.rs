@@ -1,5 +1,5 @@
 //! Security state is authenticated: someone who can write the database
-//! file but does not hold the root key cannot authenticate with a secret
+//! (the SQLite file, or PostgreSQL's tables) but does not hold the root key cannot authenticate with a secret
 //! of their own, move a principal to another tenant, grant roles by copying
 //! a row, un-revoke a key or lift a tenant's suspension. Each edit is made
 //! with the server stopped (so no cache hides it), and the next call that
@@ -8,14 +8,14 @@
 
 mod common;
 
+use common::stored::Stored;
 use common::*;
-use rusqlite::{Connection, params};
 use strongbox::api::pb;
 use strongbox::crypto;
 use tonic::Code;
 
-fn db(s: &TestServer) -> Connection {
-    Connection::open(s.db_path()).unwrap()
+fn db(s: &TestServer) -> Stored {
+    s.stored()
 }
 
 /// The key id of an API key `sbk_<id>_<secret>`.
@@ -39,13 +39,12 @@ async fn list_as(
         .await
 }
 
-fn principal_of(c: &Connection, api_key: &str) -> String {
-    c.query_row(
-        "SELECT principal_id FROM api_keys WHERE key_id = ?1",
-        [key_id(api_key)],
-        |r| r.get(0),
+fn principal_of(c: &Stored, api_key: &str) -> String {
+    c.one(
+        "SELECT principal_id FROM api_keys WHERE key_id = $1",
+        &[&key_id(api_key)],
     )
-    .unwrap()
+    .text()
 }
 
 /// Two tenants: `t` with a reader, `u` with a user and a record. Returns
@@ -65,12 +64,13 @@ async fn fail_a_secret_hash_replaced_with_the_attackers() {
     let (reader, _) = two_tenants(&s).await;
     s.stop().await;
     let mine = "ab".repeat(32);
-    db(&s)
-        .execute(
-            "UPDATE api_keys SET secret_hash = ?1 WHERE key_id = ?2",
-            params![crypto::sha256(mine.as_bytes()).to_vec(), key_id(&reader)],
-        )
-        .unwrap();
+    let c = db(&s);
+    let hash = c.blob(&crypto::sha256(mine.as_bytes()));
+    let changed = c.execute(
+        &format!("UPDATE api_keys SET secret_hash = {hash} WHERE key_id = $1"),
+        &[&key_id(&reader)],
+    );
+    assert_eq!(changed, 1);
     s.restart().await;
     let forged = format!("sbk_{}_{mine}", key_id(&reader));
     let r = list_as(&s, &forged, "t").await;
@@ -87,10 +87,9 @@ async fn fail_a_principal_moved_to_another_tenant() {
     s.stop().await;
     let c = db(&s);
     c.execute(
-        "UPDATE principals SET tenant_id = 'u' WHERE id = ?1",
-        [principal_of(&c, &reader)],
-    )
-    .unwrap();
+        "UPDATE principals SET tenant_id = 'u' WHERE id = $1",
+        &[&principal_of(&c, &reader)],
+    );
     s.restart().await;
     let r = s
         .client(&reader)
@@ -111,10 +110,9 @@ async fn fail_roles_granted_by_copying_another_principals_row() {
     let c = db(&s);
     // The reader takes the writer's roles and MAC (bound to the writer's id).
     c.execute(
-        "UPDATE principals SET (roles, mac) = (SELECT roles, mac FROM principals WHERE id = ?2) WHERE id = ?1",
-        params![principal_of(&c, &reader), principal_of(&c, &writer)],
-    )
-    .unwrap();
+        "UPDATE principals SET (roles, mac) = (SELECT roles, mac FROM principals WHERE id = $2) WHERE id = $1",
+        &[&principal_of(&c, &reader), &principal_of(&c, &writer)],
+    );
     s.restart().await;
     let r = s
         .client(&reader)
@@ -142,16 +140,14 @@ async fn fail_a_revoked_key_brought_back_or_a_mac_removed() {
     s.stop().await;
     let c = db(&s);
     c.execute(
-        "UPDATE api_keys SET revoked_at = NULL WHERE key_id = ?1",
-        [key_id(&reader)],
-    )
-    .unwrap();
+        "UPDATE api_keys SET revoked_at = NULL WHERE key_id = $1",
+        &[&key_id(&reader)],
+    );
     // A MAC removed is not "a row from before MACs": it is refused too.
     c.execute(
-        "UPDATE api_keys SET mac = NULL WHERE key_id = ?1",
-        [key_id(&other)],
-    )
-    .unwrap();
+        "UPDATE api_keys SET mac = NULL WHERE key_id = $1",
+        &[&key_id(&other)],
+    );
     s.restart().await;
     for key in [&reader, &other] {
         let r = list_as(&s, key, "t").await;
@@ -173,12 +169,10 @@ async fn fail_a_suspension_lifted_with_another_tenants_row() {
         .unwrap();
     s.stop().await;
     // Tenant u's row made "active" with tenant t's (active) state and MAC.
-    db(&s)
-        .execute(
-            "UPDATE tenants SET (state, shred_at, mac) = (SELECT state, shred_at, mac FROM tenants WHERE id = 't') WHERE id = 'u'",
-            [],
-        )
-        .unwrap();
+    db(&s).execute(
+        "UPDATE tenants SET (state, shred_at, mac) = (SELECT state, shred_at, mac FROM tenants WHERE id = 't') WHERE id = 'u'",
+        &[],
+    );
     s.restart().await;
     let u = s.client(&u).await;
     let r = u
@@ -218,20 +212,16 @@ async fn a_vault_from_before_row_macs_is_sealed_once_at_start() {
     let (reader, _) = two_tenants(&s).await;
     s.stop().await;
     // What an older version left: no MACs, and no mark that rows were sealed.
-    db(&s)
-        .execute_batch(
-            "UPDATE tenants SET mac = NULL; UPDATE principals SET mac = NULL;
-             UPDATE api_keys SET mac = NULL; DELETE FROM meta WHERE name = 'state_sealed';",
-        )
-        .unwrap();
+    let c = db(&s);
+    for table in ["tenants", "principals", "api_keys"] {
+        c.execute(&format!("UPDATE {table} SET mac = NULL"), &[]);
+    }
+    c.execute("DELETE FROM meta WHERE name = 'state_sealed'", &[]);
     s.restart().await;
     list_as(&s, &reader, "t").await.unwrap();
-    let unsealed: i64 = db(&s)
-        .query_row(
-            "SELECT (SELECT count(*) FROM tenants WHERE mac IS NULL) + (SELECT count(*) FROM principals WHERE mac IS NULL) + (SELECT count(*) FROM api_keys WHERE mac IS NULL)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let unsealed = c.count(
+        "SELECT (SELECT count(*) FROM tenants WHERE mac IS NULL) + (SELECT count(*) FROM principals WHERE mac IS NULL) + (SELECT count(*) FROM api_keys WHERE mac IS NULL)",
+        &[],
+    );
     assert_eq!(unsealed, 0);
 }

@@ -218,14 +218,10 @@ async fn mtls_requires_a_certificate_from_the_client_ca() {
     let id = common::rpcs::request_id(&r);
     r.unwrap();
     // The audit entry names the certificate.
-    let peer: String = rusqlite::Connection::open(s.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT peer FROM audit_log WHERE request_id = ?1",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let peer = s
+        .stored()
+        .one("SELECT peer FROM audit_log WHERE request_id = $1", &[&id])
+        .text();
     assert!(peer.ends_with(" cn=billing"), "{peer}");
 }
 

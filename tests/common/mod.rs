@@ -738,30 +738,23 @@ pub async fn rotate_root_killed_at(mut serve: Serve, op: &Client, crash_point: &
 pub const ROOT_CRASH_POINTS: [&str; 3] = ["staged", "committed", "promoted"];
 
 /// `old` (a replaced root key) unwraps none of tenant `t`'s keys nor the
-/// audit key stored in the database at `db`.
-pub fn old_root_opens_nothing(db: &std::path::Path, old: &dyn strongbox::rootkey::RootKeyProvider) {
+/// audit key stored in `db`.
+pub fn old_root_opens_nothing(db: &stored::Stored, old: &dyn strongbox::rootkey::RootKeyProvider) {
     use strongbox::crypto::label;
     use strongbox::keyring::aad;
-    let c = rusqlite::Connection::open(db).unwrap();
-    let (version, kek): (u32, Vec<u8>) = c
-        .query_row(
-            "SELECT version, wrapped FROM tenant_keks WHERE tenant_id = 't'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    let index: Vec<u8> = c
-        .query_row(
-            "SELECT wrapped_index_key FROM tenants WHERE id = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let audit_key: Vec<u8> = c
-        .query_row("SELECT value FROM meta WHERE name = 'audit_key'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let kek = db.rows(
+        "SELECT version, wrapped FROM tenant_keks WHERE tenant_id = 't'",
+        &[],
+    );
+    let (version, kek) = (kek[0][0].int() as u32, kek[0][1].bytes());
+    let index = db
+        .one("SELECT wrapped_index_key FROM tenants WHERE id = 't'", &[])
+        .bytes();
+    let meta = |name: &str| {
+        db.one("SELECT value FROM meta WHERE name = $1", &[name])
+            .bytes()
+    };
+    let audit_key = meta("audit_key");
     assert!(
         old.unwrap(label::WRAP_KEK, &aad::kek("t", version), &kek)
             .is_err()
@@ -775,13 +768,7 @@ pub fn old_root_opens_nothing(db: &std::path::Path, old: &dyn strongbox::rootkey
             .is_err()
     );
     // Nor the key that opens the erasure epoch keys, above the tenant keys.
-    let erasure_key: Vec<u8> = c
-        .query_row(
-            "SELECT value FROM meta WHERE name = 'erasure_wrap_key'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let erasure_key = meta("erasure_wrap_key");
     assert!(
         old.unwrap(
             label::WRAP_ERASURE_KEY,

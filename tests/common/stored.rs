@@ -62,6 +62,53 @@ impl Stored {
         }
     }
 
+    /// Every value of every table, as bytes: what a grep for plaintext
+    /// searches. On SQLite the file and its WAL (free pages and old frames
+    /// included); on PostgreSQL every column of every row of every table
+    /// (dead tuples and WAL are the database server's, out of reach here).
+    pub fn everything(&self) -> Vec<u8> {
+        match self {
+            Stored::Sqlite(path) => {
+                let mut all = std::fs::read(path).unwrap();
+                if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
+                    all.extend(wal);
+                }
+                all
+            }
+            Stored::Postgres(_) => {
+                let tables = self.column(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+                    &[],
+                );
+                assert!(!tables.is_empty(), "no tables");
+                let mut all = Vec::new();
+                for table in tables {
+                    for row in self.rows(&format!("SELECT * FROM {}", table.text()), &[]) {
+                        for cell in row {
+                            match cell {
+                                Cell::Text(t) => all.extend(t.into_bytes()),
+                                Cell::Bytes(b) => all.extend(b),
+                                Cell::Int(n) => all.extend(n.to_string().into_bytes()),
+                                Cell::Null => {}
+                            }
+                            all.push(0);
+                        }
+                    }
+                }
+                all
+            }
+        }
+    }
+
+    /// `bytes` as a literal of this backend's SQL (binding stays text-only:
+    /// one parameter type both drivers take the same way).
+    pub fn blob(&self, bytes: &[u8]) -> String {
+        match self {
+            Stored::Sqlite(_) => format!("X'{}'", hex::encode(bytes)),
+            Stored::Postgres(_) => format!("'\\x{}'::bytea", hex::encode(bytes)),
+        }
+    }
+
     /// Every row `sql` returns, `params` bound as text to `$1`, `$2`, ...
     pub fn rows(&self, sql: &str, params: &[&str]) -> Vec<Vec<Cell>> {
         match self {
@@ -124,6 +171,22 @@ impl Stored {
                     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
                 super::postgres::connect(url).execute(sql, &params).unwrap()
             }),
+        }
+    }
+}
+
+impl Stored {
+    /// Runs several `;`-separated statements with no parameters.
+    pub fn batch(&self, sql: &str) {
+        match self {
+            Stored::Sqlite(path) => rusqlite::Connection::open(path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Stored::Postgres(url) => {
+                super::postgres::off_runtime(|| super::postgres::connect(url).batch_execute(sql))
+                    .unwrap()
+            }
         }
     }
 }
