@@ -34,12 +34,18 @@ use crate::store::{DB_FILE, Store};
 use crate::vault::{AuditAnchor, Vault};
 pub use offline::{MoveOutcome, accept_audit_loss, move_root_to_hsm};
 
-/// The request headers (gRPC metadata) a call may carry, in bytes as HTTP/2
-/// counts them. Past it the call is refused with HTTP 431 (clients report
-/// it as UNKNOWN or RESOURCE_EXHAUSTED) and the connection stays up; a
-/// header block far past it (beyond what HPACK will buffer) closes the
-/// connection.
-const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// The request metadata (gRPC headers) a call may carry, in bytes as
+/// HTTP/2 counts a header list. Past it the call is answered
+/// `RESOURCE_EXHAUSTED` by `edge_audit`, and audited.
+const MAX_METADATA: usize = 16 * 1024;
+
+/// HTTP/2's own header-list limit, well above `MAX_METADATA` so that the
+/// calls between the two get a gRPC status rather than HTTP/2's answer:
+/// past this one the call is refused with HTTP 431 (clients report
+/// `UNKNOWN`) and the connection stays up; a header block far past it
+/// (more than HPACK will buffer) closes the connection. It bounds the
+/// memory one header block can take.
+const MAX_HEADER_LIST: u32 = 256 * 1024;
 
 /// Calls one connection may have in flight before it is shed.
 const PER_CONNECTION_IN_FLIGHT: usize = 256;
@@ -233,6 +239,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
                 .layer(edge_audit::EdgeAudit {
                     vault: vault.clone(),
                     flood: api.failed_calls(),
+                    max_metadata: MAX_METADATA,
                 })
                 .layer(tower::util::MapResponseLayer::new(
                     crate::api::size_limit::relabel(cfg.limits.max_value_bytes),

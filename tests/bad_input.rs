@@ -516,23 +516,83 @@ async fn a_flood_of_undecodable_requests_is_coalesced() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn oversized_metadata_is_refused_and_the_connection_stays_up() {
-    let s = TestServer::start().await;
-    let (_, user) = s.tenant_with_user("t").await;
-    put_ok(&user, "t", "ann", "c", "k", b"v").await;
-    // 40 headers of 1 KiB: over the 16 KiB header-list limit.
+/// A get carrying `entries` extra metadata entries of `value_len` bytes each.
+fn get_with_metadata(entries: usize, value_len: usize) -> tonic::Request<pb::GetRecordRequest> {
     let mut req = tonic::Request::new(get("t", "ann", "c", "k"));
-    for i in 0..40 {
+    let value: tonic::metadata::MetadataValue<_> = "a".repeat(value_len).parse().unwrap();
+    for i in 0..entries {
+        let name = format!("x-pad-{i}");
         req.metadata_mut().insert(
-            tonic::metadata::MetadataKey::from_bytes(format!("x-pad-{i}").as_bytes()).unwrap(),
-            "a".repeat(1024).parse().unwrap(),
+            tonic::metadata::MetadataKey::from_bytes(name.as_bytes()).unwrap(),
+            value.clone(),
         );
     }
-    let refused = user.records().get_record(req).await.unwrap_err();
-    assert_ne!(refused.code(), Code::Ok);
-    // The same connection serves the next call.
-    assert_eq!(get_value(&user, "t", "ann", "c", "k").await.unwrap(), b"v");
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_metadata_gets_a_grpc_status_and_the_connection_stays_up() {
+    let mut s = TestServer::start().await;
+    let (_, user) = s.tenant_with_user("t").await;
+    put_ok(&user, "t", "ann", "c", "k", b"v").await;
+    // Under the 16 KiB limit: served.
+    let served = user.records().get_record(get_with_metadata(10, 1024)).await;
+    assert_eq!(served.unwrap().into_inner().value, b"v");
+    // Over it, three ways: 40 entries of 1 KiB, 1,000 small entries, and
+    // one 64 KiB entry.
+    for (entries, value_len) in [(40, 1024), (1000, 8), (1, 64 * 1024)] {
+        let refused = user
+            .records()
+            .get_record(get_with_metadata(entries, value_len))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused.message().starts_with("request metadata: ")
+                && refused.message().contains("over the limit of 16384"),
+            "{entries} x {value_len}: {refused:?}"
+        );
+        // The same connection serves the next call.
+        assert_eq!(get_value(&user, "t", "ann", "c", "k").await.unwrap(), b"v");
+    }
+    s.stop().await;
+    let refused = s.stored().rows(
+        "SELECT resource, code FROM audit_log WHERE action = 'rpc.refused'",
+        &[],
+    );
+    assert_eq!(refused.len(), 3, "one entry per refused call: {refused:?}");
+    for row in &refused {
+        let resource = row[0].text();
+        assert!(
+            resource.contains("GetRecord") && resource.contains("metadata too large"),
+            "{resource}"
+        );
+        assert_eq!(row[1].int(), Code::ResourceExhausted as i64, "{resource}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_past_the_http2_limit_leaves_the_server_serving() {
+    let s = TestServer::start().await;
+    let (admin, key) = s.tenant_with_user_key("t").await;
+    let user = admin.as_key(&key).unwrap();
+    put_ok(&user, "t", "ann", "c", "k", b"v").await;
+    // 320 KiB: past HTTP/2's 256 KiB header-list limit, refused by HTTP/2
+    // itself (no gRPC status can be given there).
+    let refused = user
+        .records()
+        .get_record(get_with_metadata(320, 1024))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // The server still serves, on this connection or a new one.
+    let again = match get_value(&user, "t", "ann", "c", "k").await {
+        Ok(v) => v,
+        Err(_) => {
+            let fresh = s.client(&key).await;
+            get_value(&fresh, "t", "ann", "c", "k").await.unwrap()
+        }
+    };
+    assert_eq!(again, b"v");
 }
 
 /// Sends the request body as given bytes; reads the answer's as bytes.

@@ -1,12 +1,20 @@
 //! Calls refused before they reach a use case are audited too: a request
 //! body that does not decode (INVALID_ARGUMENT), one over the size limit,
-//! an unknown method. The layer sees every answer; one without the
+//! an unknown method, request metadata over its limit. The layer sees
+//! every answer; one without the
 //! `x-request-id` a handler always sets, and with an error status, was
 //! made by the transport, so the layer writes its entry (action
 //! `rpc.refused`, resource the method path and why) before the answer
 //! leaves. A flood of them from one address is coalesced like failed
 //! authentications (`api::flood`): at most the burst a minute one by one,
 //! the rest counted into one entry per peer.
+//!
+//! Request metadata is limited here rather than by HTTP/2 alone: past
+//! HTTP/2's header-list limit a call gets HTTP 431, which gRPC clients
+//! report as `UNKNOWN`, so that limit is set well above this one
+//! (`server::MAX_HEADER_LIST`) and a call between the two is answered
+//! `RESOURCE_EXHAUSTED`, naming the size and the limit, before any
+//! handler runs.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +33,17 @@ use crate::vault::Vault;
 pub struct EdgeAudit {
     pub vault: Arc<Vault>,
     pub flood: Arc<FailedAuth>,
+    /// The request metadata a call may carry, in bytes as HTTP/2 counts
+    /// them (each entry's name and value, and 32 bytes).
+    pub max_metadata: usize,
+}
+
+/// The size of a request's metadata as HTTP/2 counts a header list.
+fn metadata_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 impl<S> tower::Layer<S> for EdgeAudit {
@@ -76,7 +95,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    RB: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -90,6 +109,19 @@ where
         let path = bounded_path(req.uri().path());
         let peer = remote_addr(&req);
         let edge = self.edge.clone();
+        let metadata = metadata_bytes(req.headers());
+        if metadata > edge.max_metadata {
+            return Box::pin(async move {
+                let status = tonic::Status::resource_exhausted(format!(
+                    "request metadata: {metadata} bytes, over the limit of {} \
+                     (each entry's name and value, plus 32 bytes, as HTTP/2 counts them)",
+                    edge.max_metadata
+                ));
+                edge.record(&path, peer, "metadata too large", status.code() as i32)
+                    .await;
+                Ok(status.into_http())
+            });
+        }
         let answer = self.inner.call(req);
         Box::pin(async move {
             let resp = answer.await?;
@@ -100,7 +132,7 @@ where
                 .and_then(|s| s.parse::<i32>().ok())
                 .unwrap_or(0);
             if code != 0 && resp.headers().get("x-request-id").is_none() {
-                edge.record(&path, peer, code).await;
+                edge.record(&path, peer, why(code), code).await;
             }
             Ok(resp)
         })
@@ -108,8 +140,7 @@ where
 }
 
 impl EdgeAudit {
-    async fn record(&self, path: &str, peer: Option<SocketAddr>, code: i32) {
-        let reason = why(code);
+    async fn record(&self, path: &str, peer: Option<SocketAddr>, reason: &'static str, code: i32) {
         if let Some(addr) = peer
             && self.flood.failed(addr.ip(), reason, crate::now_ms()) == Verdict::Coalesced
         {
