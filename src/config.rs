@@ -181,6 +181,7 @@ struct FileConfig {
     rate_limit_burst: Option<u32>,
     auth_failure_burst: Option<u32>,
     max_in_flight: Option<usize>,
+    max_in_flight_per_connection: Option<usize>,
     request_timeout: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -372,6 +373,9 @@ impl ServerConfig {
             }
             if let Some(n) = f.max_in_flight {
                 cfg.load.max_in_flight = n.max(1);
+            }
+            if let Some(n) = f.max_in_flight_per_connection {
+                cfg.load.max_in_flight_per_connection = n.max(1);
             }
             if let Some(t) = f.request_timeout {
                 cfg.request_timeout = duration("request_timeout", &t)?;

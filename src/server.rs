@@ -47,9 +47,6 @@ const MAX_METADATA: usize = 16 * 1024;
 /// memory one header block can take.
 const MAX_HEADER_LIST: u32 = 256 * 1024;
 
-/// Calls one connection may have in flight before it is shed.
-const PER_CONNECTION_IN_FLIGHT: usize = 256;
-
 /// Room a request needs beyond its value (ids, metadata, framing).
 const REQUEST_OVERHEAD: usize = 64 * 1024;
 
@@ -227,9 +224,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         .http2_max_header_list_size(MAX_HEADER_LIST)
         .http2_keepalive_interval(Some(cfg.connections.keepalive_interval()))
         .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout()))
-        // Per connection too: one client cannot take every slot.
-        .concurrency_limit_per_connection(PER_CONNECTION_IN_FLIGHT)
-        .load_shed(true)
         // Outermost first: the metrics see the status as relabelled.
         .layer(
             tower::ServiceBuilder::new()
@@ -240,6 +234,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
                     vault: vault.clone(),
                     flood: api.failed_calls(),
                     max_metadata: MAX_METADATA,
+                    per_connection: edge_audit::PerConnection::new(
+                        cfg.load.max_in_flight_per_connection,
+                    ),
                 })
                 .layer(tower::util::MapResponseLayer::new(
                     crate::api::size_limit::relabel(cfg.limits.max_value_bytes),

@@ -57,19 +57,12 @@ async fn a_principal_over_its_rate_is_refused_and_others_are_not() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn overload_is_shed_not_queued() {
-    let s = server_with(LoadLimits {
-        rate_per_principal: 0,
-        burst: 0,
-        max_in_flight: 2,
-        ..LoadLimits::default()
-    })
-    .await;
-    let (_, u) = s.tenant_with_user("t").await;
+/// `n` puts of 512 KiB at once through `u`: how many succeeded and how
+/// many were shed (RESOURCE_EXHAUSTED, with `needle` in the message).
+async fn concurrent_puts(u: &strongbox::client::Client, n: usize, needle: &str) -> (i64, i64) {
     let value = vec![7u8; 512 * 1024];
     let mut tasks = Vec::new();
-    for i in 0..32 {
+    for i in 0..n {
         let (u, value) = (u.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
             u.records()
@@ -83,13 +76,61 @@ async fn overload_is_shed_not_queued() {
             Ok(_) => ok += 1,
             Err(e) => {
                 assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+                assert!(e.message().contains(needle), "{}", e.message());
                 shed += 1;
             }
         }
     }
+    (ok, shed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_shed_not_queued() {
+    let s = server_with(LoadLimits {
+        rate_per_principal: 0,
+        burst: 0,
+        max_in_flight: 2,
+        ..LoadLimits::default()
+    })
+    .await;
+    let (_, u) = s.tenant_with_user("t").await;
+    let (ok, shed) = concurrent_puts(&u, 32, "").await;
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
     // The server is fine afterwards.
     put_ok(&u, "t", "s", "c", "after", b"v").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_is_shed_past_its_cap_audited_and_others_are_served() {
+    let mut s = server_with(LoadLimits {
+        rate_per_principal: 0,
+        burst: 0,
+        max_in_flight: 1024,
+        max_in_flight_per_connection: 1,
+        ..LoadLimits::default()
+    })
+    .await;
+    let (admin, key) = s.tenant_with_user_key("t").await;
+    let u = admin.as_key(&key).unwrap();
+    // Eight at once on one connection (one client is one HTTP/2
+    // connection), with room for one; another connection is served
+    // meanwhile.
+    let other = s.client(&key).await;
+    let ((ok, shed), _) = tokio::join!(
+        concurrent_puts(&u, 8, "on this connection"),
+        put_ok(&other, "t", "s", "c", "other", b"v")
+    );
+    assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    put_ok(&u, "t", "s", "c", "after", b"v").await;
+    s.stop().await;
+    // Each shed call has its entry (fewer than the per-peer burst of 20,
+    // so none is coalesced).
+    let audited = s.stored().count(
+        "SELECT count(*) FROM audit_log WHERE action = 'rpc.refused' \
+         AND resource LIKE '%shed (per connection)%'",
+        &[],
+    );
+    assert_eq!(audited, shed, "ok {ok}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

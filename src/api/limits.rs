@@ -20,6 +20,9 @@ pub struct LoadLimits {
     pub burst: u32,
     /// Calls served at once, all principals together.
     pub max_in_flight: usize,
+    /// Calls one connection may have in flight: one client cannot take
+    /// every slot.
+    pub max_in_flight_per_connection: usize,
     /// Failed authentications a peer address may make a minute, each
     /// audited; past it, refused at once and audited coalesced.
     pub auth_failure_burst: u32,
@@ -31,6 +34,7 @@ impl Default for LoadLimits {
             rate_per_principal: 0,
             burst: 0,
             max_in_flight: 1024,
+            max_in_flight_per_connection: 256,
             auth_failure_burst: 20,
         }
     }

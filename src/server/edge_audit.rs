@@ -15,11 +15,17 @@
 //! (`server::MAX_HEADER_LIST`) and a call between the two is answered
 //! `RESOURCE_EXHAUSTED`, naming the size and the limit, before any
 //! handler runs.
+//!
+//! Calls one connection has in flight are capped here too (a slot per
+//! call, held until its answer's headers leave, keyed by the peer's
+//! address and port), so a call shed for it is audited like the others;
+//! tonic's own per-connection limit sheds outside every layer of ours.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tonic::codegen::http;
@@ -36,8 +42,63 @@ pub struct EdgeAudit {
     /// The request metadata a call may carry, in bytes as HTTP/2 counts
     /// them (each entry's name and value, and 32 bytes).
     pub max_metadata: usize,
+    pub per_connection: PerConnection,
 }
 
+/// Calls in flight per connection (a connection is its peer's address
+/// and port), under a cap.
+#[derive(Clone)]
+pub struct PerConnection {
+    max: usize,
+    open: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+}
+
+/// One call's slot on its connection, given back when dropped.
+struct Slot {
+    open: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    peer: SocketAddr,
+}
+
+impl PerConnection {
+    pub fn new(max: usize) -> Self {
+        PerConnection {
+            max: max.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        // Every update is one insert or remove: a poisoned map is whole.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a call from `peer`, or None when its connection has
+    /// every slot taken.
+    fn take(&self, peer: SocketAddr) -> Option<Slot> {
+        let mut open = self.open();
+        let n = open.entry(peer).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            open: self.open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
 /// The size of a request's metadata as HTTP/2 counts a header list.
 fn metadata_bytes(headers: &http::HeaderMap) -> usize {
     headers
@@ -122,9 +183,27 @@ where
                 Ok(status.into_http())
             });
         }
+        let slot = match peer.map(|p| edge.per_connection.take(p)) {
+            Some(None) => {
+                return Box::pin(async move {
+                    crate::metrics::get().shed.inc();
+                    let status = tonic::Status::resource_exhausted(format!(
+                        "connection overloaded: {} calls in flight on this connection; \
+                         retry with backoff, or spread calls over more connections",
+                        edge.per_connection.max
+                    ));
+                    edge.record(&path, peer, "shed (per connection)", status.code() as i32)
+                        .await;
+                    Ok(status.into_http())
+                });
+            }
+            Some(Some(slot)) => Some(slot),
+            None => None,
+        };
         let answer = self.inner.call(req);
         Box::pin(async move {
             let resp = answer.await?;
+            drop(slot);
             let code = resp
                 .headers()
                 .get("grpc-status")
