@@ -1,5 +1,5 @@
 #!/bin/bash
-# Measures one op against fresh servers: ops/s, p99, and server CPU per op
+# Measures one op (or several, `put,get,health`, back to back) against fresh servers: ops/s, p99, and server CPU per op
 # (utime+stime from /proc around the timed load, summed over the servers,
 # read by `bench --server-pid`: the prefill of `get` is left out); with
 # PG_OWNER set (the user the PostgreSQL server runs as), PostgreSQL's CPU
@@ -57,9 +57,11 @@ bench 2s >/dev/null
 # The bench reads the processes' CPU time around its timed load alone.
 bench 8s | python3 -c "
 import sys, json
-r = json.loads(sys.stdin.read())
-line = '$OP on $N server(s): %.0f ops/s, p99 %s ms, server CPU %.1f us/op' % (r['ops_per_sec'], r.get('p99_ms'), r['server_cpu_us_per_op'])
-if r.get('database_cpu_us_per_op') is not None: line += ', PostgreSQL CPU %.1f us/op' % r['database_cpu_us_per_op']
-if r.get('errors'): line += ', %d errors (first: %s)' % (r['errors'], r.get('first_error'))
-print(line)
+out = json.loads(sys.stdin.read())
+for r in out.get('runs', [out]):
+    line = '%s on $N server(s): %.0f ops/s, p99 %s ms, server CPU %.1f us/op' % (r['op'], r['ops_per_sec'], r.get('p99_ms'), r['server_cpu_us_per_op'])
+    if r.get('database_cpu_us_per_op') is not None: line += ', PostgreSQL CPU %.1f us/op' % r['database_cpu_us_per_op']
+    if r.get('fraction_of_health') is not None: line += ', %.0f%% of health' % (100 * r['fraction_of_health'])
+    if r.get('errors'): line += ', %d errors (first: %s)' % (r['errors'], r.get('first_error'))
+    print(line)
 "

@@ -34,7 +34,7 @@ impl Interceptor for Auth {
     }
 }
 
-type Svc = InterceptedService<Channel, Auth>;
+pub(crate) type Svc = InterceptedService<Channel, Auth>;
 
 /// A connection to a Strongbox server acting as one principal.
 #[derive(Clone)]

@@ -362,3 +362,62 @@ fn the_stated_purpose_is_in_the_audit_trail() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn bench_runs_ops_back_to_back_beside_the_health_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = serve_in(dir.path());
+    let op_key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
+    let pid = server.id().to_string();
+    let bench = |ops: &str| {
+        Command::new(bin())
+            .args(["--json", "bench", "--op", ops, "--duration", "1s"])
+            .args([
+                "--concurrency",
+                "8",
+                "--records",
+                "50",
+                "--server-pid",
+                &pid,
+            ])
+            .env("STRONGBOX_ENDPOINT", &endpoint)
+            .env("STRONGBOX_API_KEY", op_key.trim())
+            .output()
+            .unwrap()
+    };
+    let out = bench("put,get,health");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let ops: Vec<_> = runs.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["put", "get", "health"], "{v}");
+    let ceiling = v["health_ops_per_sec"].as_f64().unwrap();
+    assert_eq!(ceiling, runs[2]["ops_per_sec"].as_f64().unwrap(), "{v}");
+    for r in runs {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for r in &runs[..2] {
+        let fraction = r["fraction_of_health"].as_f64().unwrap();
+        let expected = r["ops_per_sec"].as_f64().unwrap() / ceiling;
+        assert!((fraction - expected).abs() < 1e-9, "{r}");
+    }
+    assert!(runs[2].get("fraction_of_health").is_none(), "{v}");
+    // One op prints its object alone, as before.
+    let one = bench("health");
+    assert!(one.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(v["op"], "health", "{v}");
+    // Ops that run a scenario of their own do not go in a list.
+    let refused = bench("shred,put");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--op: shred runs alone"), "{err}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

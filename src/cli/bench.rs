@@ -6,15 +6,15 @@
 //! `get` and `mixed` first write the records they read. `mixed` is half
 //! gets, half puts. `shred` writes `--records` records for one subject and
 //! times its shred, next to the median shred time of subjects holding one
-//! record each.
+//! record each. `health` calls the gRPC health check (no authentication,
+//! no vault work): the transport's own ceiling. `--op put,get,health` runs
+//! ops back to back in one invocation and reports each as a fraction of
+//! that ceiling.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 use crate::api::pb;
 use crate::client::Client;
@@ -29,6 +29,9 @@ pub enum BenchOp {
     /// Put latency while the retention sweep expires `--records` records
     /// (the server's housekeeping interval sets when the sweep starts).
     Sweep,
+    /// The gRPC health check: the server's own transport with no vault
+    /// work, the ceiling the other ops are compared with.
+    Health,
 }
 
 impl BenchOp {
@@ -40,14 +43,22 @@ impl BenchOp {
             BenchOp::Shred => "shred",
             BenchOp::Rewrap => "rewrap",
             BenchOp::Sweep => "sweep",
+            BenchOp::Health => "health",
         }
     }
 }
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    #[arg(long, value_enum, default_value = "mixed")]
-    pub op: BenchOp,
+    /// The op, or several run back to back in one invocation
+    /// (`put,get,health`), each reported beside the health ceiling.
+    #[arg(
+        long = "op",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "mixed"
+    )]
+    pub ops: Vec<BenchOp>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -98,129 +109,13 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         / tick
 }
 
+mod load;
+mod report;
 mod rewrap;
 mod shred;
 mod sweep;
 
-/// One worker's tally.
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u32>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-/// When a load run ends: at a deadline, or when a flag is raised.
-#[derive(Clone)]
-struct Stop {
-    deadline: Instant,
-    flag: Arc<AtomicBool>,
-}
-
-impl Stop {
-    fn at(deadline: Instant) -> Self {
-        Stop {
-            deadline,
-            flag: Arc::default(),
-        }
-    }
-
-    fn now(&self) -> bool {
-        Instant::now() >= self.deadline || self.flag.load(Ordering::Relaxed)
-    }
-}
-
-/// What a load run measured.
-struct LoadResult {
-    ops: usize,
-    elapsed_s: f64,
-    ops_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-/// Runs `args.concurrency` clients doing `op` until `stop`.
-async fn load(
-    pool: &[Client],
-    tenant: &str,
-    args: &BenchArgs,
-    value: &[u8],
-    op: BenchOp,
-    stop: Stop,
-) -> anyhow::Result<LoadResult> {
-    let mut workers = Vec::with_capacity(args.concurrency);
-    let started = Instant::now();
-    for w in 0..args.concurrency {
-        let c = pool[w % pool.len()].clone();
-        let (tenant, value, args, stop) = (
-            tenant.to_owned(),
-            value.to_vec(),
-            args.clone(),
-            stop.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            let mut rng = rand::rngs::StdRng::from_os_rng();
-            let (mut records, mut writes) = (c.records(), 0usize);
-            while !stop.now() {
-                let is_put = match op {
-                    BenchOp::Put | BenchOp::Rewrap | BenchOp::Sweep => true,
-                    BenchOp::Get => false,
-                    BenchOp::Mixed => rng.random_bool(0.5),
-                    BenchOp::Shred => unreachable!("shred runs apart"),
-                };
-                let t0 = Instant::now();
-                let result = if is_put {
-                    // Puts go to fresh keys per worker, spread over subjects.
-                    writes += 1;
-                    let i = args.records + w * 10_000_000 + writes;
-                    records
-                        .put_record(put_req(&tenant, args.subjects, i, &value))
-                        .await
-                        .map(drop)
-                } else {
-                    let i = rng.random_range(0..args.records.max(1));
-                    records
-                        .get_record(get_req(&tenant, args.subjects, i))
-                        .await
-                        .map(drop)
-                };
-                let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                match result {
-                    Ok(()) => tally.latencies_us.push(us),
-                    Err(e) => {
-                        tally.errors += 1;
-                        tally.first_error.get_or_insert_with(|| {
-                            format!("{}: {}", super::output::code_name(e.code()), e.message())
-                        });
-                    }
-                }
-            }
-            tally
-        }));
-    }
-    let mut all = Vec::new();
-    let (mut errors, mut first_error) = (0u64, None);
-    for w in workers {
-        let t = w.await?;
-        all.extend(t.latencies_us);
-        errors += t.errors;
-        first_error = first_error.or(t.first_error);
-    }
-    let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
-    all.sort_unstable();
-    Ok(LoadResult {
-        ops: all.len(),
-        elapsed_s,
-        ops_per_sec: all.len() as f64 / elapsed_s,
-        p50_ms: percentile(&all, 0.50),
-        p99_ms: percentile(&all, 0.99),
-        errors,
-        first_error,
-    })
-}
+use load::{LoadResult, Stop, load};
 
 /// Sets up a tenant and a writer+reader key with the operator key.
 async fn setup(client: &Client) -> anyhow::Result<(String, String)> {
@@ -302,18 +197,21 @@ fn get_req(tenant: &str, subjects: usize, i: usize) -> pb::GetRecordRequest {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[idx]) / 1000.0
-}
-
 pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     let duration = humantime::parse_duration(&args.duration)
         .map_err(|e| anyhow::anyhow!("--duration: '{}' is not a duration: {e}", args.duration))?;
     anyhow::ensure!(args.concurrency > 0, "--concurrency: must be at least 1");
+    let ops = args.ops.clone();
+    let alone = ops
+        .iter()
+        .find(|op| matches!(op, BenchOp::Shred | BenchOp::Sweep | BenchOp::Rewrap));
+    if let Some(op) = alone {
+        anyhow::ensure!(
+            ops.len() == 1,
+            "--op: {} runs alone, not in a list with other ops",
+            op.name()
+        );
+    }
     let (tenant, key) = setup(client).await?;
     // Eight clients per connection, so one HTTP/2 connection is not the
     // bottleneck; connection i goes to server i mod servers.
@@ -329,91 +227,67 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     }
     let value = vec![0x5a; args.value_size];
 
-    if args.op == BenchOp::Shred {
-        let result = shred::run(&pool, &tenant, &args, &value, json_out).await;
-        cleanup(client, &tenant).await;
-        return result;
-    }
-    if args.op == BenchOp::Sweep {
-        let result = sweep::run(&pool, &tenant, &args, &value, duration, json_out).await;
-        cleanup(client, &tenant).await;
-        return result;
-    }
-    if args.op == BenchOp::Rewrap {
-        let result = rewrap::run(&pool, &tenant, &args, &value, duration, json_out).await;
-        cleanup(client, &tenant).await;
-        return result;
-    }
-    if args.op != BenchOp::Put {
+    let result = match alone {
+        Some(BenchOp::Shred) => shred::run(&pool, &tenant, &args, &value, json_out).await,
+        Some(BenchOp::Sweep) => sweep::run(&pool, &tenant, &args, &value, duration, json_out).await,
+        Some(_) => rewrap::run(&pool, &tenant, &args, &value, duration, json_out).await,
+        None => series(&pool, &tenant, &args, &value, duration)
+            .await
+            .map(|runs| report::print(&args, &runs, json_out)),
+    };
+    cleanup(client, &tenant).await;
+    result
+}
+
+/// Runs each of `args.ops` for `duration`, back to back; reads are
+/// prefilled once, first.
+async fn series(
+    pool: &[Client],
+    tenant: &str,
+    args: &BenchArgs,
+    value: &[u8],
+    duration: std::time::Duration,
+) -> anyhow::Result<Vec<report::Run>> {
+    if args
+        .ops
+        .iter()
+        .any(|op| matches!(op, BenchOp::Get | BenchOp::Mixed))
+    {
         let subjects = args.subjects.max(1);
-        prefill(&pool, &tenant, &args, &value, move |i| {
+        prefill(pool, tenant, args, value, move |i| {
             format!("bench-subject-{}", i % subjects)
         })
         .await?;
     }
-
-    let cpu_before = (
-        cpu_seconds(&args.server_pids),
-        cpu_seconds(&args.database_pids),
-    );
-    let r = load(
-        &pool,
-        &tenant,
-        &args,
-        &value,
-        args.op,
-        Stop::at(Instant::now() + duration),
-    )
-    .await?;
-    let per_op = |before: f64, pids: &[u32]| {
-        (!pids.is_empty() && r.ops > 0).then(|| (cpu_seconds(pids) - before) * 1e6 / r.ops as f64)
-    };
-    let server_cpu = per_op(cpu_before.0, &args.server_pids);
-    let database_cpu = per_op(cpu_before.1, &args.database_pids);
-    cleanup(client, &tenant).await;
-    if json_out {
-        println!(
-            "{}",
-            json!({
-                "op": args.op.name(),
-                "concurrency": args.concurrency,
-                "servers": 1 + args.also_endpoints.len(),
-                "duration_s": r.elapsed_s,
-                "value_size": args.value_size,
-                "ops": r.ops,
-                "ops_per_sec": r.ops_per_sec,
-                "p50_ms": r.p50_ms,
-                "p99_ms": r.p99_ms,
-                "errors": r.errors,
-                "first_error": r.first_error,
-                "server_cpu_us_per_op": server_cpu,
-                "database_cpu_us_per_op": database_cpu,
-            })
+    let mut runs = Vec::new();
+    for &op in &args.ops {
+        let cpu_before = (
+            cpu_seconds(&args.server_pids),
+            cpu_seconds(&args.database_pids),
         );
-    } else {
-        println!(
-            "{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors ({} clients on {} server(s), {:.1} s, {}-byte values)",
-            args.op.name(),
-            r.ops_per_sec,
-            r.p50_ms,
-            r.p99_ms,
-            r.errors,
-            args.concurrency,
-            1 + args.also_endpoints.len(),
-            r.elapsed_s,
-            args.value_size
-        );
-        if let Some(c) = server_cpu {
-            println!("server CPU {c:.1} us/op");
-        }
-        if let Some(c) = database_cpu {
-            println!("database CPU {c:.1} us/op");
-        }
-        if let Some(e) = r.first_error {
-            eprintln!("first error: {e}");
-        }
+        let r = load(
+            pool,
+            tenant,
+            args,
+            value,
+            op,
+            Stop::at(Instant::now() + duration),
+        )
+        .await?;
+        let per_op = |before: f64, pids: &[u32]| {
+            (!pids.is_empty() && r.ops > 0)
+                .then(|| (cpu_seconds(pids) - before) * 1e6 / r.ops as f64)
+        };
+        let server_cpu = per_op(cpu_before.0, &args.server_pids);
+        let database_cpu = per_op(cpu_before.1, &args.database_pids);
+        runs.push(report::Run {
+            op,
+            r,
+            server_cpu,
+            database_cpu,
+        });
     }
-    Ok(())
+    Ok(runs)
 }
 
 /// The bench tenant is shredded at once when the run ends.
