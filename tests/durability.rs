@@ -137,3 +137,39 @@ async fn every_acknowledged_write_waited_for_a_wal_sync() {
         "{K} acknowledged commits but {syncs} syncs of the WAL: a commit was acknowledged before it was on disk"
     );
 }
+
+/// The writer does not checkpoint; the checkpoint thread does. Without it
+/// every frame would stay in the WAL and the database file would stay as
+/// created.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wal_is_checkpointed_into_the_database_file_and_stays_bounded() {
+    let s = TestServer::start().await;
+    let (_, user) = s.tenant_with_user("t").await;
+    let value = vec![0x42u8; 4096];
+    let mut lanes = Vec::new();
+    for lane in 0..16 {
+        let (user, value) = (user.clone(), value.clone());
+        lanes.push(tokio::spawn(async move {
+            for i in 0..200 {
+                put_ok(&user, "t", "s", "c", &format!("k{lane}-{i}"), &value).await;
+            }
+        }));
+    }
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+    // A few checkpoint intervals.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let db = s.db_path();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let (file, wal) = (size(&db), size(&db.with_extension("db-wal")));
+    let written = 16 * 200 * 4096;
+    assert!(
+        file >= written,
+        "the database file holds {file} bytes of {written} written (WAL {wal})"
+    );
+    assert!(
+        wal < file / 2,
+        "the WAL ({wal} bytes) is not checkpointed (database file {file})"
+    );
+}

@@ -94,17 +94,31 @@ impl Db {
         struct RollBack<'a>(&'a Db);
         impl Drop for RollBack<'_> {
             fn drop(&mut self) {
-                let _ = self.0.execute_batch("ROLLBACK");
+                let _ = self.0.control("ROLLBACK");
             }
         }
-        self.execute_batch(begin)?;
+        self.control(begin)?;
         let open = RollBack(self);
         let out = f(self)?;
         std::mem::forget(open);
-        self.execute_batch("COMMIT").inspect_err(|_| {
-            let _ = self.execute_batch("ROLLBACK");
+        self.control("COMMIT").inspect_err(|_| {
+            let _ = self.control("ROLLBACK");
         })?;
         Ok(out)
+    }
+
+    /// One transaction-control statement (BEGIN, COMMIT, SAVEPOINT, ...):
+    /// on SQLite prepared once and cached (every call runs several, and
+    /// parsing them each time showed in profiles); on PostgreSQL sent as a
+    /// simple query.
+    pub(crate) fn control(&self, sql: &str) -> Result<()> {
+        match self {
+            Db::Sqlite(c) => {
+                c.prepare_cached(sql)?.execute([])?;
+                Ok(())
+            }
+            Db::Postgres(pg) => pg.execute_batch(sql),
+        }
     }
 
     /// A statement, prepared on first use on this connection.
@@ -138,13 +152,11 @@ impl Db {
 
 impl Savepoints for Db {
     fn savepoint(&self, f: &mut dyn FnMut(&dyn Tx) -> bool) -> Result<()> {
-        self.execute_batch("SAVEPOINT nested")?;
-        let end = if f(self) {
-            "RELEASE nested"
-        } else {
-            "ROLLBACK TO nested; RELEASE nested"
-        };
-        self.execute_batch(end)
+        self.control("SAVEPOINT nested")?;
+        if !f(self) {
+            self.control("ROLLBACK TO nested")?;
+        }
+        self.control("RELEASE nested")
     }
 }
 
