@@ -7,7 +7,8 @@
 # database, one root key and one shared directory (erasure keys, audit
 # anchor, shred ledger), and the bench spreads its connections over them
 # (--also-endpoint); `shred` then also times a shred on the first server
-# to a read refused on the second.
+# to a read refused on the second. VALUE_SIZE (bytes, default 1024) and
+# CONCURRENCY (default 64) change the load.
 #
 #   scripts/bench-server.sh target/release/strongbox put
 #   PG_OWNER=nobody scripts/bench-server.sh target/release/strongbox get \
@@ -46,8 +47,8 @@ fi
 CPU=()
 for p in "${PIDS[@]}"; do CPU+=(--server-pid "$p"); done
 bench() {
-    "$B" --endpoint "${EPS[0]}" --api-key "$KEY" --json bench --op "$OP" --concurrency 64 \
-        --value-size 1024 --duration "$1" "${ALSO[@]}" "${CPU[@]}" "${PGPIDS[@]}"
+    "$B" --endpoint "${EPS[0]}" --api-key "$KEY" --json bench --op "$OP" --concurrency "${CONCURRENCY:-64}" \
+        --value-size "${VALUE_SIZE:-1024}" --duration "$1" "${ALSO[@]}" "${CPU[@]}" "${PGPIDS[@]}"
 }
 if [ "$OP" = shred ]; then
     bench 1s

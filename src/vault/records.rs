@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
 use super::*;
 use crate::audit::Call;
 use crate::authz::{Action, Permit};
@@ -20,7 +18,7 @@ pub struct PutRecord {
     pub subject: Option<SubjectId>,
     pub category: Category,
     pub key: RecordKey,
-    pub value: Zeroizing<Vec<u8>>,
+    pub value: crate::crypto::Plaintext,
     pub content_type: ContentType,
     pub expected_version: Option<u64>,
     pub reinstate_erased_subject: bool,
@@ -36,7 +34,7 @@ pub struct RecordRef {
 pub struct RecordValue {
     pub category: String,
     pub key: String,
-    pub value: Zeroizing<Vec<u8>>,
+    pub value: crate::crypto::Plaintext,
     pub content_type: String,
     pub version: u64,
     pub created_at: i64,

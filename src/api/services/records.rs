@@ -1,7 +1,6 @@
 //! RecordService: put, get, delete and list records.
 
 use tonic::Request;
-use zeroize::Zeroizing;
 
 use super::convert;
 use super::pb::{self, record_service_server::RecordService};
@@ -27,7 +26,7 @@ impl RecordService for Api {
                 category: Category::parse(&r.category)?,
                 key: RecordKey::parse(&r.key)?,
                 content_type: ContentType::parse(&r.content_type)?,
-                value: Zeroizing::new(r.value),
+                value: crate::crypto::Plaintext::new(r.value),
                 expected_version: r
                     .expected_version
                     .map(|v| ids::stored_u64("expected_version", v))
