@@ -189,11 +189,23 @@ impl Plaintext {
     pub fn new(bytes: Vec<u8>) -> Self {
         Plaintext(bytes)
     }
-}
 
-impl From<Vec<u8>> for Plaintext {
-    fn from(bytes: Vec<u8>) -> Self {
-        Plaintext(bytes)
+    /// The bytes, out of the wrapper and no longer wiped: for a response
+    /// buffer that the transport encodes and drops at once. Moving them
+    /// out costs nothing; a copy would cost a pass over the value and
+    /// leave the same unwiped bytes behind.
+    pub fn into_unwiped(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Sets every byte of the allocation to zero, spare capacity
+    /// included, in one pass; the barrier keeps the compiler from eliding
+    /// the writes of a buffer about to be freed.
+    fn wipe(&mut self) {
+        let capacity = self.0.capacity();
+        self.0.clear();
+        self.0.resize(capacity, 0);
+        zeroize::optimization_barrier(self.0.as_slice());
     }
 }
 
@@ -220,10 +232,7 @@ impl std::fmt::Debug for Plaintext {
 
 impl Drop for Plaintext {
     fn drop(&mut self) {
-        let capacity = self.0.capacity();
-        self.0.resize(capacity, 0);
-        self.0.fill(0);
-        zeroize::optimization_barrier(self.0.as_slice());
+        self.wipe();
     }
 }
 
@@ -322,25 +331,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plaintext_shows_its_length_only_and_drops_with_spare_capacity() {
-        let mut p = Plaintext::new(b"canary-value".to_vec());
-        p.reserve(1000);
+    fn plaintext_shows_its_length_only_and_round_trips() {
+        let p = Plaintext::new(b"canary-value".to_vec());
         assert_eq!(format!("{p:?}"), "Plaintext(12 bytes)");
-        assert_eq!(&p[..], b"canary-value");
+        let k = SecretKey::from_slice(&[9; KEY_LEN]).unwrap();
         let opened = open(
-            &SecretKey::from_slice(&[9; KEY_LEN]).unwrap(),
+            &k,
             label::RECORD,
             b"aad",
-            &seal(
-                &SecretKey::from_slice(&[9; KEY_LEN]).unwrap(),
-                label::RECORD,
-                b"aad",
-                &p,
-            ),
+            &seal(&k, label::RECORD, b"aad", &p),
         )
         .unwrap();
         assert_eq!(opened, p);
-        drop(p);
+        assert_eq!(opened.into_unwiped(), b"canary-value");
+    }
+
+    #[test]
+    fn plaintext_wipe_zeroes_the_whole_allocation() {
+        let mut bytes = Vec::with_capacity(1024);
+        bytes.extend_from_slice(&[0xAB; 1024]);
+        bytes.truncate(12);
+        let capacity = bytes.capacity();
+        let mut p = Plaintext::new(bytes);
+        p.wipe();
+        // The spare capacity (which held the value's old bytes) is wiped
+        // too: every byte of the allocation is now in view, and zero.
+        assert_eq!(p.len(), capacity);
+        assert!(p.iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -50,9 +50,9 @@ pub(super) fn record(tenant: &str, subject: &str, v: RecordValue) -> pb::Record 
         subject: subject.to_owned(),
         category: v.category,
         key: v.key,
-        // The response buffer leaves the zeroizing wrapper here: tonic
-        // encodes and drops it right after.
-        value: v.value.to_vec(),
+        // The response buffer leaves the wiping wrapper here, moved, not
+        // copied: tonic encodes and drops it right after.
+        value: v.value.into_unwiped(),
         content_type: v.content_type,
         version: v.version,
         created_at_unix_ms: v.created_at,
