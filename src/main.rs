@@ -102,12 +102,25 @@ async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()
     init_logging(cfg.log_format);
     let done = server::accept_audit_loss(&cfg, args.reason).await?;
     if json {
+        let lanes: Vec<_> = done
+            .lanes
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "lane": l.lane,
+                    "kept_through": l.kept_through,
+                    "lost_through": l.lost_through,
+                    "quarantined": l.quarantined,
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "kept_through": done.kept_through,
                 "quarantined": done.quarantined,
                 "head_seq": done.head_seq,
+                "lanes": lanes,
             })
         );
     } else {
@@ -115,6 +128,12 @@ async fn accept_loss(args: cli::AcceptLossArgs, json: bool) -> anyhow::Result<()
             "audit chain break accepted: entries through {} kept, {} quarantined (table audit_quarantine); the acknowledgement is entry {}",
             done.kept_through, done.quarantined, done.head_seq
         );
+        for l in &done.lanes {
+            println!(
+                "  lane {}: kept through entry {}, lost through {}, {} quarantined",
+                l.lane, l.kept_through, l.lost_through, l.quarantined
+            );
+        }
     }
     Ok(())
 }

@@ -90,8 +90,22 @@ async fn servers_append_to_lanes_of_their_own_that_verify_as_one_chain() {
     b.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness() {
+/// Two servers, and lane A cut back to an anchored point: its tail
+/// deleted and its head row put back from an older copy (a backup, the
+/// WAL), after server B witnessed how far it had come.
+struct CutLane {
+    a: TestServer,
+    b: strongbox::server::RunningServer,
+    url: String,
+    key: String,
+    lane_a: i64,
+    /// The newest entry of lane A left in the database.
+    anchored_seq: i64,
+    /// The newest entry lane A had reached, which B's witness names.
+    reached: i64,
+}
+
+async fn a_cut_lane() -> CutLane {
     let (a, b, url) = two_quiet_servers().await;
     let (_admin, key) = a.tenant_with_user_key("acme").await;
     let on_a = a.client(&key).await;
@@ -124,10 +138,7 @@ async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness()
     }
     // Server B witnesses how far lane A has come (not yet anchored).
     b.vault.anchor_audit().await.unwrap();
-    let op_b = Client::connect(&format!("http://{}", b.addr), Some(&a.operator_key))
-        .await
-        .unwrap();
-    let report = verify_audit(&op_b).await;
+    let report = verify_audit(&operator_on(&a, &b).await).await;
     assert!(report.ok, "{}", report.problem);
 
     // The attack: lane A's tail since the anchored point is deleted and
@@ -156,14 +167,161 @@ async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness()
         })
     };
     assert!(cut >= 10, "lane A's last {cut} entries were cut");
+    CutLane {
+        a,
+        b,
+        url,
+        key,
+        lane_a,
+        anchored_seq,
+        reached,
+    }
+}
+
+/// The operator's client on server B.
+async fn operator_on(a: &TestServer, b: &strongbox::server::RunningServer) -> Client {
+    Client::connect(&format!("http://{}", b.addr), Some(&a.operator_key))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lane_cut_back_to_an_old_head_row_is_caught_by_another_lanes_witness() {
+    let CutLane {
+        a,
+        b,
+        key,
+        lane_a,
+        reached,
+        ..
+    } = a_cut_lane().await;
     // Server A goes on, chaining onto the head put back: its new entries
     // come after the witness and do not hide the cut.
-    put_ok(&on_a, "acme", "later", "c", "k", b"v").await;
-    let report = verify_audit(&op_b).await;
+    put_ok(&a.client(&key).await, "acme", "later", "c", "k", b"v").await;
+    let report = verify_audit(&operator_on(&a, &b).await).await;
     assert!(!report.ok, "a cut lane verified");
     let expected = format!("witnessed lane {lane_a} reach entry {reached}");
     assert!(report.problem.contains(&expected), "{}", report.problem);
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_loss_on_postgresql_keeps_every_lanes_verified_stretch_and_excuses_only_the_loss() {
+    let CutLane {
+        mut a,
+        b,
+        url,
+        lane_a,
+        anchored_seq,
+        reached,
+        ..
+    } = a_cut_lane().await;
+    // Besides the cut, an entry in the middle of lane A is edited.
+    let edited = {
+        let url = url.clone();
+        off_runtime(move || {
+            let mut db = connect(&url);
+            let seqs: Vec<i64> = db
+                .query(
+                    "SELECT seq FROM audit_log WHERE lane = $1 ORDER BY seq",
+                    &[&lane_a],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let edited = seqs[seqs.len() / 2];
+            db.execute(
+                "UPDATE audit_log SET resource = resource || 'x' WHERE seq = $1",
+                &[&edited],
+            )
+            .unwrap();
+            edited
+        })
+    };
+    assert!(edited < anchored_seq);
+    a.stop().await;
+    // Refused while a server is live on the database.
+    match strongbox::server::accept_audit_loss(&a.config, "INC-9".into()).await {
+        Err(e @ strongbox::error::Error::FailedPrecondition(_)) => {
+            assert!(e.to_string().contains("live on this database"), "{e}")
+        }
+        other => panic!("accept-loss ran beside a live server: {other:?}"),
+    }
+    b.shutdown().await.unwrap();
+    let done = strongbox::server::accept_audit_loss(&a.config, "INC-9".into())
+        .await
+        .unwrap();
+    let lane = done
+        .lanes
+        .iter()
+        .find(|l| l.lane == lane_a)
+        .unwrap_or_else(|| panic!("lane A is not among the damaged: {done:?}"));
+    assert!(lane.kept_through < edited as u64, "{lane:?}");
+    assert!(lane.lost_through >= reached as u64, "{lane:?}");
+    assert!(lane.quarantined >= 1, "{lane:?}");
+    assert_eq!(done.lanes.len(), 1, "only lane A was damaged: {done:?}");
+
+    // The vault serves again and verifies, B's witness of the lost tail
+    // excused by the acceptance; the loss entry says what was lost.
+    a.restart().await;
+    let op = a.operator().await;
+    let report = verify_audit(&op).await;
+    assert!(report.ok, "{}", report.problem);
+    let (resource, quarantined, loss_rows) = {
+        let url = url.clone();
+        off_runtime(move || {
+            let mut db = connect(&url);
+            let resource: String = db
+                .query_one(
+                    "SELECT resource FROM audit_log WHERE action = 'audit.accept-loss'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            let quarantined: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM audit_quarantine WHERE lane = $1",
+                    &[&lane_a],
+                )
+                .unwrap()
+                .get(0);
+            let rows: i64 = db
+                .query_one("SELECT count(*) FROM audit_losses", &[])
+                .unwrap()
+                .get(0);
+            (resource, quarantined, rows)
+        })
+    };
+    assert!(
+        resource.contains(&format!(
+            "lane {lane_a} entries {}..",
+            lane.kept_through + 1
+        )),
+        "{resource}"
+    );
+    assert_eq!(quarantined as u64, lane.quarantined);
+    assert_eq!(loss_rows, 1);
+
+    // The loss row is MAC'd: widening it to excuse more is caught.
+    {
+        let url = url.clone();
+        off_runtime(move || {
+            connect(&url)
+                .execute(
+                    "UPDATE audit_losses SET lost_through = lost_through + 1000",
+                    &[],
+                )
+                .unwrap();
+        });
+    }
+    let report = verify_audit(&op).await;
+    assert!(!report.ok, "a forged loss row verified");
+    assert!(
+        report.problem.contains("accepted-loss row"),
+        "{}",
+        report.problem
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -34,7 +34,7 @@ mod verify;
 
 pub use anchor::Lane;
 pub use call::Call;
-pub use repair::{AcceptedLoss, accept_loss};
+pub use repair::{AcceptedLoss, LaneLoss, accept_loss};
 pub use verify::{Report, tenant_view, verify, verify_anchored};
 
 use crate::store::prelude::*;

@@ -70,6 +70,10 @@ pub fn verify_anchored(conn: &dyn Tx, key: &SecretKey, anchor: &anchor::Points) 
         };
         walks.insert(lane, walk);
     }
+    let losses = match super::repair::accepted_losses(conn, key)? {
+        Ok(losses) => losses,
+        Err(what) => return Ok(bad(0, 0, Vec::new(), what)),
+    };
     let checkpoints = conn.audit_checkpoints()?;
     let from = walks.values().map(|w| w.base + 1).min().unwrap_or(1);
     let mut entries = 0u64;
@@ -106,7 +110,9 @@ pub fn verify_anchored(conn: &dyn Tx, key: &SecretKey, anchor: &anchor::Points) 
             // after the witness, and does not count.
             for (lane, seq) in witnessed(&e.resource) {
                 let reached = walks.get(&lane).map(|w| w.last);
-                if reached.is_none_or(|last| last < seq) {
+                if reached.is_none_or(|last| last < seq)
+                    && !super::repair::excused(&losses, lane, e.seq, seq)
+                {
                     let end = reached.map_or("it is missing".to_owned(), |l| {
                         format!("it ends at entry {l} there")
                     });

@@ -1,7 +1,8 @@
-//! The offline commands on a data directory that are not a restore:
-//! `strongbox key move-root` (the root key into an HSM) and `strongbox
-//! audit accept-loss`. Each holds the directory's lock, so no server runs
-//! on it meanwhile.
+//! The offline commands that are not a restore: `strongbox key move-root`
+//! (the root key into an HSM) and `strongbox audit accept-loss`. On
+//! SQLite each holds the data directory's lock, so no server runs on it
+//! meanwhile; on PostgreSQL each also refuses while another server's
+//! presence on the database is live.
 
 use super::*;
 
@@ -109,13 +110,6 @@ pub async fn accept_audit_loss(
     cfg: &ServerConfig,
     reason: String,
 ) -> Result<crate::audit::AcceptedLoss> {
-    let db = cfg.data_dir.join(DB_FILE);
-    if !db.exists() {
-        return Err(Error::NotFound(format!(
-            "data_dir: no vault at {} (no {DB_FILE})",
-            cfg.data_dir.display()
-        )));
-    }
     if reason.is_empty() || reason.len() > 256 || reason.chars().any(char::is_control) {
         return Err(Error::invalid(
             "reason",
@@ -124,7 +118,7 @@ pub async fn accept_audit_loss(
     }
     let _lock = lock_data_dir(&cfg.data_dir)?;
     restore::refuse_if_restoring(&cfg.data_dir)?;
-    let store = blocking(move || Store::open(&db, 1)).await?;
+    let store = open_existing(cfg, "to accept an audit loss on").await?;
     let root = open_root(cfg, &store).await?;
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
     let vault = Vault::open(
@@ -141,7 +135,13 @@ pub async fn accept_audit_loss(
         "internal".into(),
     );
     call.set_principal("offline: strongbox audit accept-loss");
-    let done = vault.accept_audit_loss(&Arc::new(call)).await?;
+    let done = async {
+        vault.refuse_while_servers_live("audit accept-loss").await?;
+        vault.accept_audit_loss(&Arc::new(call)).await
+    }
+    .await;
+    vault.release_job_lease().await?;
+    let done = done?;
     tracing::warn!(
         kept_through = done.kept_through,
         quarantined = done.quarantined,
@@ -149,4 +149,36 @@ pub async fn accept_audit_loss(
         "audit chain break accepted by an operator"
     );
     Ok(done)
+}
+
+/// The store of a vault that exists, for an offline command: the
+/// PostgreSQL database of `database_url`, or the data directory's SQLite
+/// file. `what` says what the vault is needed for, in the error.
+pub(super) async fn open_existing(cfg: &ServerConfig, what: &str) -> Result<Store> {
+    match cfg.database_url.clone() {
+        Some(url) => {
+            let ca = cfg.database_ca.clone();
+            let store =
+                blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), 1)).await?;
+            match store.holds_vault().await? {
+                None => Err(Error::NotFound(format!(
+                    "database_url: the database holds no vault {what}"
+                ))),
+                Some(true) => Err(Error::FailedPrecondition(
+                    "database_url: the database is in the middle of a restore: run the same `strongbox restore` command again to finish it (docs/runbooks/backup-and-restore.md)".into(),
+                )),
+                Some(false) => Ok(store),
+            }
+        }
+        None => {
+            let db = cfg.data_dir.join(DB_FILE);
+            if !db.exists() {
+                return Err(Error::NotFound(format!(
+                    "data_dir: no vault at {} (no {DB_FILE})",
+                    cfg.data_dir.display()
+                )));
+            }
+            blocking(move || Store::open(&db, 1)).await
+        }
+    }
 }

@@ -214,37 +214,22 @@ pub async fn apply_ledger_in_place(cfg: &ServerConfig, ledger: &Path) -> Result<
     check_ledger(&ledger)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     refuse_if_restoring(&cfg.data_dir)?;
-    let store = match cfg.database_url.clone() {
-        Some(url) => {
-            let ca = cfg.database_ca.clone();
-            let store =
-                blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), 1)).await?;
-            if store.holds_vault().await?.is_none() {
-                return Err(Error::NotFound(
-                    "database_url: the database holds no vault to replay the ledger on".into(),
-                ));
-            }
-            store
-        }
-        None => {
-            let db = cfg.data_dir.join(DB_FILE);
-            if !db.exists() {
-                return Err(Error::NotFound(format!(
-                    "data_dir: no vault at {} (no {DB_FILE})",
-                    cfg.data_dir.display()
-                )));
-            }
-            blocking(move || Store::open(&db, 1)).await?
-        }
-    };
+    let store = super::offline::open_existing(cfg, "to replay the ledger on").await?;
     let root = open_root(cfg, &store).await?;
     let keys = Arc::new(Keyring::new(root));
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
     let vault = Vault::open(store, keys, cfg.limits.clone(), anchor).await?;
-    vault.anchor_unpacked_backup().await?;
-    vault.open_erasure(cfg.erasure()?, None).await?;
-    let applied = finish(&vault, "in-place".into(), &ledger).await?;
-    applied.ok_or_else(|| Error::Internal("the ledger was not applied".into()))
+    let applied = async {
+        vault
+            .refuse_while_servers_live("restore --apply-ledger")
+            .await?;
+        vault.anchor_unpacked_backup().await?;
+        vault.open_erasure(cfg.erasure()?, None).await?;
+        finish(&vault, "in-place".into(), &ledger).await
+    }
+    .await;
+    vault.release_job_lease().await?;
+    applied?.ok_or_else(|| Error::Internal("the ledger was not applied".into()))
 }
 
 /// The last steps on the restored vault: the ledger replayed, the

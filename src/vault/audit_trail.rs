@@ -357,23 +357,24 @@ impl Vault {
             .anchor
             .clone()
             .ok_or_else(|| Error::Internal("accept-loss needs the anchor file".into()))?;
-        let lost_through = anchor.floor(0);
-        let (keys, entry) = (self.keys.clone(), call.entry(Outcome::Ok, 0));
-        let (key, done) = self
+        let k = self.keys.clone();
+        let key = self.store.read(move |c| k.audit_key(c)).await?;
+        let points = {
+            let (anchor, key) = (anchor.clone(), key.clone());
+            crate::blocking(move || anchor.points(&key)).await?
+        };
+        let (entry, lane) = (call.entry(Outcome::Ok, 0), self.lane);
+        let done = self
             .store
             .write(move |c| {
-                let key = keys.audit_key(c)?;
-                let done = audit::accept_loss(c, &key, entry.clone(), lost_through)?;
+                let done = audit::accept_loss(c, &key, entry.clone(), lane, &points)?;
                 c.meta_put(ANCHORED_META, b"1")?;
-                Ok((key, done))
+                Ok(done)
             })
             .await?;
         call.mark_recorded();
-        let point = Point {
-            seq: done.head_seq,
-            head: done.head.clone(),
-        };
-        crate::blocking(move || anchor.record(&key, Kind::Reset, 0, point)).await?;
+        // Every lane's anchored point moves to where the lane now ends.
+        self.anchor_reset().await?;
         Ok(done)
     }
 }

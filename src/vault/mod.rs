@@ -190,16 +190,31 @@ impl Vault {
             })
             .await?;
         let anchor = match anchor {
-            AuditAnchor::None => None,
-            AuditAnchor::Check(path) => {
-                Some(audit_trail::open_anchor(&store, &keys, path, lane).await?)
-            }
+            AuditAnchor::None => Ok(None),
+            AuditAnchor::Check(path) => audit_trail::open_anchor(&store, &keys, path, lane)
+                .await
+                .map(Some),
             AuditAnchor::Accept(path) => {
                 let k = keys.clone();
-                let key = store.read(move |c| k.audit_key(c)).await?;
-                let opened =
-                    crate::blocking(move || audit_trail::open_anchor_for_repair(&key, &path));
-                Some(opened.await?)
+                match store.read(move |c| k.audit_key(c)).await {
+                    Ok(key) => {
+                        crate::blocking(move || audit_trail::open_anchor_for_repair(&key, &path))
+                            .await
+                            .map(Some)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let anchor = match anchor {
+            Ok(anchor) => anchor,
+            Err(e) => {
+                // A start refused here is not a live server.
+                if shared {
+                    let (j, generation) = (jobs.clone(), keys.root_generation());
+                    let _ = store.write(move |c| j.unregister(c, generation)).await;
+                }
+                return Err(e);
             }
         };
         Ok(Arc::new(Vault {

@@ -227,6 +227,19 @@ CREATE SEQUENCE audit_lane_ids START 1;
 CREATE SEQUENCE audit_seq START 1;
 SELECT setval('audit_seq', (SELECT coalesce(max(seq), 0) + 1 FROM audit_log), false);
 "#,
+    r#"
+-- Losses an operator accepted (`strongbox audit accept-loss`): lane
+-- `lane`'s entries up to `lost_through` may be missing, so witness
+-- entries older than `accepted_seq` that name it further are not a cut.
+-- MAC'd under the audit key.
+CREATE TABLE audit_losses (
+    lane          BIGINT NOT NULL,
+    accepted_seq  BIGINT NOT NULL,
+    lost_through  BIGINT NOT NULL,
+    mac           BYTEA NOT NULL,
+    PRIMARY KEY (lane, accepted_seq)
+);
+"#,
 ];
 
 /// Brings the database to the newest schema, once, whichever server

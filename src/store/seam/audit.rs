@@ -142,8 +142,27 @@ pub trait AuditRows {
     /// The highest sequence number any entry or checkpoint has (0: none).
     fn audit_highest_seq(&self) -> Result<u64>;
 
-    /// Moves the entries after `kept` (every entry if `all`) to the quarantine,
-    /// stamped `now`, and drops the checkpoints after `kept`; returns how many
-    /// entries moved.
-    fn audit_quarantine_after(&self, kept: u64, all: bool, now: i64) -> Result<u64>;
+    /// Moves `lane`'s entries outside `(base, kept]` to the quarantine,
+    /// stamped `now`, and drops the lane's checkpoints after `kept`;
+    /// returns how many entries moved.
+    fn audit_quarantine_lane(&self, lane: i64, base: u64, kept: u64, now: i64) -> Result<u64>;
+
+    /// Every accepted loss, as stored: `crate::audit::repair` checks them.
+    fn audit_losses(&self) -> Result<Vec<LossRow>>;
+
+    /// Stores an accepted loss.
+    fn audit_loss_put(&self, loss: &LossRow) -> Result<()>;
+}
+
+/// An operator's acceptance that `lane`'s entries up to `lost_through`
+/// may be missing (`strongbox audit accept-loss`): witness entries older
+/// than `accepted_seq`, the acceptance's own entry, that name the lane
+/// further than it now reaches are not a cut. `mac` binds the row to the
+/// audit key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LossRow {
+    pub lane: i64,
+    pub accepted_seq: u64,
+    pub lost_through: u64,
+    pub mac: Vec<u8>,
 }

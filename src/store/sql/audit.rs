@@ -383,22 +383,59 @@ impl AuditRows for Db {
         Ok(highest as u64)
     }
 
-    fn audit_quarantine_after(&self, kept: u64, all: bool, now: i64) -> Result<u64> {
+    fn audit_quarantine_lane(&self, lane: i64, base: u64, kept: u64, now: i64) -> Result<u64> {
+        let (base, kept) = (clamp(base), clamp(kept));
         let moved = self.execute(
             &format!(
                 "INSERT INTO audit_quarantine (quarantined_at, {ENTRY_COLS})
-                 SELECT ?2, {ENTRY_COLS} FROM audit_log WHERE seq > ?1 OR ?3"
+                 SELECT ?4, {ENTRY_COLS} FROM audit_log WHERE lane = ?1 AND (seq <= ?2 OR seq > ?3)"
             ),
-            params![kept as i64, now, all],
+            params![lane, base, kept, now],
         )?;
         self.execute(
-            "DELETE FROM audit_log WHERE seq > ?1 OR ?2",
-            params![kept as i64, all],
+            "DELETE FROM audit_log WHERE lane = ?1 AND (seq <= ?2 OR seq > ?3)",
+            params![lane, base, kept],
         )?;
         self.execute(
-            "DELETE FROM audit_checkpoints WHERE seq > ?1",
-            [kept as i64],
+            "DELETE FROM audit_checkpoints WHERE lane = ?1 AND seq > ?2",
+            params![lane, kept],
         )?;
         Ok(moved as u64)
     }
+
+    fn audit_losses(&self) -> Result<Vec<LossRow>> {
+        let rows = self
+            .prepare_cached(
+                "SELECT lane, accepted_seq, lost_through, mac FROM audit_losses ORDER BY lane, accepted_seq",
+            )?
+            .query_map((), |r| {
+                Ok(LossRow {
+                    lane: r.get(0)?,
+                    accepted_seq: r.get::<_, i64>(1)? as u64,
+                    lost_through: r.get::<_, i64>(2)? as u64,
+                    mac: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn audit_loss_put(&self, loss: &LossRow) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit_losses (lane, accepted_seq, lost_through, mac) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                loss.lane,
+                clamp(loss.accepted_seq),
+                clamp(loss.lost_through),
+                loss.mac
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// A sequence number as the database's signed integer (the largest stands
+/// for "every entry").
+fn clamp(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }

@@ -303,6 +303,19 @@ CREATE TABLE audit_lanes (
     base        BLOB
 );
 "#,
+    r#"
+-- Losses an operator accepted (`strongbox audit accept-loss`): lane
+-- `lane`'s entries up to `lost_through` may be missing, so witness
+-- entries older than `accepted_seq` that name it further are not a cut.
+-- MAC'd under the audit key.
+CREATE TABLE audit_losses (
+    lane          INTEGER NOT NULL,
+    accepted_seq  INTEGER NOT NULL,
+    lost_through  INTEGER NOT NULL,
+    mac           BLOB NOT NULL,
+    PRIMARY KEY (lane, accepted_seq)
+);
+"#,
 ];
 
 /// Brings the database up to the latest schema version in one transaction.

@@ -81,6 +81,14 @@ impl JobLease {
         self.renew_presence(conn, generation, now_ms(), now_ms() + PRESENCE_AT_OPEN_MS)
     }
 
+    /// Withdraws this server's presence and acknowledgement (a start that
+    /// failed after `register`, a clean stop).
+    pub(in crate::vault) fn unregister(&self, conn: &dyn Tx, generation: u64) -> Result<()> {
+        conn.lease_release(&format!("{PRESENCE}{}", self.holder), &self.holder)?;
+        conn.lease_release(&ack_name(generation, &self.holder), &self.holder)?;
+        Ok(())
+    }
+
     /// Claims this server's presence, and its acknowledgement of the root
     /// generation it has moved to, until `until`.
     fn renew_presence(&self, conn: &dyn Tx, generation: u64, now: i64, until: i64) -> Result<()> {
@@ -136,6 +144,26 @@ impl Vault {
     pub fn set_job_lease_ttl(&self, ttl: Duration) {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.jobs.ttl_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// For an offline command on shared storage (`command`: `audit
+    /// accept-loss`, `key move-root`, `restore --apply-ledger`): refused
+    /// while another server's presence on the database is live. A server
+    /// killed without a clean stop counts until its presence expires.
+    pub async fn refuse_while_servers_live(&self, command: &str) -> Result<()> {
+        if !self.store.is_postgres() {
+            return Ok(()); // the data directory's lock keeps servers out
+        }
+        let jobs = self.jobs.clone();
+        let live = self.store.read(move |c| jobs.others_live(c)).await?;
+        if live.is_empty() {
+            return Ok(());
+        }
+        Err(crate::error::Error::FailedPrecondition(format!(
+            "database_url: {} server(s) are live on this database ({}); stop every server before `strongbox {command}` (a server killed without a clean stop counts until its presence lease expires, at most two housekeeping intervals)",
+            live.len(),
+            live.join(", ")
+        )))
     }
 
     /// Takes or renews the background jobs' lease; whether this server
@@ -198,12 +226,11 @@ impl Vault {
         if !self.store.is_postgres() {
             return Ok(());
         }
-        let holder = self.jobs.holder.clone();
+        let (jobs, holder) = (self.jobs.clone(), self.jobs.holder.clone());
         let generation = self.keys.root_generation();
         self.store
             .write(move |c| {
-                c.lease_release(&format!("{PRESENCE}{holder}"), &holder)?;
-                c.lease_release(&ack_name(generation, &holder), &holder)?;
+                jobs.unregister(c, generation)?;
                 if held {
                     c.lease_release(JOBS, &holder)?;
                 }
