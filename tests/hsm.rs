@@ -52,7 +52,18 @@ fn hsm_check(hsm: &SoftHsm, dir: &Path, label: &str) -> (bool, String, String) {
 
 /// `strongbox key move-root` on the vault in `dir`.
 fn move_root(hsm: &SoftHsm, dir: &Path, extra: &[(&'static str, &str)]) -> (bool, String, String) {
+    move_root_with(hsm, dir, &[], extra)
+}
+
+/// [`move_root`] with more flags.
+fn move_root_with(
+    hsm: &SoftHsm,
+    dir: &Path,
+    flags: &[OsString],
+    extra: &[(&'static str, &str)],
+) -> (bool, String, String) {
     let mut args: Vec<OsString> = vec!["key".into(), "move-root".into()];
+    args.extend_from_slice(flags);
     args.extend(hsm.args(LABEL));
     let env = envs(hsm);
     let mut env = env_refs(&env);
@@ -206,6 +217,53 @@ async fn a_key_file_vault_moves_into_the_hsm() {
         n += 1;
     }
     assert_eq!(n, 1, "the move is in the audit trail");
+    serve.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_vault_moves_into_the_hsm() {
+    let hsm = SoftHsm::new("strongbox");
+    let url = common::postgres::database();
+    let dir = tempfile::tempdir().unwrap();
+    let db: Vec<OsString> = vec!["--database-url".into(), url.clone().into()];
+    let serve = Serve::start(&os(&db), dir.path(), &[]).unwrap();
+    let p = populate(&serve.operator(&data(dir.path())).await).await;
+
+    // Run from another host (its own data directory), with the servers'
+    // key file and anchor: refused while a server is live on the database.
+    let other = tempfile::tempdir().unwrap();
+    let key_file = data(dir.path()).join("root.key");
+    let mut flags = db.clone();
+    flags.extend([
+        "--root-key-file".into(),
+        key_file.clone().into(),
+        "--audit-anchor".into(),
+        data(dir.path()).join("audit.anchor").into(),
+    ]);
+    let (ok, _, err) = move_root_with(&hsm, other.path(), &flags, &[]);
+    assert!(!ok && err.contains("live on this database"), "{err}");
+    serve.terminate();
+
+    let old = KeyFileProvider::open(&key_file).unwrap();
+    let (ok, out, err) = move_root_with(&hsm, other.path(), &flags, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("root key moved: 5 keys rewrapped from key-file:")
+            && out.contains("to pkcs11:token=strongbox;object=vault-root"),
+        "{out}"
+    );
+    // The key file no longer opens the vault; nothing stored opens under it.
+    let err = Serve::start(&os(&db), dir.path(), &[]).err().unwrap();
+    assert!(err.contains("not the one"), "{err}");
+    old_root_opens_nothing(&common::stored::Stored::Postgres(url), &old);
+
+    // The servers start with the HSM and read everything back.
+    std::fs::remove_file(&key_file).unwrap();
+    let mut args = db.clone();
+    args.extend(hsm.args(LABEL));
+    let env = envs(&hsm);
+    let serve = Serve::start(&os(&args), dir.path(), &env_refs(&env)).unwrap();
+    check_populated(&serve.operator(&data(dir.path())).await, &p).await;
     serve.kill();
 }
 

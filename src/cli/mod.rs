@@ -323,6 +323,13 @@ pub struct MoveRootArgs {
     /// The audit anchor file (default DATA_DIR/audit.anchor).
     #[arg(long)]
     pub audit_anchor: Option<PathBuf>,
+    /// The vault's PostgreSQL database, when its servers keep it there
+    /// (every server stopped first).
+    #[arg(long, env = "STRONGBOX_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The CA certificate (PEM) of the PostgreSQL server, as `serve`.
+    #[arg(long)]
+    pub database_ca: Option<PathBuf>,
     #[command(flatten)]
     pub pkcs11: Pkcs11Args,
 }

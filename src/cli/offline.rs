@@ -18,10 +18,15 @@ fn required(args: &Pkcs11Args) -> anyhow::Result<Pkcs11Config> {
 
 pub(super) async fn move_root(args: MoveRootArgs, json: bool) -> anyhow::Result<()> {
     let target = required(&args.pkcs11)?;
+    let database = args
+        .database_url
+        .map(crate::config::DatabaseUrl::parse)
+        .transpose()?
+        .map(|url| (url, args.database_ca));
     let outcome = server::move_root_to_hsm(
         &args.data_dir,
-        args.root_key_file,
-        args.root_key_env,
+        database,
+        (args.root_key_file, args.root_key_env),
         crate::config::audit_anchor_path(args.audit_anchor.clone(), &args.data_dir),
         &target,
     )

@@ -5,6 +5,7 @@
 //! presence on the database is live.
 
 use super::*;
+use crate::config::DatabaseUrl;
 
 /// What `strongbox key move-root` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,21 +30,20 @@ pub enum MoveOutcome {
 /// new one; running the command again finishes or restarts the move.
 pub async fn move_root_to_hsm(
     data_dir: &Path,
-    root_key_file: Option<PathBuf>,
-    root_key_env: Option<String>,
+    database: Option<(DatabaseUrl, Option<PathBuf>)>,
+    (root_key_file, root_key_env): (Option<PathBuf>, Option<String>),
     audit_anchor: PathBuf,
     target: &Pkcs11Config,
 ) -> Result<MoveOutcome> {
-    let db = data_dir.join(DB_FILE);
-    if !db.exists() {
-        return Err(Error::NotFound(format!(
-            "data_dir: no vault at {} (no {DB_FILE})",
-            data_dir.display()
-        )));
-    }
-    let _lock = lock_data_dir(data_dir)?;
+    // On PostgreSQL the data directory holds no database; it is locked
+    // when it exists (another `key move-root` from this host waits out),
+    // and the servers on other hosts are seen by their presence.
+    let _lock = match (&database, data_dir.exists()) {
+        (Some(_), false) => None,
+        _ => Some(lock_data_dir(data_dir)?),
+    };
     restore::refuse_if_restoring(data_dir)?;
-    let store = blocking(move || Store::open(&db, 1)).await?;
+    let store = open_existing(data_dir, database, "to move the root key of").await?;
     let to = target.uri();
     let p11 = target.clone();
     let hsm = blocking(move || Hsm::connect(&p11)).await?;
@@ -94,11 +94,20 @@ pub async fn move_root_to_hsm(
     let keys = Arc::new(Keyring::new(source));
     let anchor = AuditAnchor::Check(audit_anchor);
     let vault = Vault::open(store, keys, Default::default(), anchor).await?;
-    let next = blocking(move || HsmProvider::stage(&hsm, &label)).await?;
-    let call = Arc::new(crate::audit::Call::system("key.move-root"));
-    call.set_principal("offline: strongbox key move-root");
-    let keys = vault.move_root(&call, Arc::new(next)).await?;
-    Ok(MoveOutcome::Moved { keys, from, to })
+    let moved = async {
+        vault.refuse_while_servers_live("key move-root").await?;
+        let next = blocking(move || HsmProvider::stage(&hsm, &label)).await?;
+        let call = Arc::new(crate::audit::Call::system("key.move-root"));
+        call.set_principal("offline: strongbox key move-root");
+        vault.move_root(&call, Arc::new(next)).await
+    }
+    .await;
+    vault.release_job_lease().await?;
+    Ok(MoveOutcome::Moved {
+        keys: moved?,
+        from,
+        to,
+    })
 }
 
 /// Acknowledges a broken audit chain, offline (`strongbox audit
@@ -118,7 +127,11 @@ pub async fn accept_audit_loss(
     }
     let _lock = lock_data_dir(&cfg.data_dir)?;
     restore::refuse_if_restoring(&cfg.data_dir)?;
-    let store = open_existing(cfg, "to accept an audit loss on").await?;
+    let database = cfg
+        .database_url
+        .clone()
+        .map(|u| (u, cfg.database_ca.clone()));
+    let store = open_existing(&cfg.data_dir, database, "to accept an audit loss on").await?;
     let root = open_root(cfg, &store).await?;
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());
     let vault = Vault::open(
@@ -152,12 +165,16 @@ pub async fn accept_audit_loss(
 }
 
 /// The store of a vault that exists, for an offline command: the
-/// PostgreSQL database of `database_url`, or the data directory's SQLite
-/// file. `what` says what the vault is needed for, in the error.
-pub(super) async fn open_existing(cfg: &ServerConfig, what: &str) -> Result<Store> {
-    match cfg.database_url.clone() {
-        Some(url) => {
-            let ca = cfg.database_ca.clone();
+/// PostgreSQL database of `database` (its URL and CA certificate), or
+/// `data_dir`'s SQLite file. `what` says what the vault is needed for, in
+/// the error.
+pub(super) async fn open_existing(
+    data_dir: &Path,
+    database: Option<(DatabaseUrl, Option<PathBuf>)>,
+    what: &str,
+) -> Result<Store> {
+    match database {
+        Some((url, ca)) => {
             let store =
                 blocking(move || Store::open_postgres(url.expose(), ca.as_deref(), 1)).await?;
             match store.holds_vault().await? {
@@ -171,11 +188,11 @@ pub(super) async fn open_existing(cfg: &ServerConfig, what: &str) -> Result<Stor
             }
         }
         None => {
-            let db = cfg.data_dir.join(DB_FILE);
+            let db = data_dir.join(DB_FILE);
             if !db.exists() {
                 return Err(Error::NotFound(format!(
                     "data_dir: no vault at {} (no {DB_FILE})",
-                    cfg.data_dir.display()
+                    data_dir.display()
                 )));
             }
             blocking(move || Store::open(&db, 1)).await

@@ -214,7 +214,12 @@ pub async fn apply_ledger_in_place(cfg: &ServerConfig, ledger: &Path) -> Result<
     check_ledger(&ledger)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     refuse_if_restoring(&cfg.data_dir)?;
-    let store = super::offline::open_existing(cfg, "to replay the ledger on").await?;
+    let database = cfg
+        .database_url
+        .clone()
+        .map(|u| (u, cfg.database_ca.clone()));
+    let store =
+        super::offline::open_existing(&cfg.data_dir, database, "to replay the ledger on").await?;
     let root = open_root(cfg, &store).await?;
     let keys = Arc::new(Keyring::new(root));
     let anchor = AuditAnchor::Accept(cfg.audit_anchor_path());

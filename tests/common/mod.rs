@@ -523,6 +523,16 @@ impl Serve {
         false
     }
 
+    /// SIGTERM (a clean stop, as a deploy does), then reap.
+    pub fn terminate(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
