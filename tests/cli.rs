@@ -421,3 +421,40 @@ fn bench_runs_ops_back_to_back_beside_the_health_ceiling() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn bench_rewrap_reports_the_idle_rate_and_puts_beside_a_loaded_rewrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, endpoint) = serve_in(dir.path());
+    let op_key = std::fs::read_to_string(dir.path().join("strongbox-data/operator.key")).unwrap();
+    let out = Command::new(bin())
+        .args(["--json", "bench", "--op", "rewrap", "--duration", "1s"])
+        .args(["--concurrency", "4", "--records", "200"])
+        .env("STRONGBOX_ENDPOINT", &endpoint)
+        .env("STRONGBOX_API_KEY", op_key.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["op"], "rewrap", "{v}");
+    assert_eq!(v["data_keys"], 200, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    for field in [
+        "rewrap_idle_deks_per_sec",
+        "rewrap_deks_per_sec",
+        "put_p99_ms_without",
+        "put_p99_ms_during",
+    ] {
+        assert!(v[field].as_f64().unwrap() > 0.0, "{field}: {v}");
+    }
+    // The rate is the keys over the time it took.
+    let idle =
+        v["rewrap_idle_deks_per_sec"].as_f64().unwrap() * v["rewrap_idle_s"].as_f64().unwrap();
+    assert!((idle - 200.0).abs() < 1e-6, "{v}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -153,9 +153,21 @@ async fn rewrap_resumes_after_a_restart() {
         drop(c);
         new_principal(&admin, "t", "admin3", &["admin"]).await
     };
+    // Enough data keys that the rewrap, at storage speed on an idle
+    // server, is still running when the stop comes.
+    const SUBJECTS: usize = 4000;
     let u = s.client(&key).await;
-    for i in 0..600 {
-        put_ok(&u, "t", &format!("s{i}"), "c", "k", b"v").await;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let u = u.clone();
+        writers.push(tokio::spawn(async move {
+            for i in (w..SUBJECTS).step_by(8) {
+                put_ok(&u, "t", &format!("s{i}"), "c", "k", b"v").await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
     }
     admin
         .keys()
@@ -174,7 +186,7 @@ async fn rewrap_resumes_after_a_restart() {
     let admin = s.client(&admin_key).await;
     until_retired(&admin, "t", 1).await;
     let u = s.client(&key).await;
-    for i in (0..600).step_by(37) {
+    for i in (0..SUBJECTS).step_by(97) {
         assert_eq!(
             get_value(&u, "t", &format!("s{i}"), "c", "k")
                 .await

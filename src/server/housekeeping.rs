@@ -19,10 +19,11 @@ use crate::error::Result;
 use crate::metrics;
 use crate::vault::Vault;
 
-/// Data keys rewrapped per transaction, and the pause between batches that
-/// leaves the writer to live traffic.
-const REWRAP_BATCH: usize = 64;
-const REWRAP_PAUSE: Duration = Duration::from_millis(10);
+/// Records re-encrypted per transaction, and the pause between batches
+/// that leaves the writer to live traffic (the rewrap paces itself:
+/// `vault::jobs::pace`).
+const REENCRYPT_BATCH: usize = 64;
+const REENCRYPT_PAUSE: Duration = Duration::from_millis(10);
 
 /// Runs passes every `every` until `stop`.
 pub(super) async fn housekeeping(
@@ -137,7 +138,7 @@ async fn jobs(vault: &Vault, audit_retention: Option<Duration>) -> bool {
         None => ok = false,
     }
     match step(
-        vault.reencrypt_pass(REWRAP_BATCH, REWRAP_PAUSE).await,
+        vault.reencrypt_pass(REENCRYPT_BATCH, REENCRYPT_PAUSE).await,
         "data-key re-encryption",
     ) {
         Some(0) => {}
@@ -150,10 +151,7 @@ async fn jobs(vault: &Vault, audit_retention: Option<Duration>) -> bool {
         }
         None => ok = false,
     }
-    match step(
-        vault.rewrap_pass(REWRAP_BATCH, REWRAP_PAUSE).await,
-        "rewrap",
-    ) {
+    match step(vault.rewrap_pass().await, "rewrap") {
         Some((0, 0)) => {}
         Some((rewrapped, retired)) => {
             m.rewrapped.inc_by(rewrapped as u64);

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 pub use seam::*;
+pub use writer::WriteActivity;
 use writer::{WriteConn, Writer};
 
 /// What use cases import to call storage: the seam's traits.
@@ -98,6 +99,12 @@ impl Store {
     /// Whether the database is PostgreSQL, shared with other servers.
     pub fn is_postgres(&self) -> bool {
         matches!(*self.backend, Backend::Postgres(_))
+    }
+
+    /// How busy this server's writer is: background jobs pace their
+    /// batches by it.
+    pub fn write_activity(&self) -> WriteActivity {
+        self.writer.activity()
     }
 
     /// Stops the writer thread, as a crash of it would (tests only).

@@ -111,6 +111,17 @@ enum Job {
 #[derive(Clone)]
 pub(in crate::store) struct Writer {
     tx: mpsc::Sender<Job>,
+    /// Units of work handed to the writer since it started.
+    submitted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How busy the writer is, for background jobs that pace themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteActivity {
+    /// Units of work handed to the writer since it started.
+    pub submitted: u64,
+    /// Units waiting for the writer now (not counting the batch it runs).
+    pub queued: usize,
 }
 
 fn stopped() -> Error {
@@ -124,7 +135,17 @@ impl Writer {
             .name("strongbox-writer".into())
             .spawn(move || run(conn, rx))
             .map_err(|e| Error::Unavailable(format!("storage: cannot start writer thread: {e}")))?;
-        Ok(Writer { tx })
+        Ok(Writer {
+            tx,
+            submitted: Default::default(),
+        })
+    }
+
+    pub(in crate::store) fn activity(&self) -> WriteActivity {
+        WriteActivity {
+            submitted: self.submitted.load(std::sync::atomic::Ordering::Relaxed),
+            queued: self.tx.max_capacity() - self.tx.capacity(),
+        }
     }
 
     pub(in crate::store) async fn write<T, F>(&self, f: F) -> Result<T>
@@ -138,6 +159,8 @@ impl Writer {
             result: None,
             reply,
         });
+        self.submitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let queued = &crate::metrics::get().writer_queue;
         queued.inc();
         if self.tx.send(Job::Txn(job)).await.is_err() {

@@ -5,6 +5,7 @@
 //! (`lease`).
 
 pub(super) mod lease;
+mod pace;
 mod purge;
 mod reencrypt;
 mod retention_sweep;

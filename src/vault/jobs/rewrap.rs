@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::super::*;
 use crate::audit::Call;
@@ -91,16 +90,19 @@ impl Vault {
     }
 
     /// One pass of the rewrap job: rewraps data keys left under old KEK
-    /// versions, `batch` per transaction with `pause` between batches so
-    /// live traffic interleaves, then retires (destroys) every old version
-    /// no live data key uses. Progress is the rows themselves, so a pass
-    /// cut short by a crash simply continues on the next start.
-    pub async fn rewrap_pass(&self, batch: usize, pause: Duration) -> Result<(usize, usize)> {
+    /// versions in batches paced by how busy the writer is (`jobs::pace`:
+    /// as fast as storage goes on an idle server, short batches with
+    /// pauses beside live traffic), then retires (destroys) every old
+    /// version no live data key uses. Progress is the rows themselves, so
+    /// a pass cut short by a crash simply continues on the next start.
+    pub async fn rewrap_pass(&self) -> Result<(usize, usize)> {
         let mut after = 0;
         let mut rewrapped = 0;
+        let mut pace = super::pace::Pace::new(&self.store);
         loop {
             let keys = self.keys.clone();
-            let from = after;
+            let (from, batch) = (after, pace.batch());
+            let started = std::time::Instant::now();
             let (done, last) = self
                 .store
                 .write(move |conn| {
@@ -130,6 +132,7 @@ impl Vault {
                     Ok((done, last))
                 })
                 .await?;
+            let pause = pace.after(self.store.write_activity(), done, started.elapsed());
             rewrapped += done;
             match last {
                 Some(id) => after = id,
@@ -140,7 +143,9 @@ impl Vault {
                 // server that holds the lease) goes on from here.
                 return Ok((rewrapped, 0));
             }
-            tokio::time::sleep(pause).await;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
         let retired = self.retire_unused_keks().await?;
         Ok((rewrapped, retired))
