@@ -6,10 +6,11 @@
 //! none was (an idle server) the next batch doubles, up to `MAX_BATCH`,
 //! with no pause: the job runs at the storage's speed. When live traffic
 //! writes, each batch is sized to hold the writer for about
-//! `BUSY_BATCH_TIME` (from the time per key the last batch took), and the
-//! job pauses as long as the batch took: live calls whose commit shares a
-//! batch with the job's wait at most that long, and get at least half the
-//! writer's time.
+//! `BUSY_BATCH_TIME` (from the time per key the last batch spent running,
+//! its wait in the writer's queue left out), and the job pauses
+//! `BUSY_PAUSE_FACTOR` times as long as the batch ran: live calls whose
+//! commit shares a batch with the job's wait at most that long, and keep
+//! three quarters of the writer's time.
 
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ const MAX_BATCH: usize = 4096;
 const FIRST_BATCH: usize = 64;
 /// How long one batch may hold the writer while live calls wait.
 const BUSY_BATCH_TIME: Duration = Duration::from_millis(2);
+/// Beside live writes, the pause after a batch, in multiples of its run.
+const BUSY_PAUSE_FACTOR: u32 = 3;
 
 /// One pass's pacing.
 pub(in crate::vault) struct Pace {
@@ -42,9 +45,9 @@ impl Pace {
         self.batch
     }
 
-    /// After a batch of `done` units that took `took` (its one write,
-    /// queueing included): how long to pause before the next. Sets the
-    /// next batch's size.
+    /// After a batch of `done` units that ran for `took` in the writer
+    /// (its wait in the queue left out): how long to pause before the
+    /// next. Sets the next batch's size.
     pub(in crate::vault) fn after(
         &mut self,
         now: WriteActivity,
@@ -64,7 +67,7 @@ impl Pace {
             n => usize::try_from(BUSY_BATCH_TIME.as_nanos() / n).unwrap_or(MAX_BATCH),
         };
         self.batch = fits.clamp(MIN_BATCH, MAX_BATCH);
-        took
+        took * BUSY_PAUSE_FACTOR
     }
 }
 
@@ -96,18 +99,18 @@ mod tests {
     }
 
     #[test]
-    fn live_writes_size_the_batch_to_the_busy_time_and_pause_as_long_as_it_took() {
+    fn live_writes_size_the_batch_to_the_busy_time_and_pause_three_times_its_run() {
         let mut p = pace();
         p.batch = MAX_BATCH;
         // 4096 units in 41 ms: 10 µs each, so 2 ms holds 200 of them.
         let took = Duration::from_micros(40_960);
         let pause = p.after(activity(10 + 1 + 30, 0), MAX_BATCH, took);
-        assert_eq!(pause, took);
+        assert_eq!(pause, took * 3);
         assert_eq!(p.batch(), 200);
         // A call waiting now counts as much as one handed over meanwhile;
         // a batch that got slower (20 µs a unit) shrinks.
         let pause = p.after(activity(42, 3), 200, Duration::from_micros(4_000));
-        assert_eq!(pause, Duration::from_micros(4_000));
+        assert_eq!(pause, Duration::from_micros(12_000));
         assert_eq!(p.batch(), 100);
     }
 
@@ -115,7 +118,7 @@ mod tests {
     fn a_slow_batch_under_load_shrinks_to_the_smallest() {
         let mut p = pace();
         let pause = p.after(activity(20, 5), 64, Duration::from_millis(64));
-        assert_eq!(pause, Duration::from_millis(64));
+        assert_eq!(pause, Duration::from_millis(192));
         assert_eq!(p.batch(), MIN_BATCH);
     }
 }

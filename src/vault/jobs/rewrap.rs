@@ -102,10 +102,11 @@ impl Vault {
         loop {
             let keys = self.keys.clone();
             let (from, batch) = (after, pace.batch());
-            let started = std::time::Instant::now();
-            let (done, last) = self
+            let (done, last, took) = self
                 .store
                 .write(move |conn| {
+                    // The job's own time in the writer, queueing left out.
+                    let started = std::time::Instant::now();
                     let work = conn.deks_to_rewrap(from, batch)?;
                     let last = work.last().map(|(_, _, rowid)| *rowid);
                     let mut done = 0;
@@ -129,10 +130,10 @@ impl Vault {
                     for ((tenant, version), n) in counts {
                         conn.kek_count_wraps(&tenant, version, n)?;
                     }
-                    Ok((done, last))
+                    Ok((done, last, started.elapsed()))
                 })
                 .await?;
-            let pause = pace.after(self.store.write_activity(), done, started.elapsed());
+            let pause = pace.after(self.store.write_activity(), done, took);
             rewrapped += done;
             match last {
                 Some(id) => after = id,
