@@ -470,20 +470,64 @@ fn library_chain(
     let d = strongbox::store::Direct::open(&dir.path().join("db")).unwrap();
     let key = SecretKey::generate();
     for i in 1..=n {
-        let call = Call::new(
-            format!("req{i}"),
-            "record.get",
-            "purpose".into(),
-            "127.0.0.1:1".into(),
-        );
-        call.set_principal("prn-1");
-        call.set_tenant("t");
-        call.set_resource(format!("record:tenant/c/k{i}"));
-        let mut e = call.entry(Outcome::Ok, 0);
+        let mut e = library_entry(i);
         e.time = time(i);
         audit::append(d.tx(), &key, e).unwrap();
     }
     (dir, d, key)
+}
+
+/// The `i`th entry of [`library_chain`].
+fn library_entry(i: u64) -> audit::Entry {
+    let call = Call::new(
+        format!("req{i}"),
+        "record.get",
+        "purpose".into(),
+        "127.0.0.1:1".into(),
+    );
+    call.set_principal("prn-1");
+    call.set_tenant("t");
+    call.set_resource(format!("record:tenant/c/k{i}"));
+    call.entry(Outcome::Ok, 0)
+}
+
+#[test]
+fn appends_in_one_transaction_chain_on_after_a_rolled_back_one() {
+    // The second append of a transaction extends the head the first wrote
+    // without reading it again; an append undone by a savepoint's rollback
+    // must not be the head the next one extends.
+    let (_dir, d, key) = library_chain(3, |i| 1_700_000_000_000 + i as i64);
+    d.begin().unwrap();
+    assert_eq!(audit::append(d.tx(), &key, library_entry(4)).unwrap(), 4);
+    d.tx()
+        .savepoint(&mut |tx| {
+            assert_eq!(audit::append(tx, &key, library_entry(5)).unwrap(), 5);
+            false
+        })
+        .unwrap();
+    assert_eq!(audit::append(d.tx(), &key, library_entry(6)).unwrap(), 5);
+    assert_eq!(audit::append(d.tx(), &key, library_entry(7)).unwrap(), 6);
+    d.commit().unwrap();
+    let report = audit::verify(d.tx(), &key).unwrap();
+    assert_eq!(report.problem, None);
+    assert_eq!(report.entries, 6);
+}
+
+#[test]
+fn fail_a_tail_cut_between_transactions_at_the_next_append() {
+    // What one transaction's appends remember ends with it: the first
+    // append of the next transaction reads and checks the stored head.
+    let (_dir, d, key) = library_chain(3, |i| 1_700_000_000_000 + i as i64);
+    d.begin().unwrap();
+    audit::append(d.tx(), &key, library_entry(4)).unwrap();
+    audit::append(d.tx(), &key, library_entry(5)).unwrap();
+    d.commit().unwrap();
+    d.sqlite()
+        .execute_batch("DELETE FROM audit_log WHERE seq = 5")
+        .unwrap();
+    d.begin().unwrap();
+    let e = audit::append(d.tx(), &key, library_entry(6)).unwrap_err();
+    assert!(e.to_string().contains("the head row names entry 5"), "{e}");
 }
 
 #[test]

@@ -334,7 +334,13 @@ pub fn append_above(
     floor: u64,
 ) -> Result<(u64, bool)> {
     let mut inner = || -> Result<(u64, bool)> {
-        let (prev_seq, prev_mac) = checked_head(conn, key, lane)?;
+        // The first append of a transaction checks the stored head; the
+        // next ones extend the head it wrote, which nothing outside the
+        // transaction can have changed (storage forgets it at any rollback).
+        let (prev_seq, prev_mac) = match conn.audit_head_written(lane) {
+            Some(head) => head,
+            None => checked_head(conn, key, lane)?,
+        };
         if prev_seq < floor {
             return Err(tampered(in_lane(
                 lane,
@@ -363,6 +369,7 @@ pub fn append_above(
             entry.seq,
             &entry.mac,
         )?;
+        conn.audit_head_remember(lane, (entry.seq, entry.mac.clone()));
         let checkpoint = crosses_checkpoint(prev_seq, entry.seq);
         if checkpoint {
             let label = lane_label(CHECKPOINT_LABEL, lane);

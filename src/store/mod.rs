@@ -47,7 +47,9 @@ pub struct Direct(sql::Db);
 impl Direct {
     /// Opens the database at `path` (made by [`Store::open`]).
     pub fn open(path: &std::path::Path) -> Result<Self> {
-        Ok(Direct(sql::Db::Sqlite(rusqlite::Connection::open(path)?)))
+        Ok(Direct(sql::Db::new(sql::Conn::Sqlite(
+            rusqlite::Connection::open(path)?,
+        ))))
     }
 
     /// The connection as the library's functions take it.
@@ -58,9 +60,9 @@ impl Direct {
     /// The SQLite connection itself: tests that edit rows as an attacker
     /// would, in the same transaction the library then reads in.
     pub fn sqlite(&self) -> &rusqlite::Connection {
-        match &self.0 {
-            sql::Db::Sqlite(c) => c,
-            sql::Db::Postgres(_) => unreachable!("Direct opens SQLite only"),
+        match self.0.conn() {
+            sql::Conn::Sqlite(c) => c,
+            sql::Conn::Postgres(_) => unreachable!("Direct opens SQLite only"),
         }
     }
 

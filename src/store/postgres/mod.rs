@@ -30,7 +30,7 @@ pub(crate) use conn::Pg;
 
 use super::pool::Pool;
 use super::seam::Tx;
-use super::sql::Db;
+use super::sql::{Conn, Db};
 use super::writer::WriteConn;
 use super::{Backend, Store};
 use crate::error::{Error, Result};
@@ -82,7 +82,7 @@ impl WriteConn for Writing {
     }
 
     fn begin(&mut self) -> Result<()> {
-        if let Db::Postgres(pg) = &self.0 {
+        if let Conn::Postgres(pg) = self.0.conn() {
             pg.ensure_open()?;
         }
         self.0.execute_batch("BEGIN ISOLATION LEVEL SERIALIZABLE")
@@ -113,7 +113,7 @@ impl WriteConn for Writing {
     }
 
     fn take_conflict(&mut self) -> bool {
-        matches!(&self.0, Db::Postgres(pg) if pg.take_conflict())
+        matches!(self.0.conn(), Conn::Postgres(pg) if pg.take_conflict())
     }
 }
 
@@ -129,7 +129,7 @@ impl Readers {
     {
         self.0
             .run(move |db| {
-                if let Db::Postgres(pg) = &*db {
+                if let Conn::Postgres(pg) = db.conn() {
                     pg.ensure_open()?;
                 }
                 db.in_transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", f)
@@ -147,12 +147,12 @@ impl Readers {
         F: FnOnce(&Pg) -> Result<T> + Send + 'static,
     {
         self.0
-            .run(move |db| match &*db {
-                Db::Postgres(pg) => {
+            .run(move |db| match db.conn() {
+                Conn::Postgres(pg) => {
                     pg.ensure_open()?;
                     f(pg)
                 }
-                Db::Sqlite(_) => Err(Error::Internal("a PostgreSQL step on SQLite".into())),
+                Conn::Sqlite(_) => Err(Error::Internal("a PostgreSQL step on SQLite".into())),
             })
             .await
     }
@@ -201,10 +201,10 @@ impl Store {
         let writing = Pg::connect(&target)?;
         schema::migrate(&writing)?;
         let idle = (0..readers.max(1))
-            .map(|_| Pg::connect(&target).map(Db::Postgres))
+            .map(|_| Pg::connect(&target).map(|pg| Db::new(Conn::Postgres(pg))))
             .collect::<Result<Vec<_>>>()?;
         Store::with(
-            Writing(Db::Postgres(writing)),
+            Writing(Db::new(Conn::Postgres(writing))),
             Backend::Postgres(Readers(Pool::new(idle))),
         )
     }

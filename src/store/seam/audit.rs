@@ -97,8 +97,20 @@ pub trait AuditRows {
     /// own `audit_lanes` row.
     fn audit_pointer(&self, lane: i64, which: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Stores `lane`'s pointer `which`.
+    /// Stores `lane`'s pointer `which`. Forgets the remembered head
+    /// ([`AuditRows::audit_head_written`]).
     fn audit_pointer_put(&self, lane: i64, which: &str, raw: &[u8]) -> Result<()>;
+
+    /// The head (seq, MAC) that an append earlier in this transaction left
+    /// on `lane`, as [`AuditRows::audit_head_remember`] noted it after
+    /// writing the head row: nothing outside the transaction can have
+    /// changed it since. `None` in a new transaction, after any rollback
+    /// (to a savepoint too) and after any other write of a lane's pointer.
+    fn audit_head_written(&self, lane: i64) -> Option<ChainPoint>;
+
+    /// Notes the head an append just wrote on `lane`, for the next append
+    /// of the same transaction.
+    fn audit_head_remember(&self, lane: i64, head: ChainPoint);
 
     /// Stores `e` (its lane, seq and MAC already set).
     fn audit_insert(&self, e: &Entry) -> Result<()>;

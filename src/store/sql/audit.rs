@@ -1,7 +1,7 @@
 //! The audit trail's rows (the chain's rules are `crate::audit`'s)
 //! and the scans that compare it with the records.
 
-use super::{Db, OptionalExtension, Row, params};
+use super::{Conn, Db, OptionalExtension, Row, params};
 
 use crate::audit::{Entry, Filter};
 use crate::error::{Error, Result};
@@ -167,9 +167,9 @@ impl AuditRows for Db {
     }
 
     fn audit_next_seq(&self, after: u64) -> Result<u64> {
-        match self {
-            Db::Sqlite(_) => Ok(after + 1),
-            Db::Postgres(_) => {
+        match self.conn() {
+            Conn::Sqlite(_) => Ok(after + 1),
+            Conn::Postgres(_) => {
                 let next: i64 = self
                     .prepare_cached("SELECT nextval('audit_seq')")?
                     .query_row((), |r| r.get(0))?;
@@ -179,9 +179,9 @@ impl AuditRows for Db {
     }
 
     fn audit_open_lane(&self, now: i64) -> Result<i64> {
-        match self {
-            Db::Sqlite(_) => Ok(0),
-            Db::Postgres(_) => {
+        match self.conn() {
+            Conn::Sqlite(_) => Ok(0),
+            Conn::Postgres(_) => {
                 let lane: i64 = self
                     .prepare_cached("SELECT nextval('audit_lane_ids')")?
                     .query_row((), |r| r.get(0))?;
@@ -206,7 +206,19 @@ impl AuditRows for Db {
         Ok(raw.flatten())
     }
 
+    fn audit_head_written(&self, lane: i64) -> Option<ChainPoint> {
+        match &*self.chain_head.borrow() {
+            Some((l, head)) if *l == lane => Some(head.clone()),
+            _ => None,
+        }
+    }
+
+    fn audit_head_remember(&self, lane: i64, head: ChainPoint) {
+        self.chain_head.replace(Some((lane, head)));
+    }
+
     fn audit_pointer_put(&self, lane: i64, which: &str, raw: &[u8]) -> Result<()> {
+        self.chain_head.replace(None);
         if lane == 0 {
             return self.meta_put(which, raw);
         }
@@ -368,6 +380,7 @@ impl AuditRows for Db {
     }
 
     fn audit_delete_through(&self, lane: i64, seq: u64) -> Result<u64> {
+        self.chain_head.replace(None);
         Ok(self.execute(
             "DELETE FROM audit_log WHERE lane = ?2 AND seq <= ?1",
             params![seq as i64, lane],
@@ -384,6 +397,7 @@ impl AuditRows for Db {
     }
 
     fn audit_quarantine_lane(&self, lane: i64, base: u64, kept: u64, now: i64) -> Result<u64> {
+        self.chain_head.replace(None);
         let (base, kept) = (clamp(base), clamp(kept));
         let moved = self.execute(
             &format!(

@@ -1,6 +1,6 @@
 //! Leases.
 
-use super::{Db, params};
+use super::{Conn, Db, params};
 
 use crate::error::Result;
 use crate::store::seam::*;
@@ -37,9 +37,9 @@ impl LeaseRows for Db {
         rows.collect()
     }
     fn exclusive(&self, name: &str) -> Result<()> {
-        match self {
-            Db::Sqlite(_) => Ok(()),
-            Db::Postgres(_) => {
+        match self.conn() {
+            Conn::Sqlite(_) => Ok(()),
+            Conn::Postgres(_) => {
                 // The lock's key: the name's first 8 bytes of SHA-256.
                 let digest = crate::crypto::sha256(name.as_bytes());
                 let mut key = [0u8; 8];

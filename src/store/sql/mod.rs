@@ -26,18 +26,57 @@ mod retention;
 mod subjects;
 mod tenants;
 
+use std::cell::RefCell;
+
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::postgres::Pg;
-use super::seam::{Savepoints, Tx};
+use super::seam::{ChainPoint, Savepoints, Tx};
 use crate::error::{Error, Result};
 
 /// A connection to either backend. (A handful live as long as the server:
 /// the size difference between the variants costs nothing.)
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Db {
+pub(crate) enum Conn {
     Sqlite(rusqlite::Connection),
     Postgres(Pg),
+}
+
+/// A connection, and what its current transaction has written that the
+/// next statement of the same transaction may rely on without reading it
+/// again.
+pub(crate) struct Db {
+    conn: Conn,
+    /// The audit lane head this transaction's last append wrote: (lane,
+    /// seq, MAC). Nothing outside the transaction can change it before the
+    /// transaction ends, so the next append in it extends that head
+    /// without reading and checking the stored one again (three statements
+    /// and two MACs). Forgotten at every BEGIN, COMMIT and ROLLBACK (to a
+    /// savepoint too, which may undo the append), and whenever a head or
+    /// base row is written other than by an append.
+    chain_head: RefCell<Option<(i64, ChainPoint)>>,
+}
+
+impl Db {
+    pub(crate) fn new(conn: Conn) -> Self {
+        Db {
+            conn,
+            chain_head: RefCell::new(None),
+        }
+    }
+
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// After any statement that may end the transaction or undo part of
+    /// it.
+    fn forget_unless_nesting(&self, sql: &str) {
+        let s = sql.trim_start();
+        if !(s.starts_with("SAVEPOINT") || s.starts_with("RELEASE")) {
+            self.chain_head.replace(None);
+        }
+    }
 }
 
 /// SQLite's spelling of a statement, as PostgreSQL takes it.
@@ -77,9 +116,10 @@ fn replace_word(s: &str, word: &str, with: &str) -> String {
 impl Db {
     /// Runs statements with no parameters and no result.
     pub(crate) fn execute_batch(&self, sql: &str) -> Result<()> {
-        match self {
-            Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Db::Postgres(pg) => pg.execute_batch(sql),
+        self.forget_unless_nesting(sql);
+        match &self.conn {
+            Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Postgres(pg) => pg.execute_batch(sql),
         }
     }
 
@@ -112,20 +152,21 @@ impl Db {
     /// parsing them each time showed in profiles); on PostgreSQL sent as a
     /// simple query.
     pub(crate) fn control(&self, sql: &str) -> Result<()> {
-        match self {
-            Db::Sqlite(c) => {
+        self.forget_unless_nesting(sql);
+        match &self.conn {
+            Conn::Sqlite(c) => {
                 c.prepare_cached(sql)?.execute([])?;
                 Ok(())
             }
-            Db::Postgres(pg) => pg.execute_batch(sql),
+            Conn::Postgres(pg) => pg.execute_batch(sql),
         }
     }
 
     /// A statement, prepared on first use on this connection.
     pub(crate) fn prepare_cached(&self, sql: &str) -> Result<Stmt<'_>> {
-        Ok(match self {
-            Db::Sqlite(c) => Stmt::Sqlite(c.prepare_cached(sql)?),
-            Db::Postgres(pg) => Stmt::Postgres(pg, pg.statement(sql)?),
+        Ok(match &self.conn {
+            Conn::Sqlite(c) => Stmt::Sqlite(c.prepare_cached(sql)?),
+            Conn::Postgres(pg) => Stmt::Postgres(pg, pg.statement(sql)?),
         })
     }
 

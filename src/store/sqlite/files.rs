@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use super::schema;
 use crate::error::{Error, Result};
 use crate::store::pool::Pool;
-use crate::store::sql::Db;
+use crate::store::sql::{Conn, Db};
 use crate::store::writer::WriteConn;
 use crate::store::{Backend, Store, Tx};
 
@@ -97,7 +97,7 @@ pub(crate) fn write_conn(path: &Path) -> Result<Writing> {
     create_private(path)?;
     let mut conn = open_connection(path)?;
     schema::migrate(&mut conn)?;
-    Ok(Writing(Db::Sqlite(conn)))
+    Ok(Writing(Db::new(Conn::Sqlite(conn))))
 }
 
 impl WriteConn for Writing {
@@ -137,7 +137,7 @@ impl Files {
     pub(crate) fn open(path: &Path, readers: usize) -> Result<(Writing, Files)> {
         let writing = write_conn(path)?;
         let idle = (0..readers.max(1))
-            .map(|_| open_connection(path).map(Db::Sqlite))
+            .map(|_| open_connection(path).map(|c| Db::new(Conn::Sqlite(c))))
             .collect::<Result<Vec<_>>>()?;
         let checkpoint_conn = open_connection(path)?;
         checkpoint_conn.busy_timeout(CHECKPOINT_BUDGET)?;
@@ -216,7 +216,7 @@ impl Files {
     pub(crate) async fn snapshot_to(&self, dest: PathBuf) -> Result<()> {
         self.readers
             .run(move |db| {
-                let Db::Sqlite(conn) = db else {
+                let Conn::Sqlite(conn) = db.conn() else {
                     return Err(Error::Internal(
                         "a SQLite pool holds another backend".into(),
                     ));
