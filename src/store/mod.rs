@@ -103,6 +103,18 @@ impl Store {
         matches!(*self.backend, Backend::Postgres(_))
     }
 
+    /// Whether a read whose call must then commit an audit entry is best
+    /// run in the writer's transaction, beside that entry: on SQLite the
+    /// writer's connection has the pages at hand (a read connection's
+    /// cache is dropped whenever the file changed, which every entry
+    /// does), there is no hop to a blocking thread and no read transaction
+    /// of its own, and the read's entry joins the group commit of every
+    /// other call's. Not on PostgreSQL: each statement is a round trip,
+    /// and the writer runs its batches' statements one after another.
+    pub fn reads_join_the_writer(&self) -> bool {
+        matches!(*self.backend, Backend::Sqlite(_))
+    }
+
     /// How busy this server's writer is: background jobs pace their
     /// batches by it.
     pub fn write_activity(&self) -> WriteActivity {

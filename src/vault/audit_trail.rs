@@ -166,6 +166,24 @@ impl Vault {
         result
     }
 
+    /// Runs read `f` and commits the call's entry: where storage says
+    /// reads join the writer (SQLite), as one writer job, the entry
+    /// telling `f`'s outcome, like [`Vault::mutate`]; elsewhere in a read
+    /// transaction, the entry left to [`Vault::record`] after it. Either
+    /// way the caller is answered only once the entry is durable. `f`
+    /// must not write.
+    pub(super) async fn read_recorded<T, F>(&self, call: &Arc<Call>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&dyn Tx) -> Result<T> + Send + 'static,
+    {
+        if self.store.reads_join_the_writer() {
+            self.mutate(call, f).await
+        } else {
+            self.store.read(move |tx| f(tx)).await
+        }
+    }
+
     /// Records the call's entry on its own, durably, unless a mutation
     /// already did: for reads (before their data is returned) and for calls
     /// refused before reaching a use case.

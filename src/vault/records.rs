@@ -316,7 +316,8 @@ impl Vault {
             .await
     }
 
-    /// Reads and decrypts one record.
+    /// Reads and decrypts one record (with its audit entry, where reads
+    /// join the writer: [`Vault::read_recorded`]).
     pub async fn get_record(
         &self,
         permit: &Permit,
@@ -326,22 +327,21 @@ impl Vault {
         let tenant = permit.tenant_for(Action::RecordGet)?.clone();
         let keys = self.keys.clone();
         let c = call.clone();
-        self.store
-            .read(move |conn| {
-                active_tenant(conn, &keys, &tenant)?;
-                let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
-                c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
-                let addr = RecordAddr {
-                    tenant: tenant.as_str(),
-                    owner: &owner,
-                    category: r.category.as_str(),
-                    key: r.key.as_str(),
-                };
-                let not_found = || record_not_found(addr.category, addr.key);
-                let row = conn.record_get(addr)?.ok_or_else(not_found)?;
-                open_record(&keys, conn, &tenant, row)?.ok_or_else(not_found)
-            })
-            .await
+        self.read_recorded(call, move |conn| {
+            active_tenant(conn, &keys, &tenant)?;
+            let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
+            c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
+            let addr = RecordAddr {
+                tenant: tenant.as_str(),
+                owner: &owner,
+                category: r.category.as_str(),
+                key: r.key.as_str(),
+            };
+            let not_found = || record_not_found(addr.category, addr.key);
+            let row = conn.record_get(addr)?.ok_or_else(not_found)?;
+            open_record(&keys, conn, &tenant, row)?.ok_or_else(not_found)
+        })
+        .await
     }
 
     /// Deletes a record; returns the version it had.
