@@ -385,12 +385,14 @@ async fn the_bench_drives_two_servers_and_times_a_shred_seen_on_the_other() {
     let (a, url) = pg_server().await;
     let (_dir_b, b) = second_server(&a, &url).await;
     let b_endpoint = format!("http://{}", b.addr);
-    let bench = |op: &'static str| {
-        let (a_endpoint, key, b_endpoint) = (
-            a.endpoint.clone(),
-            a.operator_key.clone(),
-            b_endpoint.clone(),
-        );
+    // The servers, named either way the bench takes them.
+    let also = ["--also-endpoint".to_owned(), b_endpoint.clone()];
+    let listed = [
+        "--endpoints".to_owned(),
+        format!("{},{b_endpoint}", a.endpoint),
+    ];
+    let bench = |op: &'static str, servers: [String; 2]| {
+        let (a_endpoint, key) = (a.endpoint.clone(), a.operator_key.clone());
         let dir = a.dir.path().to_owned();
         let pid = std::process::id().to_string();
         tokio::task::spawn_blocking(move || {
@@ -409,8 +411,8 @@ async fn the_bench_drives_two_servers_and_times_a_shred_seen_on_the_other() {
                 "16",
                 "--records",
                 "20",
-                "--also-endpoint",
-                &b_endpoint,
+                &servers[0],
+                &servers[1],
                 // This process serves A.
                 "--server-pid",
                 &pid,
@@ -421,13 +423,13 @@ async fn the_bench_drives_two_servers_and_times_a_shred_seen_on_the_other() {
             serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
         })
     };
-    let put = bench("put").await.unwrap();
+    let put = bench("put", also).await.unwrap();
     assert_eq!(put["servers"], 2, "{put}");
     assert_eq!(put["errors"], 0, "{put}");
     assert!(put["ops"].as_u64().unwrap() > 0, "{put}");
     assert!(put["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{put}");
     assert!(put["database_cpu_us_per_op"].is_null(), "{put}");
-    let shred = bench("shred").await.unwrap();
+    let shred = bench("shred", listed).await.unwrap();
     assert_eq!(shred["servers"], 2, "{shred}");
     let refused = shred["refused_on_other_server_median_ms"].as_f64().unwrap();
     let took = shred["shred_one_record_median_ms"].as_f64().unwrap();

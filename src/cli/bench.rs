@@ -82,6 +82,13 @@ pub struct BenchArgs {
     /// refused.
     #[arg(long = "also-endpoint", value_name = "URL")]
     pub also_endpoints: Vec<String>,
+    /// Every server to spread the connections over, comma-separated
+    /// (`http://A:P,http://B:P`), instead of `--endpoint` and
+    /// `--also-endpoint`: connection i goes to the (i mod n)th. The bench
+    /// tenant is still set up through `--endpoint`; the servers must share
+    /// its database.
+    #[arg(long, value_delimiter = ',', value_name = "URL,...", conflicts_with = "also_endpoints")]
+    pub endpoints: Vec<String>,
     /// A server process on this machine (repeatable): its CPU time
     /// (utime+stime from /proc) during the timed load alone, the prefill
     /// left out, is reported per op (`server_cpu_us_per_op`).
@@ -91,6 +98,17 @@ pub struct BenchArgs {
     /// (`database_cpu_us_per_op`).
     #[arg(long = "database-pid", value_name = "PID")]
     pub database_pids: Vec<u32>,
+}
+
+impl BenchArgs {
+    /// How many servers the connections are spread over.
+    pub(super) fn servers(&self) -> usize {
+        if self.endpoints.is_empty() {
+            1 + self.also_endpoints.len()
+        } else {
+            self.endpoints.len()
+        }
+    }
 }
 
 /// The CPU time (utime + stime, in seconds) of `pids`, from /proc; a
@@ -215,14 +233,21 @@ pub(super) async fn run(client: &Client, args: BenchArgs, json_out: bool) -> any
     let (tenant, key) = setup(client).await?;
     // Eight clients per connection, so one HTTP/2 connection is not the
     // bottleneck; connection i goes to server i mod servers.
-    let servers = 1 + args.also_endpoints.len();
+    // `None`: the `--endpoint` server.
+    let targets: Vec<Option<&str>> = if args.endpoints.is_empty() {
+        std::iter::once(None)
+            .chain(args.also_endpoints.iter().map(|u| Some(u.as_str())))
+            .collect()
+    } else {
+        args.endpoints.iter().map(|u| Some(u.as_str())).collect()
+    };
     let mut pool = Vec::new();
-    for i in 0..args.concurrency.div_ceil(8).max(servers) {
-        pool.push(match i % servers {
-            0 => client.reconnect(&key).await?,
-            k => Client::connect(&args.also_endpoints[k - 1], Some(&key))
+    for i in 0..args.concurrency.div_ceil(8).max(targets.len()) {
+        pool.push(match targets[i % targets.len()] {
+            None => client.reconnect(&key).await?,
+            Some(url) => Client::connect(url, Some(&key))
                 .await
-                .map_err(|e| anyhow::anyhow!("--also-endpoint: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?,
         });
     }
     let value = vec![0x5a; args.value_size];

@@ -34,7 +34,7 @@ fn as_json(args: &BenchArgs, run: &Run, ceiling: Option<f64>) -> serde_json::Val
     let mut v = json!({
         "op": run.op.name(),
         "concurrency": args.concurrency,
-        "servers": 1 + args.also_endpoints.len(),
+        "servers": args.servers(),
         "duration_s": r.elapsed_s,
         "value_size": args.value_size,
         "ops": r.ops,
@@ -62,7 +62,7 @@ fn as_text(args: &BenchArgs, run: &Run, ceiling: Option<f64>) {
         r.p99_ms,
         r.errors,
         args.concurrency,
-        1 + args.also_endpoints.len(),
+        args.servers(),
         r.elapsed_s,
         args.value_size
     );

@@ -30,7 +30,7 @@ pub(super) async fn run(
     // With another server, pool[1] is on it: after each one-record shred
     // on the first server, the record is read there, which must be
     // refused; timed from the shred's start.
-    let other = (!args.also_endpoints.is_empty()).then(|| pool[1].records());
+    let other = (args.servers() > 1).then(|| pool[1].records());
     let mut timed_shred = async |subject: String, i: usize| -> anyhow::Result<(f64, u64, f64)> {
         let started = Instant::now();
         let r = subjects
@@ -81,7 +81,7 @@ pub(super) async fn run(
                 "shred_ms": big_ms,
                 "shred_one_record_median_ms": one_median,
                 "refused_on_other_server_median_ms": refused_median,
-                "servers": 1 + args.also_endpoints.len(),
+                "servers": args.servers(),
                 "errors": 0,
             })
         );
@@ -89,7 +89,7 @@ pub(super) async fn run(
         println!(
             "shred: {big_records} records in {big_ms:.2} ms; one record (median of 5) in {one_median:.2} ms"
         );
-        if !args.also_endpoints.is_empty() {
+        if args.servers() > 1 {
             println!(
                 "shred on the first server to a read refused on the second: {refused_median:.2} ms (median of 5)"
             );
