@@ -385,7 +385,7 @@ fn bench_runs_ops_back_to_back_beside_the_health_ceiling() {
             .output()
             .unwrap()
     };
-    let out = bench("put,get,health");
+    let out = bench("put,get,export,health");
     assert!(
         out.status.success(),
         "{}",
@@ -394,20 +394,33 @@ fn bench_runs_ops_back_to_back_beside_the_health_ceiling() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let runs = v["runs"].as_array().unwrap();
     let ops: Vec<_> = runs.iter().map(|r| r["op"].as_str().unwrap()).collect();
-    assert_eq!(ops, ["put", "get", "health"], "{v}");
+    assert_eq!(ops, ["put", "get", "export", "health"], "{v}");
     let ceiling = v["health_ops_per_sec"].as_f64().unwrap();
-    assert_eq!(ceiling, runs[2]["ops_per_sec"].as_f64().unwrap(), "{v}");
+    assert_eq!(ceiling, runs[3]["ops_per_sec"].as_f64().unwrap(), "{v}");
     for r in runs {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
         assert!(r["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{r}");
     }
-    for r in &runs[..2] {
+    for r in &runs[..3] {
         let fraction = r["fraction_of_health"].as_f64().unwrap();
         let expected = r["ops_per_sec"].as_f64().unwrap() / ceiling;
         assert!((fraction - expected).abs() < 1e-9, "{r}");
     }
-    assert!(runs[2].get("fraction_of_health").is_none(), "{v}");
+    assert!(runs[3].get("fraction_of_health").is_none(), "{v}");
+    // The shred scenario reports the server's CPU per one-record shred.
+    let shred = bench("shred");
+    assert!(
+        shred.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shred.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&shred.stdout).unwrap();
+    assert_eq!(v["records"], 50, "{v}");
+    assert!(
+        v["server_cpu_us_per_one_record_shred"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     // One op prints its object alone, as before.
     let one = bench("health");
     assert!(one.status.success());

@@ -32,6 +32,9 @@ pub enum BenchOp {
     /// The gRPC health check: the server's own transport with no vault
     /// work, the ceiling the other ops are compared with.
     Health,
+    /// ExportSubject of a random prefilled subject, read to the end
+    /// (`--records` over `--subjects`: 10 records each by default).
+    Export,
 }
 
 impl BenchOp {
@@ -44,6 +47,7 @@ impl BenchOp {
             BenchOp::Rewrap => "rewrap",
             BenchOp::Sweep => "sweep",
             BenchOp::Health => "health",
+            BenchOp::Export => "export",
         }
     }
 }
@@ -87,7 +91,12 @@ pub struct BenchArgs {
     /// `--also-endpoint`: connection i goes to the (i mod n)th. The bench
     /// tenant is still set up through `--endpoint`; the servers must share
     /// its database.
-    #[arg(long, value_delimiter = ',', value_name = "URL,...", conflicts_with = "also_endpoints")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL,...",
+        conflicts_with = "also_endpoints"
+    )]
     pub endpoints: Vec<String>,
     /// A server process on this machine (repeatable): its CPU time
     /// (utime+stime from /proc) during the timed load alone, the prefill
@@ -276,7 +285,7 @@ async fn series(
     if args
         .ops
         .iter()
-        .any(|op| matches!(op, BenchOp::Get | BenchOp::Mixed))
+        .any(|op| matches!(op, BenchOp::Get | BenchOp::Mixed | BenchOp::Export))
     {
         let subjects = args.subjects.max(1);
         prefill(pool, tenant, args, value, move |i| {

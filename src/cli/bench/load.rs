@@ -11,7 +11,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::{BenchArgs, BenchOp, get_req, put_req};
+use crate::api::pb;
 use crate::api::pb::record_service_client::RecordServiceClient;
+use crate::api::pb::subject_service_client::SubjectServiceClient;
 use crate::client::{Client, Svc};
 
 type Records = RecordServiceClient<Svc>;
@@ -21,7 +23,7 @@ fn is_put(op: BenchOp, rng: &mut impl Rng) -> bool {
     match op {
         BenchOp::Put | BenchOp::Rewrap | BenchOp::Sweep => true,
         BenchOp::Mixed => rng.random_bool(0.5),
-        BenchOp::Get | BenchOp::Health | BenchOp::Shred => false,
+        BenchOp::Get | BenchOp::Health | BenchOp::Shred | BenchOp::Export => false,
     }
 }
 
@@ -49,6 +51,25 @@ async fn get(
         .get_record(get_req(tenant, args.subjects, i))
         .await
         .map(drop)
+}
+
+/// Exports a random prefilled subject and reads its stream to the end.
+async fn export(
+    subjects: &mut SubjectServiceClient<Svc>,
+    tenant: &str,
+    args: &BenchArgs,
+    rng: &mut impl Rng,
+) -> Result<(), tonic::Status> {
+    let n = args.subjects.max(1).min(args.records.max(1));
+    let mut stream = subjects
+        .export_subject(pb::ExportSubjectRequest {
+            tenant: tenant.to_owned(),
+            subject: format!("bench-subject-{}", rng.random_range(0..n)),
+        })
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
 }
 
 /// One worker's tally.
@@ -113,6 +134,7 @@ pub(super) async fn load(
             let mut tally = Tally::default();
             let mut rng = rand::rngs::StdRng::from_os_rng();
             let (mut records, mut writes) = (c.records(), 0usize);
+            let mut subjects = c.subjects();
             let mut health = HealthClient::new(c.channel());
             while !stop.now() {
                 let t0 = Instant::now();
@@ -120,6 +142,7 @@ pub(super) async fn load(
                     // The transport's ceiling: no authentication, no vault.
                     BenchOp::Health => health.check(HealthCheckRequest::default()).await.map(drop),
                     BenchOp::Shred => unreachable!("shred runs apart"),
+                    BenchOp::Export => export(&mut subjects, &tenant, &args, &mut rng).await,
                     _ if is_put(op, &mut rng) => {
                         // Puts go to fresh keys per worker, spread over subjects.
                         writes += 1;

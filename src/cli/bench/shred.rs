@@ -1,12 +1,13 @@
 //! `strongbox bench --op shred`: one subject of `--records` records
-//! shredded, beside the median shred of one-record subjects; with another
+//! shredded, after the median shred of one-record subjects (and the
+//! servers' CPU per one-record shred, with `--server-pid`); with another
 //! server (`--also-endpoint`), how soon a read there is refused.
 
 use std::time::Instant;
 
 use serde_json::json;
 
-use super::{BenchArgs, prefill, put_to};
+use super::{BenchArgs, cpu_seconds, prefill, put_to};
 use crate::api::pb;
 use crate::client::Client;
 
@@ -60,14 +61,20 @@ pub(super) async fn run(
         }
         Ok((shred_ms, r.records_made_unreadable, refused_ms))
     };
-    let (big_ms, big_records, _) = timed_shred("shred-big".into(), 0).await?;
+    // The one-record shreds first, so that the purge of the big subject's
+    // rows does not share the writer with them; the servers' CPU is read
+    // around them.
     let mut one_ms = Vec::new();
     let mut refused_ms = Vec::new();
+    let cpu_before = cpu_seconds(&args.server_pids);
     for i in 0..5 {
         let (ms, _, refused) = timed_shred(format!("shred-one-{i}"), i).await?;
         one_ms.push(ms);
         refused_ms.push(refused);
     }
+    let cpu_per_shred = (!args.server_pids.is_empty())
+        .then(|| (cpu_seconds(&args.server_pids) - cpu_before) * 1e6 / 5.0);
+    let (big_ms, big_records, _) = timed_shred("shred-big".into(), 0).await?;
     one_ms.sort_by(f64::total_cmp);
     refused_ms.sort_by(f64::total_cmp);
     let one_median = one_ms[2];
@@ -81,6 +88,7 @@ pub(super) async fn run(
                 "shred_ms": big_ms,
                 "shred_one_record_median_ms": one_median,
                 "refused_on_other_server_median_ms": refused_median,
+                "server_cpu_us_per_one_record_shred": cpu_per_shred,
                 "servers": args.servers(),
                 "errors": 0,
             })
