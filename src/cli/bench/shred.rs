@@ -11,8 +11,12 @@ use super::{BenchArgs, cpu_seconds, prefill, put_to};
 use crate::api::pb;
 use crate::client::Client;
 
+/// One-record subjects shredded: enough that their CPU time is read
+/// well above /proc's 10 ms tick.
+const ONE_RECORD_SUBJECTS: usize = 25;
+
 /// Times the shred of a subject holding `--records` records against the
-/// median of five subjects holding one record each.
+/// median of [`ONE_RECORD_SUBJECTS`] subjects holding one record each.
 pub(super) async fn run(
     pool: &[Client],
     tenant: &str,
@@ -22,7 +26,7 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     prefill(pool, tenant, args, value, |_| "shred-big".to_owned()).await?;
     let mut records = pool[0].records();
-    for i in 0..5 {
+    for i in 0..ONE_RECORD_SUBJECTS {
         records
             .put_record(put_to(tenant, format!("shred-one-{i}"), i, value))
             .await?;
@@ -67,18 +71,18 @@ pub(super) async fn run(
     let mut one_ms = Vec::new();
     let mut refused_ms = Vec::new();
     let cpu_before = cpu_seconds(&args.server_pids);
-    for i in 0..5 {
+    for i in 0..ONE_RECORD_SUBJECTS {
         let (ms, _, refused) = timed_shred(format!("shred-one-{i}"), i).await?;
         one_ms.push(ms);
         refused_ms.push(refused);
     }
     let cpu_per_shred = (!args.server_pids.is_empty())
-        .then(|| (cpu_seconds(&args.server_pids) - cpu_before) * 1e6 / 5.0);
+        .then(|| (cpu_seconds(&args.server_pids) - cpu_before) * 1e6 / ONE_RECORD_SUBJECTS as f64);
     let (big_ms, big_records, _) = timed_shred("shred-big".into(), 0).await?;
     one_ms.sort_by(f64::total_cmp);
     refused_ms.sort_by(f64::total_cmp);
-    let one_median = one_ms[2];
-    let refused_median = refused_ms[2];
+    let one_median = one_ms[ONE_RECORD_SUBJECTS / 2];
+    let refused_median = refused_ms[ONE_RECORD_SUBJECTS / 2];
     if json_out {
         println!(
             "{}",
@@ -95,11 +99,11 @@ pub(super) async fn run(
         );
     } else {
         println!(
-            "shred: {big_records} records in {big_ms:.2} ms; one record (median of 5) in {one_median:.2} ms"
+            "shred: {big_records} records in {big_ms:.2} ms; one record (median of {ONE_RECORD_SUBJECTS}) in {one_median:.2} ms"
         );
         if args.servers() > 1 {
             println!(
-                "shred on the first server to a read refused on the second: {refused_median:.2} ms (median of 5)"
+                "shred on the first server to a read refused on the second: {refused_median:.2} ms (median of {ONE_RECORD_SUBJECTS})"
             );
         }
     }
