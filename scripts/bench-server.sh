@@ -8,7 +8,9 @@
 # anchor, shred ledger), and the bench spreads its connections over them
 # (--also-endpoint); `shred` then also times a shred on the first server
 # to a read refused on the second. VALUE_SIZE (bytes, default 1024) and
-# CONCURRENCY (default 64) change the load.
+# CONCURRENCY (default 64) change the load; RECORDS (default 10,000) is how
+# many records `get` and `export` read from (fewer for large values:
+# RECORDS=200 VALUE_SIZE=1048576 CONCURRENCY=8).
 #
 #   scripts/bench-server.sh target/release/strongbox put
 #   PG_OWNER=nobody scripts/bench-server.sh target/release/strongbox get \
@@ -48,7 +50,7 @@ CPU=()
 for p in "${PIDS[@]}"; do CPU+=(--server-pid "$p"); done
 bench() {
     "$B" --endpoint "${EPS[0]}" --api-key "$KEY" --json bench --op "$OP" --concurrency "${CONCURRENCY:-64}" \
-        --value-size "${VALUE_SIZE:-1024}" --duration "$1" "${ALSO[@]}" "${CPU[@]}" "${PGPIDS[@]}"
+        --value-size "${VALUE_SIZE:-1024}" --records "${RECORDS:-10000}" --duration "$1" "${ALSO[@]}" "${CPU[@]}" "${PGPIDS[@]}"
 }
 if [ "$OP" = shred ]; then
     bench 1s
