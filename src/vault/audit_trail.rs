@@ -180,7 +180,7 @@ impl Vault {
         if self.store.reads_join_the_writer() {
             self.mutate(call, f).await
         } else {
-            self.store.read(move |tx| f(tx)).await
+            self.store.read(f).await
         }
     }
 

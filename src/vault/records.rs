@@ -31,6 +31,33 @@ pub struct RecordRef {
     pub key: RecordKey,
 }
 
+impl RecordRef {
+    /// Where the record is stored, under `owner` (its [`resolve`]d owner column).
+    fn addr<'a>(&'a self, tenant: &'a TenantId, owner: &'a [u8]) -> RecordAddr<'a> {
+        RecordAddr {
+            tenant: tenant.as_str(),
+            owner,
+            category: self.category.as_str(),
+            key: self.key.as_str(),
+        }
+    }
+}
+
+/// For a get or delete of `r`: checks the tenant is active, names the
+/// record as the call's resource, and returns its owner column.
+fn resolve(
+    keys: &Keyring,
+    conn: &dyn Tx,
+    tenant: &TenantId,
+    r: &RecordRef,
+    call: &Call,
+) -> Result<Vec<u8>> {
+    active_tenant(conn, keys, tenant)?;
+    let owner = owner_of(keys, conn, tenant, r.subject.as_ref())?;
+    call.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
+    Ok(owner)
+}
+
 pub struct RecordValue {
     pub category: String,
     pub key: String,
@@ -328,15 +355,8 @@ impl Vault {
         let keys = self.keys.clone();
         let c = call.clone();
         self.read_recorded(call, move |conn| {
-            active_tenant(conn, &keys, &tenant)?;
-            let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
-            c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
-            let addr = RecordAddr {
-                tenant: tenant.as_str(),
-                owner: &owner,
-                category: r.category.as_str(),
-                key: r.key.as_str(),
-            };
+            let owner = resolve(&keys, conn, &tenant, &r, &c)?;
+            let addr = r.addr(&tenant, &owner);
             let not_found = || record_not_found(addr.category, addr.key);
             let row = conn.record_get(addr)?.ok_or_else(not_found)?;
             open_record(&keys, conn, &tenant, row)?.ok_or_else(not_found)
@@ -356,15 +376,8 @@ impl Vault {
         let keys = self.keys.clone();
         let c = call.clone();
         self.mutate(call, move |conn| {
-            active_tenant(conn, &keys, &tenant)?;
-            let owner = owner_of(&keys, conn, &tenant, r.subject.as_ref())?;
-            c.set_resource(record_resource(&owner, r.category.as_str(), r.key.as_str()));
-            let addr = RecordAddr {
-                tenant: tenant.as_str(),
-                owner: &owner,
-                category: r.category.as_str(),
-                key: r.key.as_str(),
-            };
+            let owner = resolve(&keys, conn, &tenant, &r, &c)?;
+            let addr = r.addr(&tenant, &owner);
             let live = match conn.record_head(addr)? {
                 Some(h) if !h.deleted && dek_alive(conn, &h.dek_id)? => Some(h.version),
                 _ => None,
